@@ -1,0 +1,171 @@
+"""Every storage path Lading reads or writes — the one module that knows the tree.
+
+The layout is CNCF distribution's (registry/storage/paths.go), byte for byte, so a
+directory written by distribution 2.x/3.x can be served as is and the other way round:
+
+    /docker/registry/v2/
+    ├── blobs/<alg>/<hex[0:2]>/<hex>/data
+    └── repositories/<name>/
+        ├── _layers/<alg>/<hex>/link
+        ├── _manifests/revisions/<alg>/<hex>/link
+        ├── _manifests/tags/<tag>/current/link
+        ├── _manifests/tags/<tag>/index/<alg>/<hex>/link
+        └── _uploads/<uuid>/{data, startedat, hashstates/<alg>/<offset>}
+
+Lading's own records live where distribution never looks: per repository under
+`_lading/` (distribution's catalog walk skips `_`-prefixed directories) and globally under
+`/docker/registry/v2/lading/`.
+"""
+
+from __future__ import annotations
+
+from pipeline.digest import Digest
+
+ROOT = "/docker/registry/v2"
+BLOBS = f"{ROOT}/blobs"
+REPOSITORIES = f"{ROOT}/repositories"
+LADING = f"{ROOT}/lading"
+
+
+def blobs_root() -> str:
+    return BLOBS
+
+
+def blob_algorithm_dir(algorithm: str) -> str:
+    return f"{BLOBS}/{algorithm}"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{blob_dir(digest)}/data"
+
+
+def repositories_root() -> str:
+    return REPOSITORIES
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layers_dir(name: str) -> str:
+    return f"{repository(name)}/_layers"
+
+
+def layer_link_dir(name: str, digest: Digest) -> str:
+    return f"{layers_dir(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{layer_link_dir(name, digest)}/link"
+
+
+def manifests_dir(name: str) -> str:
+    return f"{repository(name)}/_manifests"
+
+
+def manifest_revisions_dir(name: str) -> str:
+    return f"{manifests_dir(name)}/revisions"
+
+
+def manifest_revision_dir(name: str, digest: Digest) -> str:
+    return f"{manifest_revisions_dir(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def manifest_revision_link(name: str, digest: Digest) -> str:
+    return f"{manifest_revision_dir(name, digest)}/link"
+
+
+def tags_dir(name: str) -> str:
+    return f"{manifests_dir(name)}/tags"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return f"{tags_dir(name)}/{tag}"
+
+
+def tag_current_link(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def tag_index_dir(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/index"
+
+
+def tag_index_link(name: str, tag: str, digest: Digest) -> str:
+    return f"{tag_index_dir(name, tag)}/{digest.algorithm}/{digest.hex}/link"
+
+
+def uploads_dir(name: str) -> str:
+    return f"{repository(name)}/_uploads"
+
+
+def upload_dir(name: str, upload_id: str) -> str:
+    return f"{uploads_dir(name)}/{upload_id}"
+
+
+def upload_data(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/data"
+
+
+def upload_started_at(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_hashstates_dir(name: str, upload_id: str, algorithm: str) -> str:
+    return f"{upload_dir(name, upload_id)}/hashstates/{algorithm}"
+
+
+def upload_hashstate(name: str, upload_id: str, algorithm: str, offset: int) -> str:
+    return f"{upload_hashstates_dir(name, upload_id, algorithm)}/{offset}"
+
+
+# --- Lading's own records (ignored by distribution) ------------------------------------
+
+
+def lading_repository_dir(name: str) -> str:
+    return f"{repository(name)}/_lading"
+
+
+def referrers_dir(name: str, subject: Digest) -> str:
+    """Where the referrers of `subject` in repository `name` are linked."""
+    return f"{lading_repository_dir(name)}/referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer_link(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers_dir(name, subject)}/{referrer.algorithm}/{referrer.hex}/link"
+
+
+def tarsum_record(digest: Digest) -> str:
+    """JSON record of a blob's TarSum / uncompressed digest (written by the tarsum job)."""
+    return f"{LADING}/tarsum/{digest.algorithm}/{digest.hex}"
+
+
+def verification_record(name: str, manifest: Digest) -> str:
+    """JSON record of a manifest's deep-verification result in repository `name`."""
+    return f"{lading_repository_dir(name)}/verification/{manifest.algorithm}/{manifest.hex}"
+
+
+def scrub_record(digest: Digest) -> str:
+    return f"{LADING}/scrub/{digest.algorithm}/{digest.hex}"
+
+
+def scrub_root() -> str:
+    return f"{LADING}/scrub"
+
+
+def quarantine_marker(digest: Digest) -> str:
+    """Present when scrub found a blob's bytes no longer match its digest."""
+    return f"{LADING}/quarantine/{digest.algorithm}/{digest.hex}"
+
+
+def quarantine_root() -> str:
+    return f"{LADING}/quarantine"
+
+
+def maintenance_state(job: str) -> str:
+    """Cursor/progress state of a resumable maintenance job (scrub, gc)."""
+    return f"{LADING}/state/{job}"

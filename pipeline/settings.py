@@ -1,0 +1,128 @@
+"""The settings every Lading process runs with — one shape for API, workers and CLI.
+
+`pipeline.config` builds a `Settings` from a CNCF-distribution-style `config.yml` plus
+`REGISTRY_*` environment overrides. Nothing reads configuration at import time: each
+process loads it once and passes it down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DeepVerification = Literal["off", "warn", "reject"]
+
+
+@dataclass(frozen=True)
+class UploadPurging:
+    """distribution's storage.maintenance.uploadpurging (same defaults)."""
+
+    enabled: bool = True
+    age_seconds: float = 168 * 3600
+    interval_seconds: float = 24 * 3600
+    dryrun: bool = False
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    driver: str = "filesystem"  # "filesystem" | "inmemory"
+    root: str = "./lading-data"
+    delete_enabled: bool = False
+    redirect_disabled: bool = True
+    upload_purging: UploadPurging = field(default_factory=UploadPurging)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    addr: str = "127.0.0.1:5000"
+    prefix: str = ""
+    secret: str = ""
+    host: str = ""  # externally visible base URL, if behind a proxy
+    metrics_enabled: bool = True
+    metrics_path: str = "/metrics"
+    metrics_addr: str = ""  # "" → served on the main port at metrics_path
+    metrics_protected: bool = False
+    health_path: str = "/healthz"
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    """Lading's own `celery:` section. broker_url None → embedded in-process worker."""
+
+    broker_url: str | None = None
+    result_backend: str | None = None
+    commit_timeout: float = 600.0  # bounded wait of a completing PUT
+    manifest_timeout: float = 600.0
+    embedded_concurrency: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to app.conf verbatim
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+
+@dataclass(frozen=True)
+class HtpasswdAuth:
+    realm: str
+    path: str
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: str = ""
+    jwks: str = ""
+    # Built-in token endpoint (opt-in): issue tokens from htpasswd credentials + policy.
+    builtin_htpasswd: str = ""
+    builtin_signing_key: str = ""
+    expiration_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    htpasswd: HtpasswdAuth | None = None
+    token: TokenAuth | None = None
+    policy_path: str = ""  # access policy file; "" → authenticated users may do anything
+    anonymous_pull: bool = False
+
+
+@dataclass(frozen=True)
+class NotificationEndpoint:
+    name: str
+    url: str
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    timeout_seconds: float = 1.0
+    threshold: int = 10
+    backoff_seconds: float = 1.0
+    ignored_mediatypes: tuple[str, ...] = ()
+    ignored_actions: tuple[str, ...] = ()
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    scrub_enabled: bool = True
+    scrub_interval_seconds: float = 24 * 3600
+    scrub_rate_bytes: int = 64 * 1024 * 1024  # per second; 0 = unlimited
+    scrub_quarantine: bool = True
+    gc_enabled: bool = False
+    gc_interval_seconds: float = 24 * 3600
+    gc_grace_seconds: float = 3600.0
+    gc_remove_untagged: bool = False
+    reconcile_interval_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    version: str = "0.1"
+    log_level: str = "info"
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    notifications: tuple[NotificationEndpoint, ...] = ()
+    deep_verification: DeepVerification = "off"
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    warnings: tuple[str, ...] = ()  # unsupported keys seen while loading

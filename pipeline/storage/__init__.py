@@ -1,0 +1,1 @@
+"""Storage drivers: one contract (`driver.StorageDriver`), several backends."""
