@@ -2,6 +2,7 @@
 
 ```
 LadingError
+├── ConfigurationError                wrong type / unknown driver / missing key, at start-up
 ├── StorageError                      raised by storage drivers (translated there, once)
 │   ├── PathNotFound                  no file or directory at the path
 │   ├── InvalidPath                   the path breaks the path grammar (`..`, empty segment, ...)
@@ -21,6 +22,7 @@ LadingError
     ├── ManifestUnknown               no manifest for that tag or digest
     ├── ManifestInvalid               unparseable, unsupported media type, too large, bad field
     ├── ManifestBlobUnknown           manifest references blobs/manifests missing here (all listed)
+    ├── LayerInvalid                  a layer blob is not a (gzip/zstd-compressed) tar archive
     ├── OperationUnsupported          disabled by configuration (e.g. deletes)
     ├── Unauthorized                  no or invalid credentials
     ├── Denied                        valid credentials lacking the required action
@@ -53,6 +55,13 @@ class LadingError(Exception):
 
 
 # --- storage --------------------------------------------------------------------------
+
+
+class ConfigurationError(LadingError):
+    """Raised at start-up for a configuration that cannot run: a wrong type, an unknown
+    storage driver, a missing required key. The message names the key."""
+
+    message = "invalid configuration"
 
 
 class StorageError(LadingError):
@@ -177,8 +186,9 @@ class ManifestUnknown(RegistryError):
 
 
 class ManifestInvalid(RegistryError):
-    """Raised for an unparseable or unsupported manifest (incl. schema1, over 4 MiB,
-    a digest-in-URL mismatch, or a deep-verification failure under the reject policy)."""
+    """Raised for an unparseable or unsupported manifest (incl. schema1, over 4 MiB, a
+    malformed descriptor, or a deep-verification failure under the reject policy). A
+    digest-in-URL that differs from the body's digest is DigestInvalid, as in distribution."""
 
     message = "manifest invalid"
 
@@ -194,6 +204,13 @@ class ManifestBlobUnknown(RegistryError):
         super().__init__(self.digests)
 
 
+class LayerInvalid(RegistryError):
+    """Raised when a layer blob is not a tar archive, plain or gzip/zstd-compressed:
+    a bad or truncated compressed stream, a corrupt or truncated tar header or body."""
+
+    message = "layer is not a valid tar archive"
+
+
 class OperationUnsupported(RegistryError):
     """Raised when an operation is disabled by configuration (e.g. deletes)."""
 
@@ -201,9 +218,11 @@ class OperationUnsupported(RegistryError):
 
 
 class Unauthorized(RegistryError):
-    """Raised when credentials are missing or invalid."""
+    """Raised when credentials are missing or invalid. `challenge` is the
+    `WWW-Authenticate` value the response carries (set by api.auth; None elsewhere)."""
 
     message = "authentication required"
+    challenge: str | None = None
 
 
 class Denied(RegistryError):

@@ -1,0 +1,138 @@
+"""Manifests of a repository: revision links over the global blob store.
+
+A manifest's bytes are an ordinary content-addressed blob; what makes it part of a
+repository is `_manifests/revisions/<alg>/<hex>/link` (as in distribution, manifests are
+*not* linked under `_layers`). `verify` checks everything a manifest references before
+anything is written, and reports every missing digest at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from pipeline import paths
+from pipeline.digest import HEX_LENGTHS, Digest
+from pipeline.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+    PathNotFound,
+)
+from pipeline.manifests import EMPTY_DIGEST, EMPTY_JSON, Manifest, detect_media_type
+from pipeline.storage.driver import StorageDriver
+from pipeline.tags import TagStore
+
+if TYPE_CHECKING:
+    from pipeline.blobs import BlobStore, RepositoryBlobs
+
+
+class ManifestStore:
+    """Stores, verifies, serves and deletes manifests of every repository on a driver."""
+
+    def __init__(self, driver: StorageDriver, blobs: BlobStore, repo_blobs: RepositoryBlobs) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self.repo_blobs = repo_blobs
+        self._tags = TagStore(driver)
+
+    def _has_revision(self, repo: str, digest: Digest) -> bool:
+        return self.driver.exists(paths.manifest_revision_link(repo, digest))
+
+    def exists(self, repo: str, digest: Digest) -> bool:
+        """True when the repository has a revision link for `digest` and its bytes exist."""
+        return self._has_revision(repo, digest) and self.blobs.exists(digest)
+
+    def get(self, repo: str, digest: Digest) -> tuple[bytes, str]:
+        """(body, media type) of a manifest in the repository; ManifestUnknown otherwise."""
+        if not self._has_revision(repo, digest):
+            raise ManifestUnknown(f"manifest {digest} not found in {repo!r}")
+        try:
+            body = self.blobs.get(digest)
+        except (BlobUnknown, PathNotFound):
+            raise ManifestUnknown(f"manifest {digest} in {repo!r} has no bytes in storage") from None
+        return body, detect_media_type(body)
+
+    def _blob_present(self, repo: str, digest: Digest) -> bool:
+        """Linked into `repo` AND its data present (RepositoryBlobs.stat's rule)."""
+        try:
+            self.repo_blobs.stat(repo, digest)
+        except BlobUnknown:
+            return False
+        return True
+
+    def verify(self, repo: str, manifest: Manifest) -> None:
+        """Raise ONE ManifestBlobUnknown listing, in manifest order and each once, every
+        referenced blob not linked into `repo` and every child manifest not in `repo`."""
+        missing: list[str] = []
+        seen: set[Digest] = set()
+        for desc in manifest.blob_references():
+            if desc.digest in seen:
+                continue
+            seen.add(desc.digest)
+            # The OCI empty descriptor's bytes are known (`{}`); `put` provides them.
+            if desc.digest == EMPTY_DIGEST:
+                continue
+            if not self._blob_present(repo, desc.digest):
+                missing.append(str(desc.digest))
+        for desc in manifest.manifest_references():
+            if desc.digest in seen:
+                continue
+            seen.add(desc.digest)
+            if not self.exists(repo, desc.digest):
+                missing.append(str(desc.digest))
+        if missing:
+            raise ManifestBlobUnknown(missing)
+
+    def put(self, repo: str, manifest: Manifest) -> None:
+        """Store the manifest bytes as a blob, then write its revision link (idempotent).
+        Call `verify` first: `put` trusts that the references are present."""
+        if any(d.digest == EMPTY_DIGEST for d in manifest.blob_references()) and not self._blob_present(
+            repo, EMPTY_DIGEST
+        ):
+            self.blobs.put(EMPTY_JSON)
+            self.repo_blobs.link(repo, EMPTY_DIGEST)
+        stored = self.blobs.put(manifest.raw, manifest.digest.algorithm)
+        if stored != manifest.digest:
+            raise DigestInvalid(f"manifest stored as {stored}, expected {manifest.digest}")
+        link = paths.manifest_revision_link(repo, manifest.digest)
+        self.driver.put_content(link, str(stored).encode("ascii"))
+
+    def delete(self, repo: str, digest: Digest) -> None:
+        """Remove every tag pointing at `digest`, then its revision link (tags first, so a
+        crash never leaves a tag naming a missing revision). ManifestUnknown if absent."""
+        if not self._has_revision(repo, digest):
+            raise ManifestUnknown(f"manifest {digest} not found in {repo!r}")
+        for tag in self._tags.lookup(repo, digest):
+            try:
+                self._tags.untag(repo, tag)
+            except ManifestUnknown:
+                pass
+        try:
+            self.driver.delete(paths.manifest_revision_dir(repo, digest))
+        except PathNotFound:
+            raise ManifestUnknown(f"manifest {digest} not found in {repo!r}") from None
+
+    def revisions(self, repo: str) -> Iterator[Digest]:
+        """Digests of every manifest revision linked in the repository (lexical order)."""
+        root = paths.manifest_revisions_dir(repo)
+        try:
+            algorithms = self.driver.list(root)
+        except PathNotFound:
+            return
+        for alg_dir in algorithms:
+            algorithm = alg_dir.rsplit("/", 1)[-1]
+            if algorithm not in HEX_LENGTHS:
+                continue
+            try:
+                entries = self.driver.list(alg_dir)
+            except PathNotFound:
+                continue
+            for entry in entries:
+                try:
+                    digest = Digest.parse(f"{algorithm}:{entry.rsplit('/', 1)[-1]}")
+                except DigestInvalid:
+                    continue
+                if self._has_revision(repo, digest):
+                    yield digest

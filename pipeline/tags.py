@@ -1,0 +1,103 @@
+"""Tags: the mutable names of a repository's manifests, stored the distribution way.
+
+    _manifests/tags/<tag>/current/link                 the digest the tag names now
+    _manifests/tags/<tag>/index/<alg>/<hex>/link       every digest the tag ever named
+
+Moving a tag writes the index entry first and then replaces `current` (each write is an
+atomic `put_content`), so a reader sees the old or the new digest, never a torn link.
+"""
+
+from __future__ import annotations
+
+from pipeline import paths
+from pipeline.digest import Digest
+from pipeline.errors import DigestInvalid, ManifestUnknown, NameUnknown, PathNotFound
+from pipeline.names import validate_tag
+from pipeline.storage.driver import StorageDriver
+
+
+def _basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def paginate(names: list[str], n: int | None, last: str | None) -> list[str]:
+    """Sorted `names` strictly after `last`, at most `n` of them (the `?n=&last=` rule)."""
+    if n is not None and n < 0:
+        raise ValueError("n must not be negative")
+    ordered = sorted(names)
+    if last is not None:
+        ordered = [name for name in ordered if name > last]
+    return ordered if n is None else ordered[:n]
+
+
+class TagStore:
+    """Tags of every repository on one storage driver."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+
+    def resolve(self, repo: str, tag: str) -> Digest:
+        """The digest `tag` points at; ManifestUnknown if there is no such tag."""
+        try:
+            text = self.driver.get_content(paths.tag_current_link(repo, tag))
+        except PathNotFound:
+            raise ManifestUnknown(f"tag {tag!r} not found in {repo!r}") from None
+        try:
+            return Digest.parse(text.decode("ascii", "replace").strip())
+        except DigestInvalid:
+            raise ManifestUnknown(f"tag {tag!r} in {repo!r} has a corrupt link") from None
+
+    def tag(self, repo: str, tag: str, digest: Digest) -> None:
+        """Point `tag` at `digest`: the index entry first, then `current`."""
+        validate_tag(tag)
+        content = str(digest).encode("ascii")
+        self.driver.put_content(paths.tag_index_link(repo, tag, digest), content)
+        self.driver.put_content(paths.tag_current_link(repo, tag), content)
+
+    def untag(self, repo: str, tag: str) -> None:
+        """Remove the tag and its history; ManifestUnknown if it does not exist."""
+        try:
+            self.driver.delete(paths.tag_dir(repo, tag))
+        except PathNotFound:
+            raise ManifestUnknown(f"tag {tag!r} not found in {repo!r}") from None
+
+    def _all(self, repo: str) -> list[str]:
+        try:
+            children = self.driver.list(paths.tags_dir(repo))
+        except PathNotFound:
+            if not self.driver.exists(paths.manifests_dir(repo)):
+                raise NameUnknown(f"repository {repo!r} not known") from None
+            return []
+        return [_basename(child) for child in children]
+
+    def _is_live(self, repo: str, tag: str) -> bool:
+        # A tag directory without `current/link` is the leftover of an interrupted write.
+        return self.driver.exists(paths.tag_current_link(repo, tag))
+
+    def lookup(self, repo: str, digest: Digest) -> list[str]:
+        """Every tag whose `current` link is `digest`, sorted."""
+        try:
+            tags = self._all(repo)
+        except NameUnknown:
+            return []
+        found = []
+        for tag in sorted(tags):
+            try:
+                if self.resolve(repo, tag) == digest:
+                    found.append(tag)
+            except ManifestUnknown:
+                continue
+        return found
+
+    def list(self, repo: str, n: int | None = None, last: str | None = None) -> list[str]:
+        """Tags in lexical order, those after `last`, at most `n`. NameUnknown if the
+        repository has no `_manifests` at all; [] if it exists without tags."""
+        if n is not None and n < 0:
+            raise ValueError("n must not be negative")
+        out: list[str] = []
+        for tag in paginate(self._all(repo), None, last):
+            if n is not None and len(out) >= n:
+                break
+            if self._is_live(repo, tag):
+                out.append(tag)
+        return out
