@@ -1,0 +1,257 @@
+"""The blob use cases jobs run: finish an upload into a blob, and hash an upload ahead.
+
+`commit_blob` verifies the declared size and digest against the bytes stored in the
+session, then makes the blob visible in the repository. Its steps are ordered so that a
+worker killed at any point, and the job delivered again, ends in the same state:
+
+    1. verify size, then digest (resuming the newest saved hash state, hashing the tail)
+    2. write the repository's `_layers` link      (not visible yet: the blob data is absent)
+    3. move the session's `data` to `blobs/`      (skipped when an intact blob is stored)
+    4. delete the session directory
+
+Linking before moving means a session whose `data` is gone was either committed (the link
+is present and the blob exists → report the same success) or never completed (→ unknown).
+No step ever links a blob whose bytes this session did not prove to have. A mismatch
+writes nothing and leaves the session as it was, so the client may retry its PUT.
+
+`advance_digest` hashes a session from its newest saved hash state to the current end of
+`data` and saves the new state (`_uploads/<id>/hashstates/<alg>/<offset>`), so the commit
+only reads the tail. Saved states are a cache: an unreadable one is skipped, and when a
+resumed digest disagrees the commit re-hashes from byte 0 before rejecting anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+from pipeline import paths
+from pipeline.digest import CANONICAL, Digest, new_hasher
+from pipeline.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    PathNotFound,
+    SizeInvalid,
+)
+from pipeline.hashstate import ResumableHash, resumable_available
+from pipeline.names import validate_name
+from pipeline.storage.driver import StorageDriver
+from pipeline.uploads import is_upload_id
+
+if TYPE_CHECKING:
+    from pipeline.registry import Registry
+
+READ_CHUNK = 1 << 20
+KEEP_STATES = 2
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def commit_blob(
+    registry: Registry, repository: str, upload_id: str, digest: str, size: int | None
+) -> dict[str, Any]:
+    """Turn upload `upload_id` into blob `digest` linked into `repository`.
+
+    Returns {"digest", "size"}. Raises DigestInvalid (malformed, unsupported or mismatching
+    digest), SizeInvalid (declared size differs from the stored bytes), BlobUploadUnknown
+    (no such session, and not already committed as this digest)."""
+    validate_name(repository)
+    target = Digest.parse(digest)
+    if not is_upload_id(upload_id):
+        raise BlobUploadUnknown(upload_id)
+    driver = registry.driver
+    data_path = paths.upload_data(repository, upload_id)
+    try:
+        stored = driver.stat(data_path).size
+    except PathNotFound:
+        return _already_committed(registry, repository, upload_id, target, size)
+    if size is not None and size != stored:
+        raise SizeInvalid({"declared": size, "stored": stored})
+    try:
+        computed = _digest_of_upload(driver, repository, upload_id, target, stored)
+    except PathNotFound:
+        # Another delivery of this job moved the data away while we were reading it.
+        return _already_committed(registry, repository, upload_id, target, size)
+    if computed != target:
+        raise DigestInvalid({"declared": str(target), "computed": str(computed)})
+
+    registry.repo_blobs.link(repository, target)
+    _place_blob(registry, repository, data_path, upload_id, target, stored)
+    _drop_session(driver, repository, upload_id)
+    return {"digest": str(target), "size": stored}
+
+
+def advance_digest(
+    registry: Registry, repository: str, upload_id: str, algorithm: str = CANONICAL
+) -> dict[str, Any]:
+    """Hash the session from its newest saved state to the current end of `data` and
+    save the state there. Returns {"offset": bytes hashed and saved}; {"offset": 0} and
+    nothing done when resumable hashing is unavailable for the algorithm."""
+    validate_name(repository)
+    new_hasher(algorithm)  # DigestInvalid for an unsupported algorithm
+    if not resumable_available(algorithm):
+        return {"offset": 0}
+    status = registry.uploads.status(repository, upload_id)
+    driver = registry.driver
+    hasher = _resume(driver, repository, upload_id, algorithm, status.size) or ResumableHash(algorithm)
+    start = hasher.offset
+    if start < status.size:
+        try:
+            with driver.reader(paths.upload_data(repository, upload_id), start) as stream:
+                _feed(hasher, stream, status.size - start)
+        except PathNotFound:
+            raise BlobUploadUnknown(upload_id) from None
+        driver.put_content(
+            paths.upload_hashstate(repository, upload_id, algorithm, hasher.offset), hasher.state()
+        )
+        if not driver.exists(paths.upload_data(repository, upload_id)):
+            # Committed or cancelled while we hashed: our state file would resurrect a
+            # session directory nobody owns.
+            _drop_session(driver, repository, upload_id)
+            raise BlobUploadUnknown(upload_id)
+        _prune_states(driver, repository, upload_id, algorithm)
+    return {"offset": hasher.offset}
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+def _already_committed(
+    registry: Registry, repository: str, upload_id: str, target: Digest, size: int | None
+) -> dict[str, Any]:
+    """The session's data is gone: success only if this digest is linked here and stored
+    (an earlier delivery of this commit got past the move); then finish its cleanup."""
+    try:
+        blob_size = registry.repo_blobs.stat(repository, target)
+    except BlobUnknown:
+        raise BlobUploadUnknown(upload_id) from None
+    if size is not None and size != blob_size:
+        raise SizeInvalid({"declared": size, "stored": blob_size})
+    _drop_session(registry.driver, repository, upload_id)
+    return {"digest": str(target), "size": blob_size}
+
+
+def _place_blob(
+    registry: Registry, repository: str, data_path: str, upload_id: str, target: Digest, size: int
+) -> None:
+    """Move verified data into `blobs/` unless an intact copy is already stored there."""
+    try:
+        existing: int | None = registry.blobs.stat(target)
+    except BlobUnknown:
+        existing = None
+    if existing == size:
+        return  # content-addressed: the stored blob is these very bytes
+    try:
+        # A rename on a filesystem; concurrent moves of the same digest carry identical bytes.
+        registry.driver.move(data_path, paths.blob_data(target))
+    except PathNotFound:
+        if not registry.blobs.exists(target):
+            raise BlobUploadUnknown(upload_id) from None
+        return
+    try:
+        moved = registry.blobs.stat(target)
+    except BlobUnknown:
+        moved = size
+    if moved != size:
+        # A chunk was appended between verification and the move (a client writing to the
+        # session while committing it): never serve those bytes under this digest.
+        with contextlib.suppress(BlobUnknown):
+            registry.blobs.delete(target)
+        with contextlib.suppress(BlobUnknown):
+            registry.repo_blobs.unlink(repository, target)
+        raise BlobUploadInvalid(f"upload data changed while it was committed ({size} → {moved} bytes)")
+
+
+def _drop_session(driver: StorageDriver, repository: str, upload_id: str) -> None:
+    try:
+        driver.delete(paths.upload_dir(repository, upload_id))
+    except PathNotFound:
+        pass
+
+
+# --- hashing ----------------------------------------------------------------------------
+
+
+def _digest_of_upload(
+    driver: StorageDriver, repository: str, upload_id: str, target: Digest, size: int
+) -> Digest:
+    """The digest of the session's `size` stored bytes, resuming a saved state if one fits."""
+    algorithm = target.algorithm
+    data_path = paths.upload_data(repository, upload_id)
+    resumed = _resume(driver, repository, upload_id, algorithm, size)
+    if resumed is not None:
+        _hash_tail(driver, data_path, resumed, resumed.offset, size)
+        digest = Digest(algorithm, resumed.hexdigest())
+        if digest == target:
+            return digest
+        # A saved state may describe bytes a cancelled chunk later truncated; only a full
+        # re-hash may reject the upload.
+    hasher: _Hasher = new_hasher(algorithm)
+    _hash_tail(driver, data_path, hasher, 0, size)
+    return Digest(algorithm, hasher.hexdigest())
+
+
+def _hash_tail(driver: StorageDriver, data_path: str, hasher: _Hasher, start: int, size: int) -> None:
+    with driver.reader(data_path, start) as stream:
+        hashed = _feed(hasher, stream, None)
+    if start + hashed != size:
+        raise BlobUploadInvalid(f"upload data changed during commit ({size} → {start + hashed} bytes)")
+
+
+def _feed(hasher: _Hasher, stream: BinaryIO, limit: int | None) -> int:
+    """Hash `limit` bytes (or everything) of `stream` in READ_CHUNK reads; return the count."""
+    total = 0
+    while limit is None or total < limit:
+        want = READ_CHUNK if limit is None else min(READ_CHUNK, limit - total)
+        chunk = stream.read(want)
+        if not chunk:
+            break
+        hasher.update(chunk)
+        total += len(chunk)
+    return total
+
+
+def _state_offsets(driver: StorageDriver, repository: str, upload_id: str, algorithm: str) -> list[int]:
+    """Offsets of the saved hash states, newest (largest) first."""
+    try:
+        children = driver.list(paths.upload_hashstates_dir(repository, upload_id, algorithm))
+    except PathNotFound:
+        return []
+    names = (child.rsplit("/", 1)[-1] for child in children)
+    return sorted((int(n) for n in names if n.isdigit()), reverse=True)
+
+
+def _resume(
+    driver: StorageDriver, repository: str, upload_id: str, algorithm: str, limit: int
+) -> ResumableHash | None:
+    """The newest usable saved state at or below `limit`, or None."""
+    if not resumable_available(algorithm):
+        return None
+    for offset in _state_offsets(driver, repository, upload_id, algorithm):
+        if offset > limit or offset == 0:
+            continue
+        try:
+            state = driver.get_content(paths.upload_hashstate(repository, upload_id, algorithm, offset))
+        except PathNotFound:
+            continue  # pruned by a concurrent advance
+        try:
+            hasher = ResumableHash.restore(algorithm, state)
+        except Exception:
+            continue  # foreign or damaged state (e.g. written by another registry): a cache miss
+        if hasher.offset == offset:
+            return hasher
+    return None
+
+
+def _prune_states(driver: StorageDriver, repository: str, upload_id: str, algorithm: str) -> None:
+    for offset in _state_offsets(driver, repository, upload_id, algorithm)[KEEP_STATES:]:
+        try:
+            driver.delete(paths.upload_hashstate(repository, upload_id, algorithm, offset))
+        except PathNotFound:
+            pass

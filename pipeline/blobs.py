@@ -1,0 +1,192 @@
+"""Blobs: the global content-addressed store, and each repository's linked view of it.
+
+`BlobStore` owns `blobs/<alg>/<hex[:2]>/<hex>/data`. A blob's path is its digest, so a
+write of bytes that are already stored is skipped: an existing blob is never rewritten.
+
+`RepositoryBlobs` owns `repositories/<name>/_layers/<alg>/<hex>/link`. The link is the
+access boundary: a repository sees a blob only when the link is present *and* the blob's
+data exists. Link files hold the digest string with no trailing newline, exactly as CNCF
+distribution writes them, so either registry can serve the other's storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from pipeline import paths
+from pipeline.digest import CANONICAL, Digest
+from pipeline.errors import BlobUnknown, DigestInvalid, PathNotFound
+from pipeline.names import is_valid_name, validate_name
+from pipeline.storage.driver import StorageDriver
+
+
+class BlobStore:
+    """Global blob data, addressed by digest. Knows nothing of repositories."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+
+    def stat(self, digest: Digest) -> int:
+        """The blob's size in bytes. BlobUnknown if it is not stored."""
+        try:
+            info = self.driver.stat(paths.blob_data(digest))
+        except PathNotFound:
+            raise BlobUnknown(str(digest)) from None
+        if info.is_dir:
+            raise BlobUnknown(str(digest))
+        return info.size
+
+    def exists(self, digest: Digest) -> bool:
+        try:
+            self.stat(digest)
+        except BlobUnknown:
+            return False
+        return True
+
+    def open(self, digest: Digest, offset: int = 0) -> BinaryIO:
+        """A seekable stream of the blob from `offset`. The caller closes it."""
+        try:
+            return self.driver.reader(paths.blob_data(digest), offset)
+        except PathNotFound:
+            raise BlobUnknown(str(digest)) from None
+
+    def get(self, digest: Digest) -> bytes:
+        try:
+            return self.driver.get_content(paths.blob_data(digest))
+        except PathNotFound:
+            raise BlobUnknown(str(digest)) from None
+
+    def put(self, data: bytes, algorithm: str = CANONICAL) -> Digest:
+        """Store `data` under its digest and return the digest. Idempotent: when the blob
+        is already stored nothing is written (its bytes, mtime and identity stay as they are)."""
+        digest = Digest.of(data, algorithm)
+        if self.exists(digest):
+            return digest
+        # The writer makes nothing visible until commit, so a reader never sees a partial blob.
+        with self.driver.writer(paths.blob_data(digest)) as writer:
+            writer.write(data)
+            writer.commit()
+        return digest
+
+    def local_path(self, digest: Digest) -> str | None:
+        """The OS path of the blob's data for zero-copy sending; None when the driver has
+        no local files. BlobUnknown if the blob is not stored."""
+        if not self.driver.capabilities.local_path:
+            return None
+        self.stat(digest)
+        return self.driver.local_path(paths.blob_data(digest))
+
+    def redirect_url(self, digest: Digest, method: str = "GET") -> str | None:
+        """A URL the client may fetch the blob from directly; None when the driver cannot
+        redirect. Whether to redirect at all is the caller's (configuration's) decision."""
+        if not self.driver.capabilities.redirect:
+            return None
+        return self.driver.redirect_url(paths.blob_data(digest), method)
+
+    def delete(self, digest: Digest) -> None:
+        """Remove the blob's data (garbage collection only). BlobUnknown if absent."""
+        try:
+            self.driver.delete(paths.blob_dir(digest))
+        except PathNotFound:
+            raise BlobUnknown(str(digest)) from None
+
+
+class RepositoryBlobs:
+    """The blobs a repository may see: those linked under its `_layers/`."""
+
+    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+        self.driver = driver
+        self.blobs = blobs
+
+    def _target(self, repo: str, digest: Digest) -> Digest | None:
+        """The digest the repository's link for `digest` names, or None without a link.
+
+        distribution allows a link to name another digest of the same content (a
+        cross-algorithm lookup); the data read is then the target's. A link whose content
+        is not a digest counts as absent rather than failing the whole request."""
+        try:
+            content = self.driver.get_content(paths.layer_link(validate_name(repo), digest))
+        except PathNotFound:
+            return None
+        try:
+            return Digest.parse(content.decode("utf-8", errors="replace").strip())
+        except DigestInvalid:
+            return None
+
+    def is_linked(self, repo: str, digest: Digest) -> bool:
+        """True when the repository holds a link for `digest` (the data may still be absent)."""
+        return self._target(repo, digest) is not None
+
+    def stat(self, repo: str, digest: Digest) -> int:
+        """The blob's size. BlobUnknown unless it is linked here AND its data exists."""
+        target = self._target(repo, digest)
+        if target is None:
+            raise BlobUnknown(str(digest))
+        try:
+            return self.blobs.stat(target)
+        except BlobUnknown:
+            raise BlobUnknown(str(digest)) from None
+
+    def open(self, repo: str, digest: Digest, offset: int = 0) -> BinaryIO:
+        """A stream of the blob from `offset`; the same visibility rule as `stat`."""
+        target = self._target(repo, digest)
+        if target is None:
+            raise BlobUnknown(str(digest))
+        try:
+            return self.blobs.open(target, offset)
+        except BlobUnknown:
+            raise BlobUnknown(str(digest)) from None
+
+    def link(self, repo: str, digest: Digest) -> None:
+        """Write `_layers/<alg>/<hex>/link` containing `alg:hex` (no newline). Idempotent."""
+        path = paths.layer_link(validate_name(repo), digest)
+        content = str(digest).encode("ascii")
+        try:
+            if self.driver.get_content(path) == content:
+                return
+        except PathNotFound:
+            pass
+        self.driver.put_content(path, content)
+
+    def unlink(self, repo: str, digest: Digest) -> None:
+        """Remove the repository's link for `digest`. BlobUnknown if it has none."""
+        try:
+            self.driver.delete(paths.layer_link_dir(validate_name(repo), digest))
+        except PathNotFound:
+            raise BlobUnknown(str(digest)) from None
+
+    def mount(self, source_repo: str, target_repo: str, digest: Digest) -> bool:
+        """Link a blob the source repository can see into the target repository; no bytes
+        are copied. False (and nothing written) when the source cannot see the blob — the
+        client then uploads it normally. An invalid source name counts as "cannot see"."""
+        validate_name(target_repo)
+        if not is_valid_name(source_repo):
+            return False
+        try:
+            self.stat(source_repo, digest)
+        except BlobUnknown:
+            return False
+        self.link(target_repo, digest)
+        return True
+
+    def links(self, repo: str) -> Iterator[Digest]:
+        """Every digest linked into the repository, in lexical order (data may be absent)."""
+        root = paths.layers_dir(validate_name(repo))
+        try:
+            algorithms = self.driver.list(root)
+        except PathNotFound:
+            return
+        for alg_dir in algorithms:
+            try:
+                hex_dirs = self.driver.list(alg_dir)
+            except PathNotFound:
+                continue
+            algorithm = alg_dir.rsplit("/", 1)[-1]
+            for hex_dir in hex_dirs:
+                try:
+                    digest = Digest.parse(f"{algorithm}:{hex_dir.rsplit('/', 1)[-1]}")
+                except DigestInvalid:
+                    continue
+                if self.driver.exists(paths.layer_link(repo, digest)):
+                    yield digest
