@@ -13,6 +13,7 @@ every mismatching layer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import paths
 from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, LayerInvalid, ManifestInvalid, PathNotFound
-from pipeline.manifests import parse_manifest
+from pipeline.manifests import Manifest, parse_manifest
 from pipeline.tarsum import layer_sums
 
 if TYPE_CHECKING:
@@ -111,28 +112,26 @@ def _compare(registry: Registry, manifest_layers: list[Any], diff_ids: list[str]
     return {"mismatches": mismatches, "unverified": unverified}
 
 
-def deep_verify(registry: Registry, repository: str, digest: str, policy: str) -> dict[str, Any]:
-    """Check every layer of manifest `digest` in `repository` against its config's
-    diff_ids. Returns {"ok", "policy", "mismatches": [{"index", "layer", "expected",
-    "actual", "reason"}], "unverified", "skipped": reason | None, "manifest",
-    "verified_at"}, recorded at `paths.verification_record` (except under "off").
-    Under "reject" a failure raises ManifestInvalid (detail: the mismatches) after recording."""
+def _new_result(manifest: str, policy: str) -> dict[str, Any]:
     if policy not in POLICIES:
         raise ValueError(f"unknown deep-verification policy {policy!r} (one of {', '.join(POLICIES)})")
-    manifest_digest = Digest.parse(digest)
-    result: dict[str, Any] = {
+    return {
         "ok": True,
         "policy": policy,
-        "manifest": str(manifest_digest),
+        "manifest": manifest,
         "mismatches": [],
         "unverified": [],
-        "skipped": None,
+        "skipped": "deep verification is off" if policy == "off" else None,
     }
+
+
+def check_manifest(registry: Registry, manifest: Manifest, policy: str) -> dict[str, Any]:
+    """Compare the layers of a parsed (not necessarily stored) manifest with its config's
+    diff_ids and return the result dict described in `deep_verify`, without recording it.
+    Under "reject" a failure raises ManifestInvalid (detail: the mismatches)."""
+    result = _new_result(str(manifest.digest), policy)
     if policy == "off":
-        result["skipped"] = "deep verification is off"
         return result
-    body, media_type = registry.manifests.get(repository, manifest_digest)
-    manifest = parse_manifest(body, media_type)
     diff_ids: list[str] | None = None
     if manifest.is_index:
         result["skipped"] = "an index has no layers of its own (verify its child manifests)"
@@ -144,11 +143,40 @@ def deep_verify(registry: Registry, repository: str, digest: str, policy: str) -
         result.update(_compare(registry, manifest.layers, diff_ids))
         result["ok"] = not result["mismatches"]
     result["verified_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    registry.driver.put_content(paths.verification_record(repository, manifest_digest), _dumps(result))
-    if not result["ok"] and policy == "reject":
+    return result
+
+
+def record(registry: Registry, repository: str, result: dict[str, Any]) -> None:
+    """Store a deep-verification result so `verification_result` can answer later."""
+    if result.get("skipped") == "deep verification is off":
+        return
+    digest = Digest.parse(result["manifest"])
+    registry.driver.put_content(paths.verification_record(repository, digest), _dumps(result))
+
+
+def raise_if_rejected(result: dict[str, Any]) -> None:
+    if not result["ok"] and result["policy"] == "reject":
         raise ManifestInvalid(
             result["mismatches"], message="layers do not match the image config's rootfs.diff_ids"
         )
+
+
+def deep_verify(registry: Registry, repository: str, digest: str, policy: str) -> dict[str, Any]:
+    """Check every layer of stored manifest `digest` in `repository` against its config's
+    diff_ids. Returns {"ok", "policy", "mismatches": [{"index", "layer", "expected",
+    "actual", "reason"}], "unverified", "skipped": reason | None, "manifest",
+    "verified_at"}, recorded at `paths.verification_record` (except under "off").
+    Under "reject" a failure raises ManifestInvalid (detail: the mismatches) after recording."""
+    manifest_digest = Digest.parse(digest)
+    if policy == "off":
+        return _new_result(str(manifest_digest), policy)
+    body, media_type = registry.manifests.get(repository, manifest_digest)
+    manifest = parse_manifest(body, media_type)
+    if manifest.digest != manifest_digest:
+        manifest = dataclasses.replace(manifest, digest=manifest_digest)
+    result = check_manifest(registry, manifest, policy)
+    record(registry, repository, result)
+    raise_if_rejected(result)
     return result
 
 

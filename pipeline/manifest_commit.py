@@ -4,7 +4,8 @@ delete.
 Commit order under the repository lock, chosen for crash safety and for "a rejected
 manifest leaves nothing behind":
 
-    parse → (digest reference check) → verify every reference → blob → revision link
+    parse → (digest reference check) → verify every reference → deep verification
+          (layers vs the config's diff_ids, per policy) → blob → revision link
           → referrer link → tag
 
 Nothing is written before verification passes; the tag moves last, so a crash at any
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from pipeline import deepverify
 from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, ManifestInvalid, ManifestUnknown, OperationUnsupported
 from pipeline.manifests import parse_manifest
@@ -46,9 +48,13 @@ def commit_manifest(
             raise DigestInvalid(f"manifest body hashes to {manifest.digest}, not {ref}")
     subject = manifest.subject.digest if manifest.subject is not None else None
 
+    policy = registry.settings.deep_verification
     with registry.locks.lock(repository):
         registry.manifests.verify(repository, manifest)
+        verification = deepverify.check_manifest(registry, manifest, policy)
+        deepverify.raise_if_rejected(verification)
         registry.manifests.put(repository, manifest)
+        deepverify.record(registry, repository, verification)
         if subject is not None:
             registry.referrers.add(repository, subject, manifest.digest)
         if isinstance(ref, str):

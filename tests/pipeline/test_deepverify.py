@@ -194,3 +194,44 @@ def test_tarsum_blob_is_computed_once_and_cached(registry: Registry) -> None:
     assert tarsum_blob(registry, str(digest)) == first
     with pytest.raises(BlobUnknown):
         tarsum_blob(registry, sha256(b"absent"))
+
+
+def _push_blobs_only(registry: Registry, image: Image, repo: str = REPO) -> None:
+    for digest, data in image.blobs.items():
+        if digest != image.manifest_digest:
+            registry.repo_blobs.link(repo, registry.blobs.put(data))
+
+
+def test_commit_under_reject_refuses_a_lying_config_and_writes_nothing() -> None:
+    from pipeline.manifest_commit import commit_manifest
+    from pipeline.settings import Settings
+
+    registry = Registry.in_memory(Settings(deep_verification="reject"))
+    honest = make_image([2000, 3000])
+    liar = make_image([2000, 3000], diff_ids=[sha256(b"not it"), sha256(b"nor this")])
+    _push_blobs_only(registry, honest)
+    _push_blobs_only(registry, liar)
+
+    committed = commit_manifest(registry, REPO, "v1", OCI_MANIFEST, honest.manifest)
+    assert committed["digest"] == honest.manifest_digest
+    assert verification_result(registry, REPO, honest.manifest_digest)["ok"] is True
+
+    with pytest.raises(ManifestInvalid):
+        commit_manifest(registry, REPO, "v1", OCI_MANIFEST, liar.manifest)
+    assert str(registry.tags.resolve(REPO, "v1")) == honest.manifest_digest  # tag not moved
+    assert not registry.manifests.exists(REPO, Digest.parse(liar.manifest_digest))
+    assert not registry.blobs.exists(Digest.parse(liar.manifest_digest))
+
+
+def test_commit_under_warn_stores_and_records_the_mismatch() -> None:
+    from pipeline.manifest_commit import commit_manifest
+    from pipeline.settings import Settings
+
+    registry = Registry.in_memory(Settings(deep_verification="warn"))
+    liar = make_image([1000], diff_ids=[sha256(b"wrong")])
+    _push_blobs_only(registry, liar)
+    commit_manifest(registry, REPO, "v1", OCI_MANIFEST, liar.manifest)
+    assert str(registry.tags.resolve(REPO, "v1")) == liar.manifest_digest
+    recorded = verification_result(registry, REPO, liar.manifest_digest)
+    assert recorded is not None and recorded["ok"] is False
+    assert recorded["mismatches"][0]["expected"] == sha256(b"wrong")
