@@ -9,6 +9,7 @@ LadingError
 │   ├── InvalidOffset                 a read or append at an offset the file does not have
 │   ├── UnsupportedMethod             the driver lacks an optional capability
 │   └── StorageUnavailable            transient backend failure; the only *retryable* error
+├── DeliveryFailed                    a webhook endpoint did not accept a notification (retried)
 └── RegistryError                     what a registry client can be told (api maps to OCI codes)
     ├── NameInvalid                   repository name breaks the distribution-spec grammar
     ├── NameUnknown                   repository does not exist
@@ -16,6 +17,7 @@ LadingError
     ├── DigestInvalid                 malformed digest, unsupported algorithm, or content mismatch
     ├── SizeInvalid                   declared size differs from the stored size
     ├── BlobUnknown                   blob not linked into (or not present in) the repository
+    │   └── BlobCorrupt               blob quarantined: its stored bytes no longer match its digest
     ├── BlobUploadUnknown             no such upload session
     ├── BlobUploadInvalid             the upload cannot proceed (bad chunk, bad state)
     ├── RangeInvalid                  chunk does not start at the session's current offset
@@ -113,6 +115,14 @@ class StorageUnavailable(StorageError):
     message = "storage temporarily unavailable"
 
 
+class DeliveryFailed(LadingError):
+    """Raised when a notification endpoint could not be reached or answered outside 2xx/3xx.
+    Transient by nature: the notify job retries it with backoff (it is no RegistryError,
+    so `run_job` lets it through to the task layer)."""
+
+    message = "notification delivery failed"
+
+
 # --- registry -------------------------------------------------------------------------
 
 
@@ -155,6 +165,15 @@ class BlobUnknown(RegistryError):
     """Raised when a blob is not linked into the repository (or absent from storage)."""
 
     message = "blob unknown to registry"
+
+
+class BlobCorrupt(BlobUnknown):
+    """Raised instead of serving a blob that scrub quarantined because its stored bytes no
+    longer hash to its digest. A subclass of BlobUnknown on purpose: every caller that
+    checks for a blob (HEAD, manifest verification, mount, commit) treats it as absent, so
+    a client pushes it again and that push replaces the bad bytes."""
+
+    message = "blob unknown to registry: stored content failed verification and is quarantined"
 
 
 class BlobUploadUnknown(RegistryError):

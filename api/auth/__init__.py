@@ -1,0 +1,237 @@
+"""Authentication and authorization for the registry API: the `Access` object.
+
+`Access.authorize(request, repository, actions)` is the one check the router runs per
+request (see api/access_table.py). It returns the caller's `Identity`, or raises
+
+- `Unauthorized` (401, carrying its `WWW-Authenticate` challenge — see
+  `api.auth.challenge.challenge_headers`) when credentials are missing, wrong, or a token
+  does not verify; or
+- `Denied` (403) when valid credentials lack an action.
+
+The messages never depend on whether a user or repository exists, and neither do the
+checks: policy decisions are pure functions of names, and an unknown user costs the same
+bcrypt comparison as a wrong password.
+
+Access controllers (from `Settings.auth`):
+
+- htpasswd: HTTP Basic against an htpasswd file; `pipeline.access` policy decides what
+  each user (or an anonymous caller) may do.
+- token: bearer JWTs from a token server (`api.auth.tokens`); the token's `access` claim
+  is authoritative, as in distribution. A caller without a token is challenged, even for
+  public repositories: the token server hands out anonymous tokens.
+  With `builtin_htpasswd` set, Lading runs that token server itself
+  (`api.auth.token_endpoint`, mounted at `builtin_path`) and trusts its own signing key.
+
+`repository=None` means a registry-wide request: no actions = "be authenticated"
+(`GET /v2/`), any actions = the catalog (`registry:catalog:*`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import Route
+
+from api.auth.challenge import access_detail, basic_challenge, bearer_challenge, scope_for, unauthorized
+from api.auth.credentials import decode_basic, split_authorization
+from api.auth.htpasswd import Htpasswd
+from api.auth.identity import ANONYMOUS, Identity
+from api.auth.policy import PolicySource
+from api.auth.token_endpoint import TokenEndpoint
+from api.auth.tokens import (
+    AccessEntry,
+    InvalidToken,
+    TokenSigner,
+    TokenVerifier,
+    TrustStore,
+    generate_private_key,
+    load_certificates,
+    load_jwks,
+    load_private_key,
+)
+from pipeline.access import ACTIONS, ALL, PULL
+from pipeline.errors import ConfigurationError, Denied, Unauthorized
+from pipeline.settings import Settings
+
+__all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
+
+log = logging.getLogger("lading.auth")
+
+
+class Access:
+    """Authenticates callers and decides what they may do, per `settings.auth`."""
+
+    def __init__(self, settings: Settings) -> None:
+        auth = settings.auth
+        if auth.htpasswd is None and auth.token is None:
+            raise ConfigurationError("auth", "auth: configure htpasswd or token to control access")
+        self.settings = settings
+        self.policy = PolicySource.from_settings(auth)
+        self.htpasswd: Htpasswd | None = None
+        self.basic_realm = ""
+        if auth.htpasswd is not None:
+            self.htpasswd = Htpasswd(auth.htpasswd.path)
+            self.basic_realm = auth.htpasswd.realm
+        self.verifier: TokenVerifier | None = None
+        self.signer: TokenSigner | None = None
+        self.token_endpoint: TokenEndpoint | None = None
+        token = auth.token
+        if token is not None:
+            trust = TrustStore(
+                roots=load_certificates(token.rootcertbundle) if token.rootcertbundle else (),
+                keys=load_jwks(token.jwks) if token.jwks else (),
+            )
+            if token.builtin_htpasswd:
+                self._start_token_server(settings, trust)
+            if not trust:
+                raise ConfigurationError(
+                    "auth.token",
+                    "auth.token: no key to verify tokens with (set rootcertbundle or jwks, "
+                    "or lading.auth.token.htpasswd for the built-in token server)",
+                )
+            self.verifier = TokenVerifier(token.issuer, token.service, trust)
+
+    def _start_token_server(self, settings: Settings, trust: TrustStore) -> None:
+        token = settings.auth.token
+        assert token is not None
+        if token.builtin_signing_key:
+            private_key = load_private_key(token.builtin_signing_key)
+        else:
+            private_key = generate_private_key()
+            log.warning(
+                "built-in token server: no lading.auth.token.signing_key, generated a temporary "
+                "signing key; its tokens die with this process and other replicas reject them"
+            )
+        self.signer = TokenSigner(private_key, token.issuer, token.service, token.expiration_seconds)
+        trust.add_key(self.signer.public_key, self.signer.kid)
+        same_file = self.htpasswd is not None and self.htpasswd.path == token.builtin_htpasswd
+        credentials = (
+            self.htpasswd
+            if same_file and self.htpasswd is not None
+            else Htpasswd(token.builtin_htpasswd, key="lading.auth.token.htpasswd")
+        )
+        self.token_endpoint = TokenEndpoint(
+            self.signer, credentials, self.policy, realm=self.basic_realm or token.service
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Access | None:
+        """The `Access` for `settings`, or None when no access controller is configured
+        (an open registry, as distribution without `auth:`)."""
+        auth = settings.auth
+        if auth.htpasswd is None and auth.token is None:
+            if auth.policy_path:
+                raise ConfigurationError(
+                    "lading.auth.policy", "lading.auth.policy: needs auth.htpasswd or auth.token configured"
+                )
+            return None
+        return cls(settings)
+
+    def routes(self) -> list[Route]:
+        """The built-in token endpoint's route (empty when it is not enabled)."""
+        token = self.settings.auth.token
+        if self.token_endpoint is None or token is None:
+            return []
+        return [Route(token.builtin_path, self.token_endpoint.handle, methods=["GET", "POST"])]
+
+    # --- authorize -----------------------------------------------------------------------
+
+    async def authorize(self, request: Request, repository: str | None, actions: set[str]) -> Identity:
+        """The caller, if it may do every one of `actions` on `repository` (see module doc)."""
+        wanted = frozenset(actions)
+        parts = split_authorization(request.headers.get("authorization"))
+        scheme, credentials = parts if parts is not None else ("", "")
+        if scheme == "bearer" and self.verifier is not None:
+            identity = self._token_identity(request, credentials, repository, wanted)
+            if self._token_permits(identity, repository, wanted):
+                return identity
+            raise Denied(access_detail(repository, wanted))
+        if scheme == "basic" and self.htpasswd is not None:
+            identity = await self._basic_identity(request, credentials, repository, wanted)
+            if self._policy_permits(identity, repository, wanted):
+                return identity
+            raise Denied(access_detail(repository, wanted))
+        anonymous_may_try = parts is None and self.verifier is None and (repository is not None or wanted)
+        if anonymous_may_try and self._policy_permits(ANONYMOUS, repository, wanted):
+            return ANONYMOUS
+        raise self._challenge(request, repository, wanted)
+
+    def allowed(self, identity: Identity, repository: str, action: str) -> bool:
+        """May `identity` do `action` on `repository`? (cross-repository mount source,
+        or any check beyond the request's own; tokens decide by their claims alone)."""
+        if identity.source == "token":
+            return any(e.permits("repository", repository, action) for e in identity.token_access)
+        return self._policy_permits(identity, repository, frozenset({action}))
+
+    def catalog_visible(self, identity: Identity, repository: str) -> bool:
+        """Should `_catalog` list `repository` to `identity`? Repositories it may pull; a
+        token granting `registry:catalog:*` sees every repository (as in distribution)."""
+        if identity.source == "token" and any(
+            e.permits("registry", "catalog", ALL) for e in identity.token_access
+        ):
+            return True
+        return self.allowed(identity, repository, PULL)
+
+    # --- the pieces ----------------------------------------------------------------------
+
+    def _realm(self, request: Request) -> str:
+        token = self.settings.auth.token
+        assert token is not None
+        if token.realm.startswith("/"):
+            base = self.settings.http.host.rstrip("/") or f"{request.url.scheme}://{request.url.netloc}"
+            return base + token.realm
+        return token.realm
+
+    def _challenge(
+        self, request: Request, repository: str | None, wanted: frozenset[str], error: str | None = None
+    ) -> Unauthorized:
+        token = self.settings.auth.token
+        if token is not None:
+            scope = scope_for(repository, wanted)
+            value = bearer_challenge(self._realm(request), token.service, scope, error)
+        else:
+            value = basic_challenge(self.basic_realm)
+        return unauthorized(value, access_detail(repository, wanted))
+
+    def _token_identity(
+        self, request: Request, raw: str, repository: str | None, wanted: frozenset[str]
+    ) -> Identity:
+        assert self.verifier is not None
+        try:
+            verified = self.verifier.verify(raw)
+        except InvalidToken as exc:
+            log.info("bearer token rejected: %s", exc)
+            raise self._challenge(request, repository, wanted, "invalid_token") from None
+        return Identity(name=verified.subject or None, source="token", token_access=verified.access)
+
+    async def _basic_identity(
+        self, request: Request, credentials: str, repository: str | None, wanted: frozenset[str]
+    ) -> Identity:
+        assert self.htpasswd is not None
+        parsed = decode_basic(credentials)
+        user, password = parsed if parsed is not None else ("", "")
+        # Malformed credentials still pay for a bcrypt check: every failure looks alike.
+        ok = await run_in_threadpool(self.htpasswd.verify, user, password)
+        if not ok or parsed is None:
+            log.info("basic authentication failed for user %r", user)
+            raise self._challenge(request, repository, wanted)
+        return Identity(name=user, groups=self.policy.current().groups_of(user), source="basic")
+
+    @staticmethod
+    def _token_permits(identity: Identity, repository: str | None, wanted: frozenset[str]) -> bool:
+        if repository is None:
+            return not wanted or any(e.permits("registry", "catalog", ALL) for e in identity.token_access)
+        entries = identity.token_access
+        return all(any(e.permits("repository", repository, action) for e in entries) for action in wanted)
+
+    def _policy_permits(self, identity: Identity, repository: str | None, wanted: frozenset[str]) -> bool:
+        policy = self.policy.current()
+        if repository is None:
+            if not wanted:
+                return not identity.anonymous
+            return not identity.anonymous or policy.anonymous_access
+        if not wanted <= ACTIONS | {ALL}:
+            return False
+        return policy.allows(identity.name, repository, wanted, identity.groups)
