@@ -30,7 +30,7 @@ class Digest:
         """Parse `alg:hex`; raise DigestInvalid naming what is wrong."""
         if not isinstance(text, str):
             raise DigestInvalid(f"digest must be a string, got {type(text).__name__}")
-        m = _GRAMMAR.match(text)
+        m = _GRAMMAR.fullmatch(text)
         if not m:
             raise DigestInvalid(f"malformed digest {text!r}", message="invalid digest")
         alg, hexpart = m.group(1), m.group(2)

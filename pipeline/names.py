@@ -26,18 +26,18 @@ def validate_name(name: str) -> str:
         raise NameInvalid("repository name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise NameInvalid(f"repository name must not exceed {MAX_NAME_LENGTH} characters")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise NameInvalid(f"invalid repository name {name!r}")
     return name
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(name) and len(name) <= MAX_NAME_LENGTH and NAME_RE.match(name) is not None
+    return bool(name) and len(name) <= MAX_NAME_LENGTH and NAME_RE.fullmatch(name) is not None
 
 
 def validate_tag(tag: str) -> str:
     """Return `tag` if it matches the tag grammar, else raise TagInvalid."""
-    if not TAG_RE.match(tag):
+    if not TAG_RE.fullmatch(tag):
         raise TagInvalid(f"invalid tag {tag!r}")
     return tag
 

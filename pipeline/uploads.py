@@ -108,7 +108,16 @@ class UploadStore:
                 f"chunk starts at {offset} but the upload holds {status.size} bytes",
                 current_size=status.size,
             )
-        return self.driver.writer(paths.upload_data(repo, upload_id), append=True)
+        writer = self.driver.writer(paths.upload_data(repo, upload_id), append=True)
+        # The check above ran before the writer took the append lock: a concurrent PATCH at
+        # the same offset may have won the race, so check again now that the lock is held.
+        if offset is not None and writer.size != offset:
+            current = writer.size
+            writer.close()
+            raise RangeInvalid(
+                f"chunk starts at {offset} but the upload holds {current} bytes", current_size=current
+            )
+        return writer
 
     def append(self, repo: str, upload_id: str, data: bytes, offset: int | None = None) -> int:
         """Append one chunk and commit it; return the session's new size."""

@@ -118,7 +118,8 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def move(self, source: str, dest: str) -> None:
-        """Move a file, replacing dest if it exists. PathNotFound if source is absent."""
+        """Move a file or a directory, replacing dest if it exists. PathNotFound if source
+        is absent. Atomic on the filesystem (rename); on object stores it is copy-then-delete."""
 
     @abc.abstractmethod
     def delete(self, path: str) -> None:

@@ -199,3 +199,22 @@ def test_all_sessions_walks_every_repository(uploads: UploadStore, driver: Stora
     driver.put_content("/docker/registry/v2/repositories/a/_manifests/tags/x/current/link", b"x")
     found = {(s.repository, s.upload_id) for s in uploads.all_sessions()}
     assert found == made
+
+
+def test_two_patches_at_the_same_offset_cannot_both_append(tmp_path: Path) -> None:
+    """The second writer re-checks the offset once it holds the append lock."""
+    from pipeline.errors import RangeInvalid
+    from pipeline.storage.checked import CheckedDriver
+    from pipeline.storage.filesystem import FilesystemDriver
+    from pipeline.uploads import UploadStore
+
+    store = UploadStore(CheckedDriver(FilesystemDriver(str(tmp_path))))
+    session = store.create("race/repo")
+    first = store.open_append("race/repo", session.upload_id, 0)
+    first.write(b"abc")
+    first.commit()
+    first.close()
+    with pytest.raises(RangeInvalid) as caught:
+        store.open_append("race/repo", session.upload_id, 0)
+    assert caught.value.current_size == 3
+    assert store.status("race/repo", session.upload_id).size == 3

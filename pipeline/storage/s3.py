@@ -1,0 +1,510 @@
+"""S3 (and S3-compatible) storage driver, on the same key layout as distribution's s3 driver.
+
+Storage path `/docker/registry/v2/x` is the key `<rootdirectory>/docker/registry/v2/x`
+(without the leading `/` when there is no root directory). Directories are implied by the
+keys below them, as on every object store: deleting a directory's last file makes the
+directory disappear.
+
+- New-file writers upload parts as they fill (`chunk_size`, at least 5 MiB) and make the
+  object visible only at commit (CompleteMultipartUpload, or one PutObject when small);
+  cancel aborts the multipart upload, so nothing is left behind.
+- Appending writers build a new version of the object: the existing bytes are copied
+  server-side (UploadPartCopy, guarded by the ETag seen at open) and the new bytes follow;
+  commit swaps the object in one step, cancel leaves the old one untouched. Appenders of
+  one path exclude each other within this process (a bounded wait, then
+  StorageUnavailable); across processes the upload store's offset check is the guard.
+- `walk` is native: one flat listing, not a request per directory.
+
+boto/botocore errors are translated to `pipeline.errors` in one place, `_translate`:
+throttling, 5xx and connection failures become StorageUnavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+
+from pipeline.errors import (
+    InvalidOffset,
+    PathNotFound,
+    StorageError,
+    StorageUnavailable,
+    UnsupportedMethod,
+)
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.filereader import FileReader
+
+MIN_PART = 5 * 1024 * 1024  # S3's smallest non-final multipart part
+MAX_COPY_PART = 1024 * 1024 * 1024  # copy ranges stay well under S3's 5 GiB part limit
+DEFAULT_CHUNK = 10 * 1024 * 1024
+PRESIGN_SECONDS = 20 * 60  # distribution's redirect lifetime
+
+_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "InternalError",
+        "OperationAborted",
+    }
+)
+_TRANSIENT_EXCEPTIONS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    HTTPClientError,
+)
+
+
+def _translate(exc: Exception, path: str) -> StorageError:
+    """The one map from boto errors to driver errors."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return _from_code(str(error.get("Code", "")), status, str(error.get("Message", "")), path)
+    if isinstance(exc, _TRANSIENT_EXCEPTIONS):
+        return StorageUnavailable(f"{path}: {exc}")
+    return StorageError(f"{path}: {exc}")
+
+
+def _from_code(code: str, status: int, message: str, path: str) -> StorageError:
+    if code in _MISSING_CODES or status == 404:
+        return PathNotFound(path)
+    text = f"{path}: {code or status}" + (f": {message}" if message else "")
+    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        return StorageUnavailable(text)
+    return StorageError(text)
+
+
+@contextlib.contextmanager
+def _s3_errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, path) from exc
+
+
+_Objects = list[dict[str, Any]]  # spelled here: the driver's own `list` method shadows the builtin
+
+# Appenders of one object exclude each other across every S3Driver in the process.
+_append_guard = threading.Condition()
+_appending: set[tuple[str, str]] = set()
+
+
+class S3Driver(StorageDriver):
+    """Objects in `bucket` under `root_directory`."""
+
+    name = "s3"
+    capabilities = Capabilities(redirect=True, walk=True)
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        root_directory: str = "",
+        force_path_style: bool = False,
+        secure: bool = True,
+        chunk_size: int = DEFAULT_CHUNK,
+        lock_timeout: float = 30.0,
+        max_attempts: int = 5,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.bucket = bucket
+        self.chunk_size = max(chunk_size, MIN_PART)
+        self.lock_timeout = lock_timeout
+        self._prefix = root_directory.strip("/")
+        config = Config(
+            region_name=region,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            s3={"addressing_style": "path" if force_path_style else "auto"},
+            connect_timeout=connect_timeout,
+            max_pool_connections=32,
+        )
+        session = boto3.session.Session()
+        self.client: Any = session.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+            use_ssl=secure,
+            config=config,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Driver(bucket={self.bucket!r}, root={self._prefix!r})"
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def _key(self, path: str) -> str:
+        return f"{self._prefix}{path}" if self._prefix else path[1:]
+
+    def _dir_prefix(self, path: str) -> str:
+        """The key prefix of everything below directory `path`."""
+        if path == "/":
+            return f"{self._prefix}/" if self._prefix else ""
+        return self._key(path) + "/"
+
+    def _path(self, key: str) -> str:
+        return key[len(self._prefix) :] if self._prefix else "/" + key
+
+    def _objects(self, prefix: str, path: str) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _s3_errors(path):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
+
+    def _head(self, path: str) -> dict[str, Any]:
+        with _s3_errors(path):
+            response: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+        return response
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get_content(self, path: str) -> bytes:
+        with _s3_errors(path):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+        return data
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        size = int(self._head(path)["ContentLength"])
+        if offset < 0 or offset > size:
+            raise InvalidOffset(path, offset)
+        raw = _ObjectReader(self, path, size)
+        raw.seek(offset)
+        return io.BufferedReader(raw, buffer_size=1024 * 1024)
+
+    def _open_range(self, path: str, offset: int) -> Any:
+        with _s3_errors(path):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(path), Range=f"bytes={offset}-")[
+                "Body"
+            ]
+
+    def stat(self, path: str) -> FileInfo:
+        if path == "/":
+            return FileInfo("/", 0, datetime.now(UTC), True)
+        try:
+            head = self._head(path)
+        except PathNotFound:
+            contents = self._first_below(path)
+            if not contents:
+                raise
+            return FileInfo(path, 0, contents[0]["LastModified"], True)
+        return FileInfo(path, int(head["ContentLength"]), head["LastModified"], False)
+
+    def list(self, path: str) -> list[str]:
+        prefix = self._dir_prefix(path)
+        names: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _s3_errors(path):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+                names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
+        names.discard("")
+        if not names and path != "/":
+            raise PathNotFound(path)
+        base = "" if path == "/" else path
+        return [f"{base}/{name}" for name in sorted(names)]
+
+    def walk(self, path: str) -> Iterator[FileInfo]:
+        prefix = self._dir_prefix(path)
+        objects = self._objects(prefix, path)
+        files = [(self._path(o["Key"]), int(o["Size"]), o["LastModified"]) for o in objects]
+        if not files and path != "/":
+            raise PathNotFound(path)
+        base = "" if path == "/" else path
+        entries: dict[str, FileInfo] = {}
+        for file_path, size, modified in files:
+            entries[file_path] = FileInfo(file_path, size, modified, False)
+            parent = file_path.rsplit("/", 1)[0]
+            while parent != base:
+                known = entries.get(parent)
+                if known is None or known.modified < modified:
+                    entries[parent] = FileInfo(parent, 0, modified, True)
+                parent = parent.rsplit("/", 1)[0]
+        yield from sorted(entries.values(), key=lambda info: info.path.split("/"))
+
+    def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
+        if operation is None:
+            raise UnsupportedMethod(f"redirect for {method}")
+        with _s3_errors(path):
+            url: str = self.client.generate_presigned_url(
+                operation, Params={"Bucket": self.bucket, "Key": self._key(path)}, ExpiresIn=PRESIGN_SECONDS
+            )
+        return url
+
+    # --- writing -------------------------------------------------------------------------
+
+    def put_content(self, path: str, content: bytes) -> None:
+        with _s3_errors(path):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=bytes(content))
+
+    def writer(self, path: str, append: bool = False) -> FileWriter:
+        return _AppendWriter(self, path) if append else _ObjectWriter(self, path)
+
+    def move(self, source: str, dest: str) -> None:
+        try:
+            self._head(source)
+        except PathNotFound:
+            if not self._first_below(source):
+                raise
+            self._move_dir(source, dest)
+            return
+        self._copy(source, self._key(source), self._key(dest))
+        with _s3_errors(source):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(source))
+
+    def _copy(self, path: str, source_key: str, dest_key: str) -> None:
+        with _s3_errors(path):
+            self.client.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, dest_key)
+
+    def _move_dir(self, source: str, dest: str) -> None:
+        """Object stores have no directories: copy every key below, then delete the originals.
+        Not atomic; a crash in between leaves both copies, never neither."""
+        source_prefix, dest_prefix = self._dir_prefix(source), self._dir_prefix(dest)
+        keys = [o["Key"] for o in self._objects(source_prefix, source)]
+        for key in keys:
+            self._copy(source, key, dest_prefix + key[len(source_prefix) :])
+        self._delete_keys(source, keys)
+
+    def _first_below(self, path: str) -> _Objects:
+        """At most one object below directory `path` (none: no such directory)."""
+        prefix = self._dir_prefix(path)
+        with _s3_errors(path):
+            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        contents: _Objects = listing.get("Contents", [])
+        return contents
+
+    def delete(self, path: str) -> None:
+        if path == "/":
+            keys = [o["Key"] for o in self._objects(self._dir_prefix(path), path)]
+        else:
+            key = self._key(path)
+            below = key + "/"
+            objects = self._objects(key, path)  # also lists prefix siblings (`/a/bc` for `/a/b`)
+            keys = [o["Key"] for o in objects if o["Key"] == key or o["Key"].startswith(below)]
+            if not keys:
+                raise PathNotFound(path)
+        self._delete_keys(path, keys)
+
+    def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            with _s3_errors(path):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            for error in response.get("Errors") or []:
+                failed = self._path(str(error.get("Key", ""))) if error.get("Key") else path
+                raise _from_code(str(error.get("Code", "")), 0, str(error.get("Message", "")), failed)
+
+
+class _ObjectReader(FileReader):
+    """FileReader whose stream is a ranged GET; read errors are translated too."""
+
+    def __init__(self, driver: S3Driver, path: str, size: int) -> None:
+        super().__init__(driver, path, size)
+        self._s3 = driver
+
+    def _open(self) -> Any:
+        if self._stream is None:
+            self._stream = self._s3._open_range(self.path, self._offset)
+        return self._stream
+
+    def readinto(self, buffer: Any) -> int:
+        with _s3_errors(self.path):
+            return super().readinto(buffer)
+
+    def readall(self) -> bytes:
+        with _s3_errors(self.path):
+            return super().readall()
+
+
+class _ObjectWriter(FileWriter):
+    """Buffers up to `chunk_size`, then streams parts of a multipart upload."""
+
+    def __init__(self, driver: S3Driver, path: str, initial: bytes = b"") -> None:
+        self._driver = driver
+        self._path = path
+        self._key = driver._key(path)
+        self._buffer = bytearray(initial)
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._state = "open"
+        self._size = len(initial)
+        self._copy_from: tuple[int, str] | None = None  # (size, etag) of bytes to copy first
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._path}: writer already {self._state}")
+
+    def write(self, data: bytes) -> int:
+        self._check_open()
+        self._buffer += data
+        self._size += len(data)
+        if len(self._buffer) >= self._driver.chunk_size:
+            try:
+                self._flush_part()
+            except BaseException:
+                self.cancel()
+                raise
+        return len(data)
+
+    def _start_upload(self) -> None:
+        client, bucket = self._driver.client, self._driver.bucket
+        with _s3_errors(self._path):
+            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=self._key)["UploadId"]
+            if self._copy_from is not None:
+                size, etag = self._copy_from
+                ranges = max(1, -(-size // MAX_COPY_PART))
+                step = -(-size // ranges)
+                for start in range(0, size, step):
+                    end = min(start + step, size) - 1
+                    copied = client.upload_part_copy(
+                        Bucket=bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        PartNumber=len(self._parts) + 1,
+                        CopySource={"Bucket": bucket, "Key": self._key},
+                        CopySourceIfMatch=etag,
+                        CopySourceRange=f"bytes={start}-{end}",
+                    )
+                    etag = copied["CopyPartResult"]["ETag"]
+                    self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": etag})
+
+    def _flush_part(self) -> None:
+        if self._upload_id is None:
+            self._start_upload()
+        with _s3_errors(self._path):
+            uploaded = self._driver.client.upload_part(
+                Bucket=self._driver.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=len(self._parts) + 1,
+                Body=bytes(self._buffer),
+            )
+        self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": uploaded["ETag"]})
+        self._buffer = bytearray()
+
+    def commit(self) -> None:
+        self._check_open()
+        client, bucket = self._driver.client, self._driver.bucket
+        try:
+            if self._upload_id is None and self._copy_from is None:
+                with _s3_errors(self._path):
+                    client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
+            else:
+                if self._buffer or not self._parts:
+                    self._flush_part()
+                with _s3_errors(self._path):
+                    client.complete_multipart_upload(
+                        Bucket=bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": self._parts},
+                    )
+        except BaseException:
+            self.cancel()
+            raise
+        self._buffer = bytearray()
+        self._state = "committed"
+        self._finished()
+
+    def cancel(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "cancelled"
+        self._buffer = bytearray()
+        try:
+            if self._upload_id is not None:
+                with _s3_errors(self._path):
+                    self._driver.client.abort_multipart_upload(
+                        Bucket=self._driver.bucket, Key=self._key, UploadId=self._upload_id
+                    )
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        """Hook for subclasses holding resources until the writer is done."""
+
+    def close(self) -> None:
+        self.cancel()
+
+
+class _AppendWriter(_ObjectWriter):
+    """Continues an object: small ones are re-uploaded, larger ones copied server-side."""
+
+    def __init__(self, driver: S3Driver, path: str) -> None:
+        self._guard_key = (driver.bucket, driver._key(path))
+        with _append_guard:
+            if not _append_guard.wait_for(lambda: self._guard_key not in _appending, driver.lock_timeout):
+                raise StorageUnavailable(f"{path}: another writer is appending to this file")
+            _appending.add(self._guard_key)
+        try:
+            try:
+                head = driver._head(path)
+            except PathNotFound:
+                head = None
+            size = int(head["ContentLength"]) if head else 0
+            initial = driver.get_content(path) if head and size < MIN_PART else b""
+            super().__init__(driver, path, initial)
+            self._created = head is None
+            self._start = size
+            if head is not None and size >= MIN_PART:
+                self._copy_from = (size, str(head["ETag"]))
+                self._size = size
+        except BaseException:
+            self._release()
+            raise
+
+    def commit(self) -> None:
+        if self._state == "open" and not self._created and self._size == self._start:
+            self._state = "committed"  # nothing appended: the object stays exactly as it was
+            self._finished()
+            return
+        super().commit()
+
+    def _release(self) -> None:
+        with _append_guard:
+            _appending.discard(self._guard_key)
+            _append_guard.notify_all()
+
+    def _finished(self) -> None:
+        self._release()

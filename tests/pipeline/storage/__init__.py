@@ -1,0 +1,1 @@
+"""Storage driver tests: one contract suite (contract.py) run against every backend."""
