@@ -169,3 +169,36 @@ def quarantine_root() -> str:
 def maintenance_state(job: str) -> str:
     """Cursor/progress state of a resumable maintenance job (scrub, gc)."""
     return f"{LADING}/state/{job}"
+
+
+def pending_commits_dir(name: str) -> str:
+    """Blob commits accepted in batch mode (`Prefer: respond-async`) and not yet confirmed."""
+    return f"{lading_repository_dir(name)}/pending"
+
+
+def pending_commit(name: str, digest: Digest) -> str:
+    """JSON {job_id, upload_id, created} of a batch-mode commit of `digest` into `name`."""
+    return f"{pending_commits_dir(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def gc_candidates_root() -> str:
+    return f"{LADING}/gc/candidates"
+
+
+def gc_candidate(digest: Digest) -> str:
+    """Present while a garbage collection intends to delete the blob; a push that relies on
+    the blob deletes it first (BlobStore.rescue), which makes the sweep keep the blob."""
+    return f"{gc_candidates_root()}/{digest.algorithm}/{digest.hex}"
+
+
+def gc_trash_root() -> str:
+    return f"{LADING}/gc/trash"
+
+
+def gc_trash(digest: Digest) -> str:
+    """Where a sweep parks a blob's directory between deciding to delete it and deleting it."""
+    return f"{gc_trash_root()}/{digest.algorithm}/{digest.hex}"
+
+
+def gc_trash_data(digest: Digest) -> str:
+    return f"{gc_trash(digest)}/data"

@@ -1,0 +1,98 @@
+"""The ASGI application: `create_app(settings, registry, jobs, access=None)`.
+
+Framework: Starlette (served by uvicorn with httptools + uvloop). Starlette is a thin ASGI
+toolkit: requests can be streamed chunk by chunk into storage and responses streamed out
+without buffering, and it adds almost nothing per request. Its path-parameter routing
+does not fit repository names that contain slashes, so every `/v2/` path goes to one
+catch-all route handled by api.routes.router, which matches by suffix.
+
+Around the router:
+- `Docker-Distribution-API-Version: registry/2.0` is added to every response, including
+  404s, 405s and errors raised by other middleware (ApiVersionMiddleware + the 500 handler);
+- the built-in token endpoint (api.auth `Access.routes()`), when enabled, is routed before
+  the registry and outside its access checks;
+- uncaught exceptions become a 500 OCI error body (UNKNOWN) that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
+
+from api.access_table import Access
+from api.errors import API_VERSION, API_VERSION_HEADER, error_response
+from api.routes.router import RegistryRouter
+from pipeline.jobs import JobClient
+from pipeline.registry import Registry
+from pipeline.settings import Settings
+
+log = logging.getLogger("lading.api")
+
+_VERSION_HEADER = (API_VERSION_HEADER.lower().encode("latin-1"), API_VERSION.encode("latin-1"))
+
+
+class ApiVersionMiddleware:
+    """Adds the API version header to every HTTP response that lacks it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == _VERSION_HEADER[0] for name, _ in headers):
+                    headers.append(_VERSION_HEADER)
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(exc, request.method == "HEAD")
+
+
+def create_app(
+    settings: Settings,
+    registry: Registry,
+    jobs: JobClient,
+    access: Access | None = None,
+    *,
+    lifespan: Lifespan[Any] | None = None,
+    middleware: Sequence[Middleware] = (),
+) -> Starlette:
+    """The registry API. `access` (api.auth) is consulted for every request via
+    api.access_table when given; without it the registry is open. `middleware` (metrics,
+    request logs) wraps the router inside the version-header middleware. Health and metrics
+    endpoints are added by the composition root (lading.embedded) around this app."""
+    router = RegistryRouter(settings, registry, jobs, access)
+    routes: list[BaseRoute] = []
+    extra_routes = getattr(access, "routes", None)
+    if callable(extra_routes):
+        routes.extend(extra_routes())
+    routes.append(Route("/{path:path}", router, methods=None))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiVersionMiddleware), *middleware],
+        exception_handlers={Exception: _unhandled},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.jobs = jobs
+    app.state.access = access
+    return app

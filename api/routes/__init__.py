@@ -1,0 +1,1 @@
+"""The OCI distribution endpoints: one module per resource, matched by api.routes.router."""

@@ -1,0 +1,188 @@
+"""GET/HEAD (end-3), PUT (end-7a/7b) and DELETE (end-9) of `/v2/<name>/manifests/<reference>`.
+
+`<reference>` is a digest when it contains ':' (malformed -> 400 DIGEST_INVALID), else a tag
+(malformed -> 400 TAG_INVALID).
+
+- GET/HEAD answers the stored bytes with the stored media type as Content-Type (no content
+  negotiation: clients get exactly what was pushed), Docker-Content-Digest, ETag and
+  Content-Length; If-None-Match with the ETag gives 304.
+- PUT reads at most MAX_MANIFEST_SIZE bytes (more -> 413 MANIFEST_INVALID, nothing stored) and
+  sends COMMIT_MANIFEST; the worker parses, verifies every reference (one
+  MANIFEST_BLOB_UNKNOWN entry per missing digest), stores, tags and records the subject.
+  201 carries Location (by digest), Docker-Content-Digest and `OCI-Subject` when the
+  manifest has a subject. When blobs are missing that batch-mode commits are still writing
+  (api.routes.pending), the PUT waits for those commits and retries once.
+  Pushing by digest with `?tag=a&tag=b` (end-7b) also tags it; each tag is echoed in `OCI-Tag`.
+- DELETE by digest removes the revision, every tag pointing at it and its referrer entry;
+  by tag only the tag (pipeline.manifest_commit.delete_manifest, under the repository
+  lock); both 202, and 405 UNSUPPORTED unless `storage.delete.enabled`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+
+from api.errors import ApiError, code_and_status, entry
+from api.routes.blobs import etag_of, if_none_match
+from api.routes.context import RequestContext
+from api.routes.pending import PendingCommit, PendingCommits
+from api.streaming import read_limited
+from pipeline import jobs as joblib
+from pipeline import manifest_commit
+from pipeline.digest import Digest
+from pipeline.errors import (
+    JobTimeout,
+    ManifestBlobUnknown,
+    OperationUnsupported,
+    RegistryError,
+)
+from pipeline.manifests import MAX_MANIFEST_SIZE
+from pipeline.names import is_digest_reference, validate_tag
+from pipeline.registry import Registry
+
+MAX_TAGS_PER_PUSH = 100
+
+
+def _load(registry: Registry, name: str, reference: str) -> tuple[Digest, bytes, str]:
+    if is_digest_reference(reference):
+        digest = Digest.parse(reference)
+    else:
+        digest = registry.tags.resolve(name, validate_tag(reference))
+    body, media_type = registry.manifests.get(name, digest)
+    return digest, body, media_type
+
+
+async def get_manifest(ctx: RequestContext) -> Response:
+    """200 with the manifest (HEAD: headers only); 404 MANIFEST_UNKNOWN."""
+    digest, body, media_type = await ctx.blocking(_load, ctx.registry, ctx.name, ctx.params["reference"])
+    etag = etag_of(digest)
+    headers = {"Docker-Content-Digest": str(digest), "ETag": etag}
+    if if_none_match(ctx.request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(len(body))
+    return Response(b"" if ctx.head else body, headers=headers, media_type=media_type)
+
+
+def _media_type(content_type: str | None) -> str | None:
+    """The Content-Type without parameters (the spec says to ignore them)."""
+    if not content_type:
+        return None
+    return content_type.split(";", 1)[0].strip() or None
+
+
+def _extra_tags(ctx: RequestContext, reference: str) -> list[str]:
+    tags = ctx.request.query_params.getlist("tag")
+    if not tags:
+        return []
+    if not is_digest_reference(reference):
+        return [validate_tag(t) for t in tags]
+    if len(tags) > MAX_TAGS_PER_PUSH:
+        raise ApiError("MANIFEST_INVALID", 414, "too many tags in one push", {"limit": MAX_TAGS_PER_PUSH})
+    return [validate_tag(t) for t in tags]
+
+
+async def put_manifest(ctx: RequestContext) -> Response:
+    """201 with Location, Docker-Content-Digest (and OCI-Subject / OCI-Tag when relevant)."""
+    reference = ctx.params["reference"]
+    if is_digest_reference(reference):
+        Digest.parse(reference)
+    else:
+        validate_tag(reference)
+    extra_tags = [t for t in _extra_tags(ctx, reference) if t != reference]
+    body = await read_limited(ctx.request, MAX_MANIFEST_SIZE)
+    if body is None:
+        raise ApiError("MANIFEST_INVALID", 413, "manifest too large", {"limit": MAX_MANIFEST_SIZE})
+    kwargs: dict[str, Any] = {
+        "repository": ctx.name,
+        "reference": reference,
+        "media_type": _media_type(ctx.request.headers.get("content-type")),
+        "body_b64": base64.b64encode(body).decode("ascii"),
+    }
+    value = await _commit(ctx, kwargs)
+    digest = str(value["digest"])
+    for tag in extra_tags:
+        await _commit(ctx, {**kwargs, "reference": tag})
+    headers = {
+        "Location": ctx.urls.manifest(ctx.name, digest),
+        "Docker-Content-Digest": digest,
+        "Content-Length": "0",
+    }
+    if value.get("subject"):
+        headers["OCI-Subject"] = str(value["subject"])
+    response = Response(status_code=201, headers=headers)
+    if extra_tags:
+        response.headers["OCI-Tag"] = ", ".join(extra_tags)
+    return response
+
+
+async def _commit(ctx: RequestContext, kwargs: dict[str, Any]) -> dict[str, Any]:
+    timeout = ctx.settings.celery.manifest_timeout
+    try:
+        return await ctx.jobs.run(joblib.COMMIT_MANIFEST, timeout=timeout, **kwargs)
+    except ManifestBlobUnknown as missing:
+        await _await_pending_commits(ctx, missing, timeout)
+        return await ctx.jobs.run(joblib.COMMIT_MANIFEST, timeout=timeout, **kwargs)
+
+
+async def _await_pending_commits(ctx: RequestContext, missing: ManifestBlobUnknown, timeout: float) -> None:
+    """Wait for batch-mode commits of the missing blobs. Returns when all of them succeeded
+    (the caller retries the manifest); raises the original error when none was pending, or
+    one MANIFEST_BLOB_UNKNOWN entry per blob still missing or whose commit failed."""
+    digests: list[Digest] = []
+    for item in missing.digests:
+        try:
+            digests.append(Digest.parse(str(item)))
+        except RegistryError:
+            continue
+    store = PendingCommits(ctx.registry.driver)
+    records = await ctx.blocking(store.lookup_many, ctx.name, digests)
+    if not records:
+        raise missing
+    outcomes: dict[Digest, Exception | None] = {}
+
+    async def wait_one(digest: Digest, record: PendingCommit) -> None:
+        # Errors are collected, not raised, so one failed blob never hides the others
+        # (and no ExceptionGroup escapes the task group).
+        try:
+            await ctx.jobs.wait(record.job_id, timeout=timeout)
+            await ctx.blocking(store.clear, ctx.name, digest)
+        except Exception as err:
+            outcomes[digest] = err
+        else:
+            outcomes[digest] = None
+
+    async with anyio.create_task_group() as tg:
+        for digest, record in records.items():
+            tg.start_soon(wait_one, digest, record)
+
+    failures: dict[Digest, RegistryError] = {}
+    for digest, outcome in outcomes.items():
+        if outcome is None:
+            continue
+        if isinstance(outcome, JobTimeout) or not isinstance(outcome, RegistryError):
+            raise outcome
+        failures[digest] = outcome
+    still_missing = [str(d) for d in digests if d not in records]
+    if not failures and not still_missing:
+        return
+    code, _ = code_and_status(missing)
+    entries = []
+    for digest, err in failures.items():
+        reason_code, _ = code_and_status(err)
+        reason = {"code": reason_code, "message": err.text, "detail": err.detail}
+        entries.append(entry(code, "blob commit failed", {"digest": str(digest), "reason": reason}))
+    entries.extend(entry(code, missing.text, {"digest": d}) for d in still_missing)
+    raise ApiError(code, code_and_status(missing)[1], missing.text, entries=entries)
+
+
+async def delete_manifest(ctx: RequestContext) -> Response:
+    """202 after deleting; 404 MANIFEST_UNKNOWN; 405 UNSUPPORTED when deletes are disabled."""
+    if not ctx.settings.storage.delete_enabled:
+        raise OperationUnsupported("deletes are disabled on this registry")
+    reference = ctx.params["reference"]
+    await ctx.blocking(manifest_commit.delete_manifest, ctx.registry, ctx.name, reference)
+    return Response(status_code=202, headers={"Content-Length": "0"})

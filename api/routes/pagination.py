@@ -1,0 +1,42 @@
+"""`n` / `last` pagination shared by the tag list and the catalog (RFC 5988 `Link` next)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+from api.errors import ApiError
+
+
+def page_size(request: Request, maximum: int | None = None) -> int | None:
+    """The `n` query parameter (None when absent), capped at `maximum` if given.
+
+    Anything but a non-negative integer is a 400."""
+    raw = request.query_params.get("n")
+    if raw is None or raw == "":
+        return maximum
+    if not raw.isdigit():
+        raise ApiError("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested", {"n": raw})
+    n = int(raw)
+    return min(n, maximum) if maximum is not None else n
+
+
+def paginate(
+    fetch: Callable[[int | None, str | None], list[str]], n: int | None, last: str | None
+) -> tuple[list[str], bool]:
+    """One page from `fetch(limit, last)` and whether more entries follow.
+
+    Asks for one entry more than the page to learn whether a next page exists. n=0 still
+    calls fetch (so an unknown repository is reported) but returns nothing."""
+    if n is None:
+        return fetch(None, last), False
+    items = fetch(n + 1, last)
+    if n == 0:
+        return [], False
+    return items[:n], len(items) > n
+
+
+def next_link(url_for: Callable[[dict[str, str]], str], n: int, items: list[str]) -> str:
+    """The Link header pointing at the page after `items`."""
+    return f'<{url_for({"n": str(n), "last": items[-1]})}>; rel="next"'

@@ -1,0 +1,371 @@
+"""Blob uploads: POST (end-4a/4b/4c, end-11 mount), PATCH (end-5), PUT (end-6), GET (end-13),
+DELETE (end-14) on `/v2/<name>/blobs/uploads/[<uuid>]`.
+
+The API only moves bytes: request bodies are streamed into the session's data file
+(api.streaming.write_body) and the completing PUT sends a COMMIT_BLOB job, whose worker
+hashes, verifies digest and size, moves the data into blobs/ and links it. Worker errors come
+back as pipeline errors (DigestInvalid -> 400 DIGEST_INVALID, ...) and a failed commit
+leaves the session as it was, so the client may retry the PUT.
+
+- A chunk with `Content-Range: <start>-<end>` must start at the session's current size, else
+  416 with the session's `Range`, `Location` and `Docker-Upload-UUID`; the stored bytes are
+  unchanged. Without Content-Range a PATCH is a streamed append.
+- A body whose length differs from its Content-Range is 400 SIZE_INVALID and not kept; a
+  client that disconnects mid-chunk leaves nothing of that chunk behind.
+- `Range` is `0-<size-1>` (`0-0` for an empty session, as CNCF distribution answers).
+- Each PATCH that carries the session across a 32 MiB boundary sends ADVANCE_DIGEST (fire and
+  forget) so the commit only hashes the tail. The rule needs no state: crossing is computed
+  from the sizes before and after the chunk.
+- `?digest-algorithm=sha512` on POST is kept in the session's Location for later requests.
+- Mount: `?mount=<digest>&from=<repo>` links the blob (201) when the caller may pull `from`
+  (see api.access_table) and the blob is there; otherwise a new session (202) as the spec
+  allows, revealing nothing. Without `from` there is no automatic discovery: 202.
+- A completing PUT retried after a JobTimeout (503) whose commit finished meanwhile finds
+  its session gone but the blob linked, and answers 201 like the first attempt would have.
+- Batch mode (`Prefer: respond-async`) is described in api.routes.pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import partial
+
+import anyio
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response
+
+from api.access_table import MOUNT_SOURCE
+from api.errors import ApiError, error_response
+from api.routes.context import RequestContext
+from api.routes.pending import JOB_HEADER, PREFER_ASYNC, PendingCommits, wants_async
+from api.streaming import write_body
+from pipeline import jobs as joblib
+from pipeline.digest import CANONICAL, HEX_LENGTHS, Digest
+from pipeline.errors import (
+    BlobUnknown,
+    BlobUploadUnknown,
+    DigestInvalid,
+    JobTimeout,
+    RangeInvalid,
+    SizeInvalid,
+)
+from pipeline.jobs import JobClient
+from pipeline.names import is_valid_name
+from pipeline.registry import Registry
+from pipeline.storage.driver import FileWriter
+
+log = logging.getLogger("lading.api")
+
+ADVANCE_EVERY = 32 * 1024 * 1024
+SMALL_BODY = 256 * 1024  # chunks up to this size are read whole and written in one hop
+STATUS_POLL_SECONDS = 0.05
+_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?\s*(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$")
+
+
+# --- headers -----------------------------------------------------------------------------
+
+
+def _range(size: int) -> str:
+    return f"0-{max(size - 1, 0)}"
+
+
+def _algorithm(ctx: RequestContext) -> str | None:
+    alg = ctx.request.query_params.get("digest-algorithm")
+    if alg is None or alg == "":
+        return None
+    if alg not in HEX_LENGTHS:
+        raise DigestInvalid(f"unsupported digest algorithm {alg!r}", message="unsupported digest algorithm")
+    return alg
+
+
+def _session_headers(ctx: RequestContext, upload_id: str, size: int, algorithm: str | None) -> dict[str, str]:
+    query = {"digest-algorithm": algorithm} if algorithm else None
+    return {
+        "Location": ctx.urls.upload(ctx.name, upload_id, query),
+        "Range": _range(size),
+        "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    }
+
+
+def _created(ctx: RequestContext, digest: str) -> Response:
+    headers = {
+        "Location": ctx.urls.blob(ctx.name, digest),
+        "Docker-Content-Digest": digest,
+        "Content-Length": "0",
+    }
+    return Response(status_code=201, headers=headers)
+
+
+async def _range_error(ctx: RequestContext, upload_id: str, err: RangeInvalid) -> Response:
+    size = err.current_size
+    if size is None:
+        size = (await ctx.blocking(ctx.registry.uploads.status, ctx.name, upload_id)).size
+    headers = _session_headers(ctx, upload_id, size, _algorithm(ctx))
+    headers.pop("Content-Length")
+    return error_response(err, ctx.head, headers)
+
+
+# --- body handling -----------------------------------------------------------------------
+
+
+def _content_range(ctx: RequestContext) -> tuple[int | None, int | None]:
+    """(offset, expected length) from Content-Range, or (None, None) for a streamed append."""
+    raw = ctx.request.headers.get("content-range")
+    if raw is None:
+        return None, None
+    m = _CONTENT_RANGE.match(raw)
+    if not m:
+        raise ApiError("BLOB_UPLOAD_INVALID", 400, "malformed Content-Range", {"content-range": raw})
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start:
+        raise RangeInvalid({"content-range": raw})
+    expected = end - start + 1
+    declared = ctx.request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) != expected:
+        raise SizeInvalid({"content-range": raw, "content-length": int(declared)})
+    return start, expected
+
+
+def _has_body(ctx: RequestContext) -> bool:
+    headers = ctx.request.headers
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return True
+    declared = headers.get("content-length", "0")
+    return declared.isdigit() and int(declared) > 0
+
+
+async def _append(ctx: RequestContext, upload_id: str) -> tuple[int, int]:
+    """Stream the request body into the session; (size before, size after).
+
+    RangeInvalid when Content-Range does not start at the current size. Anything going wrong
+    while the body streams (disconnect, size mismatch, storage error) cancels the writer, so
+    the session keeps exactly the bytes it had."""
+    offset, expected = _content_range(ctx)
+    declared = ctx.request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) <= SMALL_BODY:
+        # A small chunk costs one thread hop instead of three: read it (the server holds
+        # the body to Content-Length), then open, write and commit in one go.
+        body = await ctx.request.body()
+        if expected is not None and len(body) != expected:
+            raise SizeInvalid({"declared": expected, "received": len(body)})
+        return await ctx.blocking(_append_small, ctx.registry, ctx.name, upload_id, offset, body)
+    writer = await ctx.blocking(ctx.registry.uploads.open_append, ctx.name, upload_id, offset)
+    try:
+        before = writer.size
+        written = await write_body(ctx.request, writer)
+        if expected is not None and written != expected:
+            raise SizeInvalid({"declared": expected, "received": written})
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await ctx.blocking(_abort, writer)
+        raise
+    await ctx.blocking(_finish, writer)
+    return before, before + written
+
+
+def _append_small(
+    registry: Registry, repository: str, upload_id: str, offset: int | None, body: bytes
+) -> tuple[int, int]:
+    writer = registry.uploads.open_append(repository, upload_id, offset)
+    before = writer.size
+    try:
+        writer.write(body)
+    except BaseException:
+        _abort(writer)
+        raise
+    _finish(writer)
+    return before, before + len(body)
+
+
+def _finish(writer: FileWriter) -> None:
+    # One thread hop for both: commit, and always release the writer.
+    try:
+        writer.commit()
+    except BaseException:
+        writer.cancel()
+        raise
+    finally:
+        writer.close()
+
+
+def _abort(writer: FileWriter) -> None:
+    try:
+        writer.cancel()
+    finally:
+        writer.close()
+
+
+def _advance_digest(client: JobClient, repository: str, upload_id: str, algorithm: str) -> None:
+    """Fire-and-forget ADVANCE_DIGEST; a failure only means the commit hashes more."""
+    try:
+        client.send(joblib.ADVANCE_DIGEST, repository=repository, upload_id=upload_id, algorithm=algorithm)
+    except Exception:
+        log.warning("could not send %s for upload %s", joblib.ADVANCE_DIGEST, upload_id, exc_info=True)
+
+
+# --- commit ------------------------------------------------------------------------------
+
+
+async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: int) -> Response:
+    """Commit the session as `digest`: wait for the job (201) or, in batch mode, don't (202)."""
+    kwargs = {"repository": ctx.name, "upload_id": upload_id, "digest": str(digest), "size": size}
+    if wants_async(ctx.request.headers.get("prefer")):
+        job_id = await ctx.blocking(partial(ctx.jobs.send, joblib.COMMIT_BLOB, **kwargs))
+        await ctx.blocking(PendingCommits(ctx.registry.driver).record, ctx.name, digest, job_id, upload_id)
+        status_url = ctx.urls.upload(ctx.name, upload_id) + f"?status&digest={digest}"
+        headers = {
+            "Location": ctx.urls.blob(ctx.name, str(digest)),
+            "Docker-Content-Digest": str(digest),
+            "Preference-Applied": PREFER_ASYNC,
+            JOB_HEADER: status_url,
+            "Content-Length": "0",
+        }
+        return Response(status_code=202, headers=headers)
+    value = await ctx.jobs.run(joblib.COMMIT_BLOB, timeout=ctx.settings.celery.commit_timeout, **kwargs)
+    return _created(ctx, str(value.get("digest") or digest))
+
+
+async def _try_mount(ctx: RequestContext) -> str | None:
+    """The mounted digest, or None when the request must fall back to a plain session."""
+    query = ctx.request.query_params
+    source = query.get("from")
+    if not source or not is_valid_name(source) or not ctx.grant(MOUNT_SOURCE):
+        return None
+    try:
+        digest = Digest.parse(query.get("mount", ""))
+    except DigestInvalid:
+        return None
+    try:
+        mounted = await ctx.blocking(ctx.registry.repo_blobs.mount, source, ctx.name, digest)
+    except BlobUnknown:
+        return None
+    return str(digest) if mounted else None
+
+
+async def _discard(ctx: RequestContext, upload_id: str) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await ctx.blocking(ctx.registry.uploads.cancel, ctx.name, upload_id)
+        except BlobUploadUnknown:
+            pass
+
+
+# --- handlers ----------------------------------------------------------------------------
+
+
+async def start_upload(ctx: RequestContext) -> Response:
+    """202 with a new session; 201 for a mount or a monolithic upload (`?digest=` + body)."""
+    algorithm = _algorithm(ctx)
+    query = ctx.request.query_params
+    if query.get("mount") is not None:
+        mounted = await _try_mount(ctx)
+        if mounted is not None:
+            return _created(ctx, mounted)
+    raw_digest = query.get("digest")
+    digest = Digest.parse(raw_digest) if raw_digest is not None and "mount" not in query else None
+    status = await ctx.blocking(ctx.registry.uploads.create, ctx.name)
+    if digest is None:
+        return Response(status_code=202, headers=_session_headers(ctx, status.upload_id, 0, algorithm))
+    # Monolithic: the client never learns this session's URL, so a failure discards it.
+    try:
+        _, size = await _append(ctx, status.upload_id)
+        return await _complete(ctx, status.upload_id, digest, size)
+    except JobTimeout:
+        raise  # the commit may still be running on the session
+    except BaseException:
+        await _discard(ctx, status.upload_id)
+        raise
+
+
+async def upload_status(ctx: RequestContext) -> Response:
+    """204 with Range/Location of a live session; with `?status&digest=` a batch commit's state."""
+    upload_id = ctx.params["upload_id"]
+    if "status" in ctx.request.query_params:
+        return await _commit_status(ctx)
+    status = await ctx.blocking(ctx.registry.uploads.status, ctx.name, upload_id)
+    headers = _session_headers(ctx, upload_id, status.size, _algorithm(ctx))
+    headers.pop("Content-Length")  # never on a 204 (RFC 9110 §8.6)
+    return Response(status_code=204, headers=headers)
+
+
+async def patch_upload(ctx: RequestContext) -> Response:
+    """202 after appending the chunk; 416 if it is out of order."""
+    upload_id = ctx.params["upload_id"]
+    algorithm = _algorithm(ctx)
+    try:
+        before, after = await _append(ctx, upload_id)
+    except RangeInvalid as err:
+        return await _range_error(ctx, upload_id, err)
+    response = Response(status_code=202, headers=_session_headers(ctx, upload_id, after, algorithm))
+    if after // ADVANCE_EVERY > before // ADVANCE_EVERY:
+        response.background = BackgroundTask(
+            _advance_digest, ctx.jobs, ctx.name, upload_id, algorithm or CANONICAL
+        )
+    return response
+
+
+async def complete_upload(ctx: RequestContext) -> Response:
+    """201 once the commit job succeeded (202 in batch mode). A malformed or missing digest is
+    a 400 and leaves the session untouched."""
+    upload_id = ctx.params["upload_id"]
+    raw = ctx.request.query_params.get("digest")
+    try:
+        status = await ctx.blocking(ctx.registry.uploads.status, ctx.name, upload_id)
+    except BlobUploadUnknown:
+        # A retry of a PUT whose commit finished after the first attempt timed out: the
+        # session is gone because the blob is in place, so the retry succeeds too.
+        if raw and not _has_body(ctx) and await _already_linked(ctx, raw):
+            return _created(ctx, raw)
+        raise
+    if not raw:
+        raise DigestInvalid("the digest query parameter is required", message="digest missing")
+    digest = Digest.parse(raw)
+    size = status.size
+    if _has_body(ctx):
+        try:
+            _, size = await _append(ctx, upload_id)
+        except RangeInvalid as err:
+            return await _range_error(ctx, upload_id, err)
+    return await _complete(ctx, upload_id, digest, size)
+
+
+async def _already_linked(ctx: RequestContext, raw: str) -> bool:
+    try:
+        digest = Digest.parse(raw)
+    except DigestInvalid:
+        return False
+    return await ctx.blocking(ctx.registry.repo_blobs.is_linked, ctx.name, digest)
+
+
+async def cancel_upload(ctx: RequestContext) -> Response:
+    """204 after deleting the session; 404 BLOB_UPLOAD_UNKNOWN if there is none."""
+    upload_id = ctx.params["upload_id"]
+    await ctx.blocking(ctx.registry.uploads.cancel, ctx.name, upload_id)
+    return Response(status_code=204, headers={"Docker-Upload-UUID": upload_id})
+
+
+async def _commit_status(ctx: RequestContext) -> Response:
+    digest = Digest.parse(ctx.request.query_params.get("digest") or "")
+    store = PendingCommits(ctx.registry.driver)
+    record = await ctx.blocking(store.lookup, ctx.name, digest)
+    if await ctx.blocking(ctx.registry.repo_blobs.is_linked, ctx.name, digest):
+        size = await ctx.blocking(ctx.registry.repo_blobs.stat, ctx.name, digest)
+        if record is not None:
+            await ctx.blocking(store.clear, ctx.name, digest)
+        return _committed(ctx, str(digest), size)
+    if record is None:
+        raise BlobUploadUnknown({"digest": str(digest)})
+    try:
+        value = await ctx.jobs.wait(record.job_id, timeout=STATUS_POLL_SECONDS)
+    except JobTimeout:
+        pending = {"status": "pending", "digest": str(digest)}
+        return JSONResponse(pending, status_code=202, headers={"Retry-After": "1"})
+    await ctx.blocking(store.clear, ctx.name, digest)
+    return _committed(ctx, str(value.get("digest") or digest), int(value.get("size") or 0))
+
+
+def _committed(ctx: RequestContext, digest: str, size: int) -> Response:
+    headers = {"Location": ctx.urls.blob(ctx.name, digest), "Docker-Content-Digest": digest}
+    return JSONResponse({"status": "committed", "digest": digest, "size": size}, headers=headers)

@@ -1,0 +1,217 @@
+"""Moving bytes between HTTP and storage without holding a blob in memory.
+
+- `write_body`: a request body -> a `FileWriter`. Incoming chunks (uvicorn delivers ~64 KiB)
+  are gathered into ~1 MiB buffers; each buffer is written in a worker thread while the next
+  one is being received (one buffer in flight, so memory stays bounded). A client that
+  disconnects mid-body raises `ClientDisconnect`; the caller cancels the writer, so no
+  partial chunk is ever kept.
+- `parse_range`: the one Range header parser (single `bytes=` range; anything else is
+  ignored as RFC 9110 allows, except an unsatisfiable range, which is a 416).
+- `ContentResponse`: sends `length` bytes of a readable stream (a blob from any driver, or
+  an OS file when the driver has a local path). Reads run in a thread with 1 MiB chunks.
+  When the server offers the ASGI `http.response.pathsend` extension and the whole file is
+  sent, the server sends the file itself (zero copy); uvicorn lacks it, so there the chunked
+  read is used. It stops reading as soon as the client goes away.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import BinaryIO
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from pipeline.storage.driver import FileWriter
+
+BUFFER_SIZE = 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
+
+async def write_body(request: Request, writer: FileWriter, buffer_size: int | None = None) -> int:
+    """Stream the request body into `writer` (not committed here); return the bytes written.
+
+    Raises starlette.requests.ClientDisconnect if the client goes away; the caller cancels."""
+    buffer_size = buffer_size or BUFFER_SIZE
+    send_stream, receive_stream = anyio.create_memory_object_stream[bytes](1)
+    written = 0
+
+    async def consume(stream: MemoryObjectReceiveStream[bytes]) -> None:
+        nonlocal written
+        async with stream:
+            async for block in stream:
+                await anyio.to_thread.run_sync(writer.write, block)
+                written += len(block)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume, receive_stream)
+            async with send_stream:
+                try:
+                    buffer = bytearray()
+                    async for chunk in request.stream():
+                        if not chunk:
+                            continue
+                        buffer += chunk
+                        if len(buffer) >= buffer_size:
+                            await send_stream.send(bytes(buffer))
+                            buffer.clear()
+                    if buffer:
+                        await send_stream.send(bytes(buffer))
+                except anyio.BrokenResourceError:
+                    pass  # the writer failed; the task group raises its error
+    except BaseExceptionGroup as group:
+        # Callers handle plain errors (ClientDisconnect, StorageUnavailable, ...), not groups.
+        raise first_error(group) from None
+    return written
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in a (nested) exception group, preferring real errors to the
+    cancellations they caused."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            todo[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    for exc in leaves:
+        if not isinstance(exc, cancelled):
+            return exc
+    return leaves[0]
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds `limit` bytes (the rest is not read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+
+
+class RangeNotSatisfiable(Exception):
+    """The Range header names no byte of the content (answer 416, `bytes */<size>`)."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single `bytes=` range, or None to send everything.
+
+    Multiple ranges and malformed headers are ignored (a full 200 answer), as RFC 9110
+    permits; a well-formed range past the end raises RangeNotSatisfiable."""
+    if not header:
+        return None
+    m = _RANGE.match(header)
+    if not m:
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable()
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable()
+    return start, min(end, size - 1)
+
+
+class ContentResponse(Response):
+    """`length` bytes of `stream` (already positioned at the first byte to send; closed here).
+
+    `stream` is None for HEAD answers and empty bodies. `path` (optional) is an OS path holding
+    exactly these bytes; with `whole=True` and a server offering pathsend, the server sends
+    the file itself."""
+
+    def __init__(
+        self,
+        stream: BinaryIO | None,
+        length: int,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        path: str | None = None,
+        whole: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.length = length
+        self.path = path
+        self.whole = whole
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        merged = dict(headers or {})
+        merged["Content-Length"] = str(length)
+        self.init_headers(merged)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream, self.stream = self.stream, None
+        try:
+            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            await send(start)
+            if stream is None or scope.get("method") == "HEAD" or self.length == 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            pathsend = "http.response.pathsend" in scope.get("extensions", {})
+            if self.path is not None and self.whole and pathsend:
+                await send({"type": "http.response.pathsend", "path": self.path})
+                return
+            await self._send_until_disconnect(stream, receive, send)
+        finally:
+            if stream is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(stream.close)
+
+    async def _send_until_disconnect(self, stream: BinaryIO, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stream_then_stop() -> None:
+                await self._stream(stream, send)
+                tg.cancel_scope.cancel()
+
+            async def stop_on_disconnect() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stream_then_stop)
+            tg.start_soon(stop_on_disconnect)
+
+    async def _stream(self, stream: BinaryIO, send: Send) -> None:
+        remaining = self.length
+        try:
+            while remaining > 0:
+                chunk = await anyio.to_thread.run_sync(stream.read, min(READ_CHUNK, remaining))
+                if not chunk:
+                    # Storage holds fewer bytes than announced: end the connection rather
+                    # than pretend a short body is complete.
+                    raise OSError("content ended early")
+                remaining -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+        except OSError:
+            # Client gone (ASGI 2.4 servers raise on send) or a short storage read.
+            return

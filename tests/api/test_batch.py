@@ -1,0 +1,147 @@
+"""Batch mode (`Prefer: respond-async`): a completing PUT answers 202 before the commit job ran;
+a later manifest PUT in any API replica waits for those commits, or names each failed blob."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pipeline import paths
+from pipeline.digest import Digest
+from pipeline.registry import Registry
+from tests.api.conftest import make_settings
+from tests.api.helpers import OCTET, GatedJobs, errors_of, oci_manifest, push_manifest, sha
+
+pytestmark = pytest.mark.anyio
+
+ASYNC = {"Prefer": "respond-async"}
+CONFIG = b'{"architecture":"amd64"}'
+LAYER = b"layer " * 1000
+
+
+@pytest.fixture
+def gated() -> Any:
+    jobs = GatedJobs(Registry.in_memory(make_settings()))
+    yield jobs
+    jobs.close()
+
+
+async def batch_put(api: Any, data: bytes, digest: str | None = None) -> Any:
+    r = await api.client.post("/v2/repo/blobs/uploads/")
+    location = r.headers["location"]
+    await api.client.patch(location, content=data, headers=OCTET)
+    return await api.client.put(location, params={"digest": digest or sha(data)}, headers=ASYNC)
+
+
+def pending_record_exists(registry: Registry, data_digest: str) -> bool:
+    return registry.driver.exists(paths.pending_commit("repo", Digest.parse(data_digest)))
+
+
+async def test_batch_put_answers_202_with_status_url(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    r = await batch_put(api, LAYER)
+    assert r.status_code == 202, r.text
+    digest = sha(LAYER)
+    assert r.headers["location"] == f"/v2/repo/blobs/{digest}"
+    assert r.headers["docker-content-digest"] == digest
+    assert r.headers["preference-applied"] == "respond-async"
+    status_url = r.headers["lading-job"]
+    assert status_url.startswith("/v2/repo/blobs/uploads/") and f"digest={digest}" in status_url
+    assert pending_record_exists(api.registry, digest)
+
+    pending = await api.client.get(status_url)
+    assert pending.status_code == 202
+    assert pending.json()["status"] == "pending"
+    assert (await api.client.head(f"/v2/repo/blobs/{digest}")).status_code == 404
+
+    gated.gate.set()
+    for _ in range(200):
+        done = await api.client.get(status_url)
+        if done.status_code != 202:
+            break
+        await asyncio.sleep(0.01)
+    assert done.status_code == 200, done.text
+    assert done.json() == {"status": "committed", "digest": digest, "size": len(LAYER)}
+    assert not pending_record_exists(api.registry, digest)
+    assert (await api.client.get(f"/v2/repo/blobs/{digest}")).content == LAYER
+
+
+async def test_batch_monolithic_post(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    r = await api.client.post(
+        "/v2/repo/blobs/uploads/", params={"digest": sha(CONFIG)}, content=CONFIG, headers={**OCTET, **ASYNC}
+    )
+    assert r.status_code == 202
+    assert r.headers["docker-content-digest"] == sha(CONFIG)
+    gated.gate.set()
+
+
+async def test_manifest_put_in_another_replica_waits_for_pending_commits(
+    make_api: Any, gated: GatedJobs
+) -> None:
+    replica_a = await make_api(registry=gated.registry, jobs=gated)
+    replica_b = await make_api(registry=gated.registry, jobs=gated)
+    assert (await batch_put(replica_a, CONFIG)).status_code == 202
+    assert (await batch_put(replica_a, LAYER)).status_code == 202
+    body = oci_manifest(CONFIG, [LAYER])
+
+    put = asyncio.create_task(push_manifest(replica_b.client, "repo", "v1", body))
+    await asyncio.sleep(0.2)
+    assert not put.done(), "the manifest PUT must wait for the blob commits"
+    gated.gate.set()
+    r = await asyncio.wait_for(put, 30)
+    assert r.status_code == 201, r.text
+    assert r.headers["docker-content-digest"] == sha(body)
+    assert (await replica_a.client.get("/v2/repo/manifests/v1")).content == body
+    assert not pending_record_exists(gated.registry, sha(LAYER))
+    assert not pending_record_exists(gated.registry, sha(CONFIG))
+
+
+async def test_failed_batch_commit_makes_the_manifest_put_name_it(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    assert (await batch_put(api, CONFIG)).status_code == 202
+    declared = sha(b"what the client claimed")
+    r = await batch_put(api, LAYER, digest=declared)
+    assert r.status_code == 202  # accepted: the worker has not looked at the bytes yet
+    status_url = r.headers["lading-job"]
+
+    body = oci_manifest(CONFIG, [], missing=[declared])
+    r = await push_manifest(api.client, "repo", "v1", body)
+    entries = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert len(entries) == 1
+    assert entries[0]["detail"]["digest"] == declared
+    assert entries[0]["detail"]["reason"]["code"] == "DIGEST_INVALID"
+    errors_of(await api.client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    errors_of(await api.client.get(status_url), 400, "DIGEST_INVALID")
+    assert not api.registry.blobs.exists(Digest.parse(declared))
+
+
+async def test_pending_and_never_pushed_blobs(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    assert (await batch_put(api, CONFIG)).status_code == 202
+    assert (await batch_put(api, LAYER)).status_code == 202
+    never = sha(b"never pushed")
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [LAYER], missing=[never]))
+    entries = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert [e["detail"]["digest"] for e in entries] == [never]
+    # The committed blobs are there for the next attempt.
+    assert (await api.client.head(f"/v2/repo/blobs/{sha(LAYER)}")).status_code == 200
+
+
+async def test_status_of_unknown_commit_is_404(api: Any) -> None:
+    url = "/v2/repo/blobs/uploads/3f0e4a43-6f8e-4d33-9b35-2c5d3e0c1a77"
+    r = await api.client.get(url, params={"status": "", "digest": sha(b"?")})
+    errors_of(r, 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+async def test_without_prefer_the_put_waits_and_answers_201(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    r = await api.client.post("/v2/repo/blobs/uploads/")
+    r = await api.client.put(r.headers["location"], params={"digest": sha(LAYER)}, content=LAYER)
+    assert r.status_code == 201
+    assert "lading-job" not in r.headers
