@@ -25,11 +25,21 @@ class UploadPurging:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    driver: str = "filesystem"  # "filesystem" | "inmemory"
+    driver: str = "filesystem"  # "filesystem" | "inmemory" | "s3"
     root: str = "./lading-data"
     delete_enabled: bool = False
     redirect_disabled: bool = True
     upload_purging: UploadPurging = field(default_factory=UploadPurging)
+    # storage.s3.<key> of distribution's s3 driver, as s3_<key>
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_regionendpoint: str = ""  # "" → AWS; else an S3-compatible endpoint URL
+    s3_accesskey: str = ""  # "" → boto3's default credential chain
+    s3_secretkey: str = ""
+    s3_rootdirectory: str = ""  # key prefix
+    s3_forcepathstyle: bool = False
+    s3_secure: bool = True
+    s3_chunksize: int = 10 * 1024 * 1024  # multipart part size (at least 5 MiB)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ class HttpSettings:
     metrics_addr: str = ""  # "" → served on the main port at metrics_path
     metrics_protected: bool = False
     health_path: str = "/healthz"
+    keepalive_seconds: float = 30.0  # idle keep-alive of client connections (lading.http.keepalive)
+    drain_timeout_seconds: float = 30.0  # graceful shutdown wait for in-flight requests (http.draintimeout)
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class TokenAuth:
     builtin_htpasswd: str = ""
     builtin_signing_key: str = ""
     expiration_seconds: int = 300
+    builtin_path: str = "/auth/token"  # where api mounts the built-in endpoint (without http.prefix)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,124 @@
+"""`/healthz`: is this API process able to serve? Checks storage and the broker.
+
+Storage: `stat` of the storage root through the driver ("not found" is healthy: a fresh
+root has nothing yet). Broker: a Redis PING (or a kombu connection for other brokers),
+bounded by a timeout; in embedded mode the in-process worker is the broker, so it is
+reported as such (or checked with the `embedded_alive` callable if given).
+Answers 200 `{"status": "ok", "checks": {...}}` or 503 `{"status": "unavailable", ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline.errors import PathNotFound
+from pipeline.settings import Settings
+from pipeline.storage.driver import StorageDriver
+
+__all__ = ["BrokerPing", "HealthCheck", "broker_ping", "health_route"]
+
+CHECK_TIMEOUT = 2.0
+
+BrokerPing = Callable[[], Awaitable[None]]
+
+
+def broker_ping(broker_url: str, timeout: float = CHECK_TIMEOUT) -> BrokerPing:
+    """An async callable raising if the broker at `broker_url` does not answer."""
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(
+            broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+        async def ping_redis() -> None:
+            await client.ping()
+
+        return ping_redis
+
+    def connect() -> None:
+        from kombu import Connection
+
+        with Connection(broker_url, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+
+    async def ping_other() -> None:
+        await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)
+
+    return ping_other
+
+
+class HealthCheck:
+    """Runs the checks; `respond` is the Starlette endpoint."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        driver: StorageDriver,
+        ping: BrokerPing | None = None,
+        embedded_alive: Callable[[], bool] | None = None,
+        timeout: float = CHECK_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.driver = driver
+        self.timeout = timeout
+        self.embedded_alive = embedded_alive
+        broker = settings.celery.broker_url
+        self.ping = ping if ping is not None else (broker_ping(broker, timeout) if broker else None)
+
+    async def check_storage(self) -> dict[str, Any]:
+        def stat_root() -> None:
+            try:
+                self.driver.stat("/")
+            except PathNotFound:
+                pass
+
+        try:
+            with anyio.fail_after(self.timeout):
+                await anyio.to_thread.run_sync(stat_root, abandon_on_cancel=True)
+        except TimeoutError:
+            return {"ok": False, "error": f"storage did not answer within {self.timeout}s"}
+        except Exception as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": True, "driver": self.settings.storage.driver}
+
+    async def check_broker(self) -> dict[str, Any]:
+        if self.ping is None:
+            alive = self.embedded_alive() if self.embedded_alive is not None else True
+            if alive:
+                return {"ok": True, "broker": "embedded"}
+            return {"ok": False, "broker": "embedded", "error": "the in-process worker is not running"}
+        try:
+            await asyncio.wait_for(self.ping(), self.timeout)
+        except TimeoutError:
+            return {"ok": False, "error": f"broker did not answer within {self.timeout}s"}
+        except Exception as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": True}
+
+    async def respond(self, request: Request) -> Response:
+        storage, broker = await asyncio.gather(self.check_storage(), self.check_broker())
+        healthy = storage["ok"] and broker["ok"]
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "checks": {"storage": storage, "broker": broker},
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
+
+
+def health_route(
+    settings: Settings,
+    driver: StorageDriver,
+    ping: BrokerPing | None = None,
+    embedded_alive: Callable[[], bool] | None = None,
+) -> Route:
+    """The `settings.http.health_path` route (GET and HEAD) for the app's route list."""
+    check = HealthCheck(settings, driver, ping=ping, embedded_alive=embedded_alive)
+    return Route(settings.http.health_path, check.respond, methods=["GET", "HEAD"], name="health")

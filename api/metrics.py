@@ -1,0 +1,331 @@
+"""Prometheus metrics of the API process, and the pure ASGI middleware that records them.
+
+Each `Metrics` owns a private `CollectorRegistry` (never prometheus_client's global one),
+so a test can build several apps in one process. Requests are labelled by *route template*
+(`/v2/{name:path}/blobs/{digest}`), never by raw path, so cardinality stays bounded.
+
+Wiring (api/app.py): `instrument(app, settings)` adds `MetricsMiddleware`, serves
+`settings.http.metrics_path` on the main port when enabled (unless `metrics_addr` asks
+for a separate port, which `lading serve` starts, or `metrics_protected` asks the app to
+route it behind auth with `metrics_endpoint`), and returns the `Metrics` it stored on
+`app.state.metrics`. Wrap the job client with `InstrumentedJobs(jobs, metrics)` to time
+job round trips.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import anyio.to_thread
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline.errors import LadingError
+from pipeline.jobs import QUEUES, JobClient
+from pipeline.settings import Settings
+
+__all__ = [
+    "InstrumentedJobs",
+    "Metrics",
+    "MetricsMiddleware",
+    "RedisQueueDepth",
+    "instrument",
+    "metrics_endpoint",
+    "route_of",
+]
+
+log = logging.getLogger("lading.metrics")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+UNMATCHED = "<unmatched>"
+# kombu's Redis transport keeps priority levels 3, 6 and 9 in lists named queue + sep + level.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = ("", "3", "6", "9")
+
+
+def route_of(scope: Scope) -> str:
+    """The route template a request matched, never the raw path: `scope["lading.route"]`
+    if the app set one, else the Starlette route's path template, else the template of the
+    registry router's route matching the path, else "<unmatched>"."""
+    explicit = scope.get("lading.route")
+    if isinstance(explicit, str):
+        return explicit
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    return _registry_template(scope.get("path", ""))
+
+
+_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+
+
+@functools.lru_cache(maxsize=64)
+def _template(pattern: str) -> str:
+    return _GROUP.sub(r"{\1}", pattern).lstrip("^").rstrip("$").replace("/?", "/")
+
+
+@functools.lru_cache(maxsize=1)
+def _router_match() -> Callable[[str], Any] | None:
+    try:
+        from api.routes.router import match
+    except ImportError:  # the app may not use the registry router (tests, tools)
+        return None
+    return match
+
+
+def _registry_template(path: str) -> str:
+    start = path.find("/v2")  # past any http.prefix
+    match = _router_match() if start >= 0 else None
+    found = match(path[start:]) if match is not None else None
+    return _template(found[0].pattern.pattern) if found else UNMATCHED
+
+
+class Metrics:
+    """Every metric Lading's API process exports, in one private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "lading_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "lading_http_request_duration_seconds",
+            "Time from request start to last response byte",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "lading_http_requests_in_flight", "Requests being answered now", registry=r
+        )
+        self.bytes_pushed = Counter(
+            "lading_bytes_pushed", "Request body bytes received (uploads, manifests)", ["route"], registry=r
+        )
+        self.bytes_pulled = Counter(
+            "lading_bytes_pulled", "Response body bytes sent for GET requests", ["route"], registry=r
+        )
+        self.uploads_in_progress = Gauge(
+            "lading_uploads_in_progress", "Upload requests (POST/PATCH/PUT) streaming now", registry=r
+        )
+        self.job_seconds = Histogram(
+            "lading_job_round_trip_seconds",
+            "Time from sending a job to receiving its result",
+            ["job"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.jobs_failed = Counter(
+            "lading_jobs_failed", "Jobs that ended in an error, by error kind", ["job", "kind"], registry=r
+        )
+        self.jobs_retried = Counter(
+            "lading_jobs_retried", "Job retries after transient errors", ["job"], registry=r
+        )
+        self.blobs_scrubbed = Counter("lading_scrub_blobs", "Blobs re-hashed by scrub", registry=r)
+        self.bytes_scrubbed = Counter("lading_scrub_bytes", "Bytes re-hashed by scrub", registry=r)
+        self.blobs_corrupt = Counter("lading_scrub_corrupt_blobs", "Blobs scrub found corrupt", registry=r)
+        self.blobs_collected = Counter("lading_gc_blobs", "Blobs deleted by garbage collection", registry=r)
+        self.bytes_collected = Counter("lading_gc_bytes", "Bytes freed by garbage collection", registry=r)
+
+    def observe_job(self, job: str, seconds: float, error: BaseException | None = None) -> None:
+        self.job_seconds.labels(job).observe(seconds)
+        if error is not None:
+            self.jobs_failed.labels(job, type(error).__name__).inc()
+
+    def record_scrub(self, blobs: int, nbytes: int, corrupt: int = 0) -> None:
+        self.blobs_scrubbed.inc(blobs)
+        self.bytes_scrubbed.inc(nbytes)
+        self.blobs_corrupt.inc(corrupt)
+
+    def record_gc(self, blobs: int, nbytes: int) -> None:
+        self.blobs_collected.inc(blobs)
+        self.bytes_collected.inc(nbytes)
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class RedisQueueDepth(Collector):
+    """`lading_queue_depth{queue=…}`: messages waiting in each queue of a Redis broker,
+    read on every scrape (a failed read exports nothing rather than a stale number)."""
+
+    def __init__(self, broker_url: str, queues: Iterable[str] = QUEUES) -> None:
+        import redis  # only needed with a Redis broker
+
+        self.queues = tuple(queues)
+        self.client = redis.Redis.from_url(broker_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("lading_queue_depth", "Jobs waiting in the broker queue", labels=["queue"])
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue in self.queues:
+                    for step in _PRIORITY_STEPS:
+                        pipe.llen(queue + _PRIORITY_SEP + step if step else queue)
+                lengths = pipe.execute()
+        except Exception as exc:  # a scrape must not fail because the broker is down
+            log.warning("queue depth unavailable: %s", exc)
+            return
+        per_queue = len(_PRIORITY_STEPS)
+        for i, queue in enumerate(self.queues):
+            family.add_metric([queue], float(sum(lengths[i * per_queue : (i + 1) * per_queue])))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected lazily; describing must not touch the broker
+
+
+def metrics_endpoint(metrics: Metrics) -> ASGIApp:
+    """An ASGI app answering the text exposition; collection runs in a worker thread
+    because collectors may do blocking I/O (queue depth)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await anyio.to_thread.run_sync(metrics.exposition)
+        headers = [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
+
+    return app
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (streaming bodies pass through untouched) recording request
+    counts, latency, bytes in/out and uploads in progress. When `serve_path` is set it also
+    answers GET/HEAD on that path with the exposition."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, serve_path: str | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.serve_path = serve_path
+        self.endpoint = metrics_endpoint(metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        if self.serve_path and scope["path"] == self.serve_path and method in ("GET", "HEAD"):
+            scope["lading.route"] = self.serve_path
+            await self.endpoint(scope, receive, send)
+            return
+
+        m = self.metrics
+        start = time.perf_counter()
+        status = 500
+        length_header = 0
+        bytes_in = 0
+        bytes_out = 0
+        upload = False
+
+        async def receive_counting() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            return message
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status, bytes_out, length_header
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = int(message["status"])
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"content-length":
+                        length_header = int(value)
+            elif kind == "http.response.body":
+                bytes_out += len(message.get("body", b""))
+            elif kind in ("http.response.pathsend", "http.response.zerocopysend"):
+                bytes_out += length_header  # the server sends the file itself
+            await send(message)
+
+        m.requests_in_flight.inc()
+        # The route is only known once routing ran; the upload gauge is keyed on the
+        # method and path shape so it can rise before the body streams.
+        if method in ("POST", "PATCH", "PUT") and "/blobs/uploads" in scope["path"]:
+            upload = True
+            m.uploads_in_progress.inc()
+        try:
+            await self.app(scope, receive_counting, send_counting)
+        finally:
+            m.requests_in_flight.dec()
+            if upload:
+                m.uploads_in_progress.dec()
+            route = route_of(scope)
+            code = str(status)
+            m.requests.labels(method, route, code).inc()
+            m.request_seconds.labels(method, route, code).observe(time.perf_counter() - start)
+            if bytes_in:
+                m.bytes_pushed.labels(route).inc(bytes_in)
+            if method == "GET" and bytes_out:
+                m.bytes_pulled.labels(route).inc(bytes_out)
+
+
+class InstrumentedJobs:
+    """A JobClient that times each job from send to result and counts failures by kind."""
+
+    def __init__(self, inner: JobClient, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self._sent: dict[str, tuple[str, float]] = {}
+
+    def send(self, job: str, **kwargs: Any) -> str:
+        job_id = self.inner.send(job, **kwargs)
+        if len(self._sent) < 100_000:  # a job never waited for must not grow this forever
+            self._sent[job_id] = (job, time.perf_counter())
+        return job_id
+
+    async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        job, start = self._sent.pop(job_id, ("unknown", time.perf_counter()))
+        try:
+            value = await self.inner.wait(job_id, timeout)
+        except LadingError as exc:
+            self.metrics.observe_job(job, time.perf_counter() - start, exc)
+            raise
+        self.metrics.observe_job(job, time.perf_counter() - start)
+        return value
+
+    async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            value = await self.inner.run(job, timeout, **kwargs)
+        except LadingError as exc:
+            self.metrics.observe_job(job, time.perf_counter() - start, exc)
+            raise
+        self.metrics.observe_job(job, time.perf_counter() - start)
+        return value
+
+    def __getattr__(self, name: str) -> Any:  # anything else the concrete client offers
+        return getattr(self.inner, name)
+
+
+def instrument(app: Starlette, settings: Settings, metrics: Metrics | None = None) -> Metrics:
+    """Add MetricsMiddleware to `app` and return its Metrics (also on app.state.metrics).
+
+    The exposition is served on the main port at `settings.http.metrics_path` unless
+    metrics are disabled, go to a separate `metrics_addr`, or are `metrics_protected`
+    (then the app routes `metrics_endpoint(metrics)` behind its access control).
+    A Redis broker adds the queue-depth collector.
+    """
+    metrics = metrics or Metrics()
+    http = settings.http
+    serve_here = http.metrics_enabled and not http.metrics_addr and not http.metrics_protected
+    broker = settings.celery.broker_url or ""
+    if http.metrics_enabled and broker.startswith(("redis://", "rediss://", "unix://")):
+        metrics.registry.register(RedisQueueDepth(broker))
+    serve_path = http.metrics_path if serve_here else None
+    app.add_middleware(MetricsMiddleware, metrics=metrics, serve_path=serve_path)
+    app.state.metrics = metrics
+    return metrics

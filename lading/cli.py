@@ -1,0 +1,300 @@
+"""The `lading` command: serve, worker, beat, tarsum, maintenance one-shots, check-config.
+
+Every command that reads configuration takes an optional CONFIG path (else `$LADING_CONFIG`,
+else distribution's `$REGISTRY_CONFIGURATION_PATH`, else built-in defaults) and applies
+`REGISTRY_*` environment overrides on top (pipeline.config). Exit codes: 0 success,
+1 runtime or configuration error, 2 usage error or a command not available in this build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pipeline.errors import ConfigurationError, LadingError
+from pipeline.jobs import QUEUES
+from pipeline.settings import Settings
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("lading")
+
+POOLS = ("prefork", "threads", "solo")
+EXIT_ERROR = 1
+EXIT_UNAVAILABLE = 2
+
+# one-shot maintenance command → the pipeline.maintenance function it runs
+MAINTENANCE_COMMANDS: dict[str, str] = {
+    "gc": "garbage_collect",
+    "scrub": "scrub",
+    "purge-uploads": "purge_uploads",
+}
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; the message is for the user."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
+
+        return dist_version("lading")
+    except PackageNotFoundError:  # running from a source tree
+        from pipeline import __version__
+
+        return __version__
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def config_path(arg: str | None) -> str | None:
+    return arg or os.environ.get("LADING_CONFIG") or os.environ.get("REGISTRY_CONFIGURATION_PATH") or None
+
+
+def load(args: argparse.Namespace) -> Settings:
+    from pipeline.config import load_settings
+
+    return load_settings(config_path(getattr(args, "config", None)), os.environ)
+
+
+def setup_logging(settings: Settings, quiet_celery: bool = False) -> None:
+    from api.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    if quiet_celery and settings.log_level != "debug":
+        # The embedded worker would log every job (arguments and result) at info level.
+        for name in ("celery", "kombu"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for warning in settings.warnings:
+        log.warning("configuration: %s", warning)
+
+
+def _require_broker(settings: Settings, command: str) -> str:
+    if settings.celery.embedded:
+        raise CommandError(
+            f"`lading {command}` needs a broker: set celery.broker_url in the configuration or "
+            "REGISTRY_CELERY_BROKER_URL (without one, `lading serve` runs its own worker and schedule)"
+        )
+    return str(settings.celery.broker_url)
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lading.embedded import assemble
+    from lading.server import serve
+
+    settings = load(args)
+    setup_logging(settings, quiet_celery=True)
+    assembly = assemble(settings)
+    try:
+        serve(assembly.app, settings, metrics_registry=assembly.metrics.registry)
+    finally:
+        assembly.close()
+    return 0
+
+
+def worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The `celery worker` arguments `lading worker` runs with."""
+    queues = args.queues or ",".join(QUEUES)
+    argv = ["worker", "--loglevel", settings.log_level.upper(), "--queues", queues, "--pool", args.pool]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    # Unique per process so several workers on one host do not collide in Flower/control.
+    argv += ["--hostname", args.hostname or f"lading-{queues.replace(',', '+')}-{os.getpid()}@%h"]
+    return argv
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.app import create_app
+
+    settings = load(args)
+    setup_logging(settings)
+    _require_broker(settings, "worker")
+    unknown = [q for q in (args.queues or "").split(",") if q and q not in QUEUES]
+    if unknown:
+        raise CommandError(f"unknown queue(s) {', '.join(unknown)} (Lading has {', '.join(QUEUES)})", 2)
+    app = create_app(settings)
+    app.worker_main(argv=worker_argv(args, settings))
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from workers.app import create_app
+
+    settings = load(args)
+    setup_logging(settings)
+    _require_broker(settings, "beat")
+    app = create_app(settings)
+    argv = ["beat", "--loglevel", settings.log_level.upper()]
+    if args.schedule:
+        argv += ["--schedule", args.schedule]
+    app.start(argv=argv)
+    return 0
+
+
+def cmd_tarsum(args: argparse.Namespace) -> int:
+    from pipeline.tarsum import tarsum_file
+
+    try:
+        print(tarsum_file(args.file))
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load(args)
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    mode = "embedded worker" if settings.celery.embedded else "broker"
+    print(f"configuration OK: {settings.storage.driver} storage, http {settings.http.addr}, {mode}")
+    return 0
+
+
+def maintenance_function(command: str) -> Callable[..., Any]:
+    """The pipeline.maintenance function behind a one-shot command, or CommandError(2)."""
+    name = MAINTENANCE_COMMANDS[command]
+    try:
+        module = importlib.import_module("pipeline.maintenance")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("pipeline.maintenance", "pipeline"):
+            raise
+        module = None
+    function = getattr(module, name, None)
+    if not callable(function):
+        message = f"`lading {command}` is not available yet in this build of Lading"
+        raise CommandError(message, EXIT_UNAVAILABLE)
+    return function
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    function = maintenance_function(args.command)
+    from pipeline.registry import Registry
+
+    settings = load(args)
+    setup_logging(settings)
+    registry = Registry.from_settings(settings)
+    result = function(registry, dry_run=args.dry_run)
+    print(json.dumps(result, default=str, indent=2, sort_keys=True))
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="config.yml in distribution's format (default: $LADING_CONFIG, then built-in defaults)",
+    )
+
+
+def _concurrency(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lading",
+        description="Lading: a container image registry whose ingestion is a Celery pipeline.",
+    )
+    parser.add_argument("--version", action="version", version=f"lading {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the registry API (with an in-process worker when no broker is configured)",
+        description="Serve the registry API on http.addr. Without celery.broker_url an in-process "
+        "worker runs the jobs (embedded mode); with one, jobs go to `lading worker` processes.",
+    )
+    _add_config(p)
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser(
+        "worker", help="run a Celery worker for Lading's jobs", description="Run a Celery worker."
+    )
+    _add_config(p)
+    p.add_argument(
+        "--queues", "-Q", metavar="Q1,Q2", help=f"queues to consume (default: all of {','.join(QUEUES)})"
+    )
+    p.add_argument("--concurrency", "-c", type=_concurrency, metavar="N", help="pool size (default: CPUs)")
+    p.add_argument(
+        "--pool", "-P", choices=POOLS, default="prefork", help="prefork enforces time limits (default)"
+    )
+    p.add_argument("--hostname", "-n", help="worker node name (default: lading-<queues>-<pid>@<host>)")
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser(
+        "beat", help="schedule maintenance jobs (run exactly one)", description="Run Celery beat."
+    )
+    _add_config(p)
+    p.add_argument("--schedule", "-s", metavar="FILE", help="beat's schedule state file")
+    p.set_defaults(run=cmd_beat)
+
+    p = sub.add_parser(
+        "tarsum", help="print the TarSum v1 of a local tar or tar.gz", description="Print TarSum v1."
+    )
+    p.add_argument("file", metavar="FILE", help="a tar archive (plain, gzip or zstd)")
+    p.set_defaults(run=cmd_tarsum)
+
+    helps = {
+        "gc": "delete blobs no manifest references (garbage collection)",
+        "scrub": "re-hash stored blobs and report any that no longer match their digest",
+        "purge-uploads": "delete abandoned upload sessions older than uploadpurging.age",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ", once.")
+        _add_config(p)
+        p.add_argument("--dry-run", action="store_true", help="report what would be done, change nothing")
+        p.set_defaults(run=cmd_maintenance)
+
+    p = sub.add_parser(
+        "check-config",
+        help="load the configuration, print warnings, exit 1 if it cannot run",
+        description="Validate a configuration file (with REGISTRY_* overrides applied).",
+    )
+    _add_config(p)
+    p.set_defaults(run=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CommandError as exc:
+        print(f"lading: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigurationError as exc:
+        print(f"lading: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except LadingError as exc:
+        print(f"lading: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

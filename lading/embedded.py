@@ -1,0 +1,190 @@
+"""Assembling the process `lading serve` runs: the ASGI app, its job client and, with no
+broker configured, the in-process Celery worker that runs the jobs.
+
+- Embedded (no `celery.broker_url`): one `Registry` shared by the API and a threads-pool
+  Celery worker on kombu's in-memory transport (workers.embedded), which also runs the
+  beat schedule. Nothing else to start: `lading serve` alone is a working registry.
+- Scaled (a broker URL): the API only. Jobs go to the broker; `lading worker` processes
+  consume them and `lading beat` schedules maintenance.
+
+Either way the app is wrapped in request logging and metrics (api.logs, api.metrics) and
+answers `http.health_path`, unless api.app already did so itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.health import HealthCheck
+from api.logs import RequestLogMiddleware
+from api.metrics import InstrumentedJobs, Metrics, MetricsMiddleware
+from pipeline.registry import Registry
+from pipeline.settings import Settings
+
+__all__ = ["Assembly", "assemble"]
+
+log = logging.getLogger("lading.embedded")
+
+
+@dataclass
+class Assembly:
+    """What `lading serve` runs; `close()` stops what was started (idempotent)."""
+
+    app: ASGIApp
+    settings: Settings
+    registry: Registry
+    metrics: Metrics
+    embedded: bool
+    worker: Any = None  # workers.embedded.EmbeddedWorker in embedded mode
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:
+                log.exception("error while shutting down")
+
+
+def assemble(settings: Settings) -> Assembly:
+    """Build (and in embedded mode start) everything `lading serve` needs."""
+    from api.app import create_app as create_api
+    from api.jobclient import CeleryJobClient
+    from workers.app import create_app as create_celery
+
+    registry = Registry.from_settings(settings)
+    metrics = Metrics()
+    closers: list[Callable[[], None]] = []
+    worker = None
+    if settings.celery.embedded:
+        from workers.embedded import start_embedded_worker
+
+        celery_app = create_celery(settings, registry=registry)
+        worker = start_embedded_worker(celery_app, settings.celery.embedded_concurrency, beat=True)
+        closers.append(worker.stop)
+        closers.append(_count_retries(celery_app, metrics))
+        jobs: Any = CeleryJobClient(celery_app)  # results awaited from the in-process backend
+        log.info(
+            "embedded mode: in-process worker (concurrency %d) on the in-memory broker",
+            settings.celery.embedded_concurrency,
+        )
+    else:
+        celery_app = create_celery(settings)
+        jobs = CeleryJobClient(celery_app)  # pub/sub on the result backend when it is Redis
+        broker = _redacted(settings.celery.broker_url)
+        log.info("scaled mode: jobs go to %s; run `lading worker` processes", broker)
+    try:
+        access = _access(settings)
+        observed_jobs = InstrumentedJobs(jobs, metrics)
+        app = create_api(settings, registry, observed_jobs, access, lifespan=_lifespan(jobs))
+        asgi = _observe(app, settings, registry, metrics, worker)
+    except BaseException:
+        for closer in reversed(closers):
+            closer()
+        raise
+    return Assembly(asgi, settings, registry, metrics, settings.celery.embedded, worker, closers)
+
+
+def _count_retries(celery_app: Any, metrics: Metrics) -> Callable[[], None]:
+    """Feed `lading_jobs_retried_total` from the in-process worker's retries (a scaled-out
+    worker's retries are visible in Flower's metrics instead). Returns the disconnect."""
+    from celery.signals import task_retry
+
+    def on_retry(sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", None) is celery_app:
+            metrics.jobs_retried.labels(getattr(sender, "name", "unknown")).inc()
+
+    task_retry.connect(on_retry, weak=False)
+    return lambda: task_retry.disconnect(on_retry)
+
+
+def _access(settings: Settings) -> Any:
+    """The access controller `settings.auth` asks for (None: an open registry)."""
+    from api.auth import Access
+
+    return Access.from_settings(settings)
+
+
+def _lifespan(jobs: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """Closes the job client inside the server's event loop, where its connections live."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            aclose = getattr(jobs, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return lifespan
+
+
+def _observe(app: Any, settings: Settings, registry: Registry, metrics: Metrics, worker: Any) -> ASGIApp:
+    """`app` with request logs, metrics and the health endpoint, each added only if the
+    api app did not add it itself."""
+    asgi: ASGIApp = app
+    state = getattr(app, "state", None)
+    user_middleware = [m.cls for m in getattr(app, "user_middleware", ())]
+    if getattr(state, "metrics", None) is None and MetricsMiddleware not in user_middleware:
+        http = settings.http
+        serve_here = http.metrics_enabled and not http.metrics_addr and not http.metrics_protected
+        asgi = MetricsMiddleware(asgi, metrics, serve_path=http.metrics_path if serve_here else None)
+        if state is not None:
+            state.metrics = metrics
+        _add_queue_depth(settings, metrics)
+    if not _has_route(app, settings.http.health_path):
+        alive = (lambda: bool(worker.alive)) if worker is not None else None
+        check = HealthCheck(settings, registry.driver, embedded_alive=alive)
+        asgi = _HealthFirst(asgi, settings.http.health_path, check)
+    if RequestLogMiddleware not in user_middleware:
+        asgi = RequestLogMiddleware(asgi)
+    return asgi
+
+
+def _add_queue_depth(settings: Settings, metrics: Metrics) -> None:
+    from api.metrics import RedisQueueDepth
+
+    broker = settings.celery.broker_url or ""
+    if settings.http.metrics_enabled and broker.startswith(("redis://", "rediss://", "unix://")):
+        metrics.registry.register(RedisQueueDepth(broker))
+
+
+def _has_route(app: Any, path: str) -> bool:
+    return any(getattr(route, "path", None) == path for route in getattr(app, "routes", ()))
+
+
+class _HealthFirst:
+    """Answers GET/HEAD on the health path before the app's own routing."""
+
+    def __init__(self, app: ASGIApp, path: str, check: HealthCheck) -> None:
+        self.app = app
+        self.path = path
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] in ("GET", "HEAD"):
+            from starlette.requests import Request
+
+            scope["lading.route"] = self.path
+            response = await self.check.respond(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _redacted(url: str | None) -> str:
+    """A broker URL without its password, for logs."""
+    if not url or "@" not in url:
+        return str(url)
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"

@@ -1,0 +1,77 @@
+"""Running an ASGI app under uvicorn the way Lading wants it.
+
+httptools for HTTP/1.1 parsing, uvloop when installed, a keep-alive long enough for
+clients that reuse connections across a push, no uvicorn access log (api.logs writes one
+JSON line per request), no `Server: uvicorn` header, and a graceful shutdown: on SIGTERM
+or SIGINT uvicorn stops accepting, lets in-flight requests finish for up to
+`http.drain_timeout_seconds`, runs the app's lifespan shutdown, and `serve` returns
+normally so the caller can stop what it started (the embedded worker).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import signal
+from types import FrameType
+
+import uvicorn
+from prometheus_client import start_http_server
+from starlette.types import ASGIApp
+
+from pipeline.config import parse_addr
+from pipeline.settings import Settings
+
+__all__ = ["serve", "uvicorn_config"]
+
+log = logging.getLogger("lading.server")
+
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    host, port = parse_addr(settings.http.addr)
+    http = settings.http
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        ws="none",
+        lifespan="auto",
+        log_config=None,  # the process configured JSON logging already
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=max(1, math.ceil(http.keepalive_seconds)),
+        timeout_graceful_shutdown=max(1, math.ceil(http.drain_timeout_seconds)),
+    )
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def serve(app: ASGIApp, settings: Settings, metrics_registry: object | None = None) -> None:
+    """Serve `app` on `settings.http.addr` until SIGTERM/SIGINT; return after a graceful
+    shutdown. With `settings.http.metrics_addr` set, `metrics_registry` (a prometheus
+    CollectorRegistry) is served there on a separate port for as long."""
+    config = uvicorn_config(app, settings)
+    server = uvicorn.Server(config)
+    metrics_server = None
+    http = settings.http
+    if http.metrics_enabled and http.metrics_addr and metrics_registry is not None:
+        mhost, mport = parse_addr(http.metrics_addr, "http.debug.addr")
+        metrics_server, _thread = start_http_server(mport, addr=mhost, registry=metrics_registry)  # type: ignore[arg-type]
+        log.info("metrics on http://%s:%d/metrics", mhost, mport)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; turn that into a
+    # normal exit so the caller's cleanup runs instead of the default handler killing us.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        server.run()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()

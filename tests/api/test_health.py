@@ -1,0 +1,91 @@
+"""api.health: /healthz says 200 only when storage and the broker both answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from api.health import health_route
+from pipeline.errors import StorageUnavailable
+from pipeline.settings import CelerySettings, HttpSettings, Settings, StorageSettings
+from pipeline.storage.driver import FileInfo
+from pipeline.storage.filesystem import FilesystemDriver
+from pipeline.storage.memory import MemoryDriver
+from tests.support.net import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class BrokenDriver(MemoryDriver):
+    def stat(self, path: str) -> FileInfo:
+        raise StorageUnavailable("disk on fire")
+
+
+async def get(app: Starlette, path: str = "/healthz", method: str = "GET") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        return await c.request(method, path)
+
+
+def app_for(settings: Settings, driver: Any, **kw: Any) -> Starlette:
+    return Starlette(routes=[health_route(settings, driver, **kw)])
+
+
+async def test_embedded_with_a_fresh_filesystem_root_is_healthy(tmp_path: Path) -> None:
+    settings = Settings(storage=StorageSettings(root=str(tmp_path / "not-yet-created")))
+    response = await get(app_for(settings, FilesystemDriver(str(tmp_path / "not-yet-created"))))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["storage"]["ok"] and body["checks"]["broker"] == {"ok": True, "broker": "embedded"}
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_head_and_custom_path() -> None:
+    settings = Settings(http=HttpSettings(health_path="/ready"))
+    app = app_for(settings, MemoryDriver())
+    assert (await get(app, "/ready", "HEAD")).status_code == 200
+    assert (await get(app, "/healthz")).status_code == 404
+
+
+async def test_failing_storage_is_503_and_says_why() -> None:
+    response = await get(app_for(Settings(), BrokenDriver()))
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["storage"]["ok"] is False and "disk on fire" in body["checks"]["storage"]["error"]
+
+
+async def test_unreachable_redis_broker_is_503() -> None:
+    settings = Settings(celery=CelerySettings(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    response = await get(app_for(settings, MemoryDriver()))
+    assert response.status_code == 503
+    broker = response.json()["checks"]["broker"]
+    assert broker["ok"] is False and broker["error"]
+
+
+async def test_reachable_redis_broker_is_healthy() -> None:
+    settings = Settings(celery=CelerySettings(broker_url="redis://127.0.0.1:6379/0"))
+    response = await get(app_for(settings, MemoryDriver()))
+    assert response.status_code == 200 and response.json()["checks"]["broker"] == {"ok": True}
+
+
+async def test_unreachable_amqp_broker_is_503() -> None:
+    settings = Settings(celery=CelerySettings(broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//"))
+    response = await get(app_for(settings, MemoryDriver()))
+    assert response.status_code == 503
+
+
+async def test_dead_embedded_worker_is_503() -> None:
+    response = await get(app_for(Settings(), MemoryDriver(), embedded_alive=lambda: False))
+    assert response.status_code == 503
+    assert "not running" in response.json()["checks"]["broker"]["error"]

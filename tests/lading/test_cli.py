@@ -1,0 +1,245 @@
+"""The `lading` command line: what a user typing commands sees."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import types
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lading import cli
+from pipeline.tarsum import tarsum_file
+from tests.lading.procs import REPO, lading_command, process_env, running
+from tests.support.net import free_port, wait_http
+
+COMMANDS = ("serve", "worker", "beat", "tarsum", "gc", "scrub", "purge-uploads", "check-config")
+DEBIAN_CONFIG = Path("/etc/docker/registry/config.yml")
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:  # argparse's --help / --version / usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out.strip() == f"lading {cli.version()}"
+
+
+def test_version_as_a_real_process() -> None:
+    result = subprocess.run(
+        [*lading_command(), "--version"], env=process_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.startswith("lading ")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_on_every_command(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, out, _ = run_main(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: lading {command}")
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys)
+    assert code == 2 and "COMMAND" in err
+
+
+def test_worker_options_become_celery_worker_arguments() -> None:
+    args = cli.build_parser().parse_args(
+        ["worker", "cfg.yml", "--queues", "ingest,verify", "--concurrency", "3", "--pool", "threads"]
+    )
+    settings = cli.Settings()
+    argv = cli.worker_argv(args, settings)
+    assert argv[0] == "worker"
+    assert argv[argv.index("--queues") + 1] == "ingest,verify"
+    assert argv[argv.index("--concurrency") + 1] == "3"
+    assert argv[argv.index("--pool") + 1] == "threads"
+    assert argv[argv.index("--hostname") + 1].startswith("lading-ingest+verify-")
+    default = cli.worker_argv(cli.build_parser().parse_args(["worker"]), settings)
+    assert default[default.index("--queues") + 1] == "ingest,verify,maintenance,notify"
+    assert default[default.index("--pool") + 1] == "prefork"
+
+
+@pytest.mark.parametrize("bad", [["--pool", "gevent"], ["--concurrency", "0"], ["--concurrency", "x"]])
+def test_worker_rejects_bad_options(capsys: pytest.CaptureFixture[str], bad: list[str]) -> None:
+    code, _, err = run_main(capsys, "worker", *bad)
+    assert code == 2 and "usage" in err
+
+
+def test_worker_rejects_unknown_queue(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REGISTRY_CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    code, _, err = run_main(capsys, "worker", "--queues", "ingest,bogus")
+    assert code == 2 and "bogus" in err
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_worker_and_beat_need_a_broker(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.delenv("REGISTRY_CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("LADING_CONFIG", raising=False)
+    monkeypatch.delenv("REGISTRY_CONFIGURATION_PATH", raising=False)
+    code, _, err = run_main(capsys, command)
+    assert code == 1 and "celery.broker_url" in err
+
+
+def test_configuration_error_names_the_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("storage:\n  delete:\n    enabled: maybe\n")
+    code, _, err = run_main(capsys, "check-config", str(config))
+    assert code == 1 and "storage.delete.enabled" in err
+
+
+def test_check_config_prints_warnings_for_distributions_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert DEBIAN_CONFIG.exists(), "docker-registry is not installed: apt-get install docker-registry"
+    code, out, err = run_main(capsys, "check-config", str(DEBIAN_CONFIG))
+    assert code == 0 and "configuration OK" in out
+    assert "storage.cache" in err and "log.fields" in err
+
+
+def test_config_path_from_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("http:\n  addr: 127.0.0.1:5999\n")
+    monkeypatch.setenv("LADING_CONFIG", str(config))
+    code, out, _ = run_main(capsys, "check-config")
+    assert code == 0 and "127.0.0.1:5999" in out
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(content))
+    return raw.getvalue()
+
+
+def test_tarsum_prints_the_same_sum_for_tar_and_tar_gz(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = _tar({"a.txt": b"hello", "dir/b.bin": b"\x00" * 1000})
+    plain = tmp_path / "layer.tar"
+    plain.write_bytes(data)
+    zipped = tmp_path / "layer.tar.gz"
+    zipped.write_bytes(gzip.compress(data))
+    code, out, _ = run_main(capsys, "tarsum", str(plain))
+    assert code == 0 and out.strip().startswith("tarsum.v1+sha256:")
+    assert out.strip() == tarsum_file(str(plain))
+    code, out_gz, _ = run_main(capsys, "tarsum", str(zipped))
+    assert code == 0 and out_gz == out
+
+
+def test_tarsum_matches_the_reference_vector(capsys: pytest.CaptureFixture[str]) -> None:
+    candidates = (REPO.parent / "shared", Path("/work/shared"))
+    vectors = next((p for p in candidates if (p / "testdata/tarsum/vectors.tsv").exists()), None)
+    assert vectors is not None, "shared/testdata/tarsum is missing"
+    line = (vectors / "testdata/tarsum/vectors.tsv").read_text().splitlines()[1]
+    name, _, _, v1 = line.split("\t")
+    code, out, _ = run_main(capsys, "tarsum", str(vectors / "testdata/tarsum" / name))
+    assert code == 0 and out.strip() == v1
+
+
+def test_tarsum_of_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "tarsum", str(tmp_path / "nope.tar"))
+    assert code == 1 and "nope.tar" in err
+
+
+@pytest.mark.parametrize("command", ["gc", "scrub", "purge-uploads"])
+def test_maintenance_commands_say_when_not_available(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "pipeline.maintenance", types.ModuleType("pipeline.maintenance"))
+    code, _, err = run_main(capsys, command, "--dry-run")
+    assert code == 2 and "not available yet" in err
+
+
+def test_maintenance_command_runs_the_pipeline_function(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[object, bool]] = []
+
+    def purge_uploads(registry: object, dry_run: bool = False) -> dict[str, int]:
+        calls.append((registry, dry_run))
+        return {"purged": 0}
+
+    module = types.ModuleType("pipeline.maintenance")
+    module.purge_uploads = purge_uploads  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pipeline.maintenance", module)
+    monkeypatch.setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", str(tmp_path))
+    code, out, _ = run_main(capsys, "purge-uploads", "--dry-run")
+    assert code == 0 and json.loads(out) == {"purged": 0}
+    assert calls and calls[0][1] is True
+    assert calls[0][0].settings.storage.root == str(tmp_path)  # type: ignore[attr-defined]
+
+
+def test_serve_scaled_with_broker_down_starts_and_reports_unhealthy(tmp_path: Path) -> None:
+    port = free_port()
+    env = process_env(
+        REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}",
+        REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=str(tmp_path / "data"),
+        REGISTRY_CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    with running([*lading_command(), "serve"], env, cwd=tmp_path) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", timeout=60, proc=proc.proc)
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert exc.value.code == 503
+        body = json.loads(exc.value.read())
+        assert body["checks"]["storage"]["ok"] and not body["checks"]["broker"]["ok"]
+        assert proc.stop() == 0, proc.output
+    assert "scaled mode" in proc.output
+
+
+def test_serve_embedded_answers_health_and_metrics_and_stops_cleanly(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = process_env(
+        REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}",
+        REGISTRY_HTTP_DEBUG_ADDR=f"127.0.0.1:{metrics_port}",  # metrics on their own port
+        REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=str(tmp_path / "data"),
+    )
+    with running([*lading_command(), "serve"], env, cwd=tmp_path) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", timeout=60, proc=proc.proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            health = json.loads(response.read())
+        assert health["checks"]["broker"] == {"ok": True, "broker": "embedded"}
+        url = f"http://127.0.0.1:{port}/v2/"
+        request = urllib.request.Request(url, headers={"X-Request-Id": "cli-test-1"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["X-Request-Id"] == "cli-test-1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'lading_http_requests_total{method="GET",route="/v2/",status="200"}' in metrics
+        with pytest.raises(urllib.error.HTTPError) as not_here:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert not_here.value.code == 404
+        assert proc.stop() == 0, proc.output
+    access = [json.loads(line) for line in proc.output.splitlines() if '"lading.access"' in line]
+    assert any(e["request_id"] == "cli-test-1" and e["route"] == "/v2/" for e in access)
+    assert not (tmp_path / "lading-data").exists()  # used the configured root, not the default
+    shutil.rmtree(tmp_path / "data", ignore_errors=True)

@@ -1,0 +1,90 @@
+"""lading.embedded: the process `lading serve` assembles, driven in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+from celery.signals import task_retry
+
+from lading.embedded import Assembly, _count_retries, _redacted, assemble
+from pipeline.settings import AuthSettings, HtpasswdAuth, Settings, StorageSettings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Assembly]:
+    root = tmp_path_factory.mktemp("embedded") / "data"
+    assembly = assemble(Settings(storage=StorageSettings(root=str(root))))
+    try:
+        yield assembly
+    finally:
+        assembly.close()
+
+
+def client(assembly: Assembly) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=assembly.app), base_url="http://test")
+
+
+async def test_embedded_assembly_serves_registry_health_and_metrics(embedded: Assembly) -> None:
+    assert embedded.embedded and embedded.worker is not None and embedded.worker.alive
+    async with client(embedded) as c:
+        base = await c.get("/v2/")
+        assert base.status_code == 200 and base.headers["x-request-id"]
+        assert base.headers["docker-distribution-api-version"] == "registry/2.0"
+        health = await c.get("/healthz")
+        assert health.status_code == 200 and health.json()["checks"]["broker"]["broker"] == "embedded"
+        metrics = await c.get("/metrics")
+        assert 'route="/v2/"' in metrics.text
+
+
+async def test_configured_htpasswd_auth_is_enforced(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    settings = Settings(
+        storage=StorageSettings(root=str(tmp_path / "data")),
+        auth=AuthSettings(htpasswd=HtpasswdAuth(realm="test-realm", path=str(htpasswd))),
+    )
+    assembly = assemble(settings)
+    try:
+        async with client(assembly) as c:
+            anonymous = await c.get("/v2/")
+            assert anonymous.status_code == 401
+            assert "test-realm" in anonymous.headers["www-authenticate"]
+            assert (await c.get("/v2/", auth=("alice", "wonderland"))).status_code == 200
+    finally:
+        assembly.close()
+    assert not assembly.worker.alive  # close() stopped the in-process worker
+    assembly.close()  # and is idempotent
+
+
+def test_retries_of_this_app_are_counted(embedded: Assembly) -> None:
+    from workers.app import create_app
+
+    mine = next(t for t in embedded.worker.worker.app.tasks.values() if t.name == "lading.commit_blob")
+    other_app = create_app(Settings())
+    theirs = other_app.tasks["lading.commit_blob"]
+    disconnect = _count_retries(embedded.worker.worker.app, embedded.metrics)
+    try:
+        task_retry.send(sender=mine, request=None, reason="StorageUnavailable", einfo=None)
+        task_retry.send(sender=theirs, request=None, reason="StorageUnavailable", einfo=None)
+    finally:
+        disconnect()
+    # the assembly's own hook counted too; the other app's retry counted nowhere
+    text = embedded.metrics.exposition().decode()
+    assert 'lading_jobs_retried_total{job="lading.commit_blob"} 2.0' in text
+
+
+def test_broker_urls_are_logged_without_passwords() -> None:
+    assert _redacted("redis://:hunter2@redis:6379/0") == "redis://***@redis:6379/0"
+    assert _redacted("amqp://guest:hunter2@rabbit//") == "amqp://guest:***@rabbit//"
+    assert _redacted("redis://redis:6379/0") == "redis://redis:6379/0"
