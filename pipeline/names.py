@@ -42,6 +42,10 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def is_valid_tag(tag: str) -> bool:
+    return TAG_RE.fullmatch(tag) is not None
+
+
 def is_digest_reference(reference: str) -> bool:
     """True when a manifest reference is a digest (contains ':'), not a tag."""
     return ":" in reference

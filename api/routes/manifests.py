@@ -37,21 +37,30 @@ from pipeline.digest import Digest
 from pipeline.errors import (
     JobTimeout,
     ManifestBlobUnknown,
+    ManifestUnknown,
     OperationUnsupported,
     RegistryError,
 )
 from pipeline.manifests import MAX_MANIFEST_SIZE
-from pipeline.names import is_digest_reference, validate_tag
+from pipeline.names import is_digest_reference, is_valid_tag, validate_tag
 from pipeline.registry import Registry
 
 MAX_TAGS_PER_PUSH = 100
+
+
+def _readable_reference(reference: str) -> str:
+    """A reference that no push could have created names no manifest: reads and deletes
+    answer 404 MANIFEST_UNKNOWN (the spec's answer for a missing manifest), not 400."""
+    if not is_digest_reference(reference) and not is_valid_tag(reference):
+        raise ManifestUnknown(f"no manifest for {reference!r}")
+    return reference
 
 
 def _load(registry: Registry, name: str, reference: str) -> tuple[Digest, bytes, str]:
     if is_digest_reference(reference):
         digest = Digest.parse(reference)
     else:
-        digest = registry.tags.resolve(name, validate_tag(reference))
+        digest = registry.tags.resolve(name, _readable_reference(reference))
     body, media_type = registry.manifests.get(name, digest)
     return digest, body, media_type
 
@@ -183,6 +192,6 @@ async def delete_manifest(ctx: RequestContext) -> Response:
     """202 after deleting; 404 MANIFEST_UNKNOWN; 405 UNSUPPORTED when deletes are disabled."""
     if not ctx.settings.storage.delete_enabled:
         raise OperationUnsupported("deletes are disabled on this registry")
-    reference = ctx.params["reference"]
+    reference = _readable_reference(ctx.params["reference"])
     await ctx.blocking(manifest_commit.delete_manifest, ctx.registry, ctx.name, reference)
     return Response(status_code=202, headers={"Content-Length": "0"})

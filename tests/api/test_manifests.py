@@ -156,7 +156,10 @@ async def test_blob_of_another_repository_counts_as_missing(api: Any) -> None:
 async def test_bad_tag_is_400_tag_invalid(api: Any, tag: str) -> None:
     await push_blob(api.client, "repo", b"{}")
     errors_of(await push_manifest(api.client, "repo", tag, oci_manifest()), 400, "TAG_INVALID")
-    errors_of(await api.client.get(f"/v2/repo/manifests/{tag}"), 400, "TAG_INVALID")
+    # A reference no push could create names no manifest: reads answer 404, as the spec and
+    # the conformance suite require for a missing manifest.
+    errors_of(await api.client.get(f"/v2/repo/manifests/{tag}"), 404, "MANIFEST_UNKNOWN")
+    assert (await api.client.head(f"/v2/repo/manifests/{tag}")).status_code == 404
 
 
 async def test_malformed_digest_reference_is_400(api: Any) -> None:
