@@ -83,8 +83,11 @@ def _dummy_hash(users: dict[str, bytes]) -> bytes:
 
 
 def load_htpasswd(path: str) -> HtpasswdEntries:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        users = parse_htpasswd(f.read(), path)
+    """The entries of the file at `path`; none for a directory (see `Htpasswd`)."""
+    users: dict[str, bytes] = {}
+    if not os.path.isdir(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            users = parse_htpasswd(f.read(), path)
     return HtpasswdEntries(users=users, dummy=_dummy_hash(users))
 
 
@@ -94,7 +97,13 @@ class Htpasswd:
     def __init__(self, path: str, *, key: str = "auth.htpasswd.path") -> None:
         if not path:
             raise ConfigurationError(key, f"{key}: required")
-        if not os.path.isfile(path):
+        if os.path.isdir(path):
+            # Debian's shipped config.yml points here at /etc/docker/registry. distribution
+            # 2.8.2 starts with it and fails every login (400, "is a directory"); Lading also
+            # starts, says so once, and answers every login with a 401 challenge. Replacing
+            # the directory by a file is picked up like any other edit.
+            log.warning("%s: %s is a directory, not an htpasswd file: no user can log in", key, path)
+        elif not os.path.isfile(path):
             raise ConfigurationError(key, f"{key}: {path} is not a file")
         try:
             self._file = WatchedFile(path, load_htpasswd)
