@@ -1,0 +1,362 @@
+"""Sending jobs and awaiting their results from the API, without blocking its event loop.
+
+`CeleryJobClient` implements `pipeline.jobs.JobClient` on a Celery app, sending by job name
+(the API never imports `workers`). Two ways to wait:
+
+- Redis result backend: one `redis.asyncio` pub/sub connection per event loop. A waiter
+  subscribes to its result key's channel (before the job is sent, in `run`), GETs the key
+  in case the result already landed, and one reader task resolves every waiter's future.
+  The key is re-read every `RECHECK` seconds, so a message lost to a reconnect only delays.
+- any other backend (the embedded in-process one included): `AsyncResult.get` in a
+  dedicated thread pool, so waiters never queue behind the loop's small default executor.
+
+A job's own domain failure comes back in its envelope (`jobs.unwrap` re-raises it). A task
+that raised is mapped too: a `pipeline.errors` class by name (StorageUnavailable after its
+retries ran out → StorageUnavailable), a time limit → JobTimeout, anything else →
+LadingError. A wait that runs out raises JobTimeout (the job may still finish later).
+
+`InlineJobClient` runs `pipeline.handlers.run_job` in threads of this process: for fast
+API tests only (no broker, no retries); the server always uses Celery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from celery import Celery, states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from pipeline import errors, jobs
+from pipeline.errors import JobTimeout, LadingError, StorageUnavailable
+from pipeline.handlers import run_job
+
+if TYPE_CHECKING:
+    from pipeline.registry import Registry
+
+log = logging.getLogger(__name__)
+
+RECHECK = 1.0  # seconds between GETs of a result key while waiting on pub/sub
+POLL_INTERVAL = 0.02  # AsyncResult.get polling for backends without push
+SENDERS = 8  # threads publishing for `run`; below the app's producer pool (broker_pool_limit 10)
+META_PREFIX = "celery-task-meta-"
+_TIME_LIMITS = ("SoftTimeLimitExceeded", "TimeLimitExceeded")
+
+
+def job_error(job_id: str, exc_type: str, message: str) -> LadingError:
+    """The domain error for a task that raised `exc_type(message)` instead of returning
+    an envelope."""
+    if exc_type in _TIME_LIMITS:
+        return JobTimeout({"job_id": job_id, "reason": f"the job hit its time limit ({exc_type})"})
+    cls = getattr(errors, exc_type, None)
+    if isinstance(cls, type) and issubclass(cls, LadingError):
+        return errors.from_payload({"kind": exc_type, "message": message or None, "detail": None})
+    return LadingError({"job_id": job_id, "error": f"{exc_type}: {message}"}, "job failed")
+
+
+def _exception_parts(exc: Any) -> tuple[str, str]:
+    if isinstance(exc, BaseException):
+        return type(exc).__name__, str(exc.args[0]) if exc.args else ""
+    return "UnknownError", str(exc)
+
+
+def _value(job_id: str, status: str, result: Any) -> dict[str, Any]:
+    """The job's value from a ready (status, result) pair, or raise its error."""
+    if status == states.SUCCESS:
+        return jobs.unwrap(result)
+    if status == states.FAILURE:
+        if isinstance(result, dict):  # serialized exception, as read from Redis
+            message = result.get("exc_message")
+            if isinstance(message, list | tuple):
+                message = message[0] if message else ""
+            raise job_error(job_id, str(result.get("exc_type")), "" if message is None else str(message))
+        raise job_error(job_id, *_exception_parts(result))
+    raise LadingError({"job_id": job_id, "state": status}, "job did not complete")
+
+
+def _redis_backend_url(app: Celery) -> str | None:
+    url = app.conf.result_backend
+    if not isinstance(url, str) or url.split("://", 1)[0] not in ("redis", "rediss"):
+        return None
+    if app.conf.result_serializer != "json" or app.conf.result_compression:
+        return None  # the listener reads raw JSON metadata
+    return url
+
+
+class _ResultListener:
+    """One pub/sub connection and one reader task, bound to one event loop."""
+
+    def __init__(self, url: str, key_prefix: str) -> None:
+        self._client = aioredis.Redis.from_url(url)
+        self._pubsub = self._client.pubsub()
+        self._prefix = key_prefix + META_PREFIX
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._watchers: dict[str, int] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def key(self, job_id: str) -> str:
+        return self._prefix + job_id
+
+    async def watch(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
+        key = self.key(job_id)
+        future = self._futures.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._futures[key] = future
+            self._watchers[key] = 0
+            try:
+                await self._pubsub.subscribe(key)
+            except RedisError as exc:
+                self._futures.pop(key, None)
+                self._watchers.pop(key, None)
+                raise StorageUnavailable(f"result backend unreachable: {exc}") from exc
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read(), name="lading-job-results")
+        self._watchers[key] += 1
+        return future
+
+    async def unwatch(self, job_id: str) -> None:
+        key = self.key(job_id)
+        self._watchers[key] = self._watchers.get(key, 1) - 1
+        if self._watchers[key] > 0:
+            return
+        self._watchers.pop(key, None)
+        self._futures.pop(key, None)
+        try:
+            await self._pubsub.unsubscribe(key)
+        except RedisError:
+            pass  # a reconnect resubscribes only what is still in pubsub.channels
+
+    async def fetch(self, job_id: str) -> dict[str, Any] | None:
+        """The job's metadata if it is ready, else None."""
+        try:
+            raw = await self._client.get(self.key(job_id))
+        except RedisError as exc:
+            raise StorageUnavailable(f"result backend unreachable: {exc}") from exc
+        return _ready_meta(raw)
+
+    async def _read(self) -> None:
+        while self._futures:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Redis went away: pub/sub reconnects and resubscribes on the next read;
+                # waiters re-read their keys every RECHECK seconds meanwhile.
+                log.warning("job result listener: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not message or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            key = channel.decode() if isinstance(channel, bytes) else str(channel)
+            future = self._futures.get(key)
+            meta = _ready_meta(message.get("data"))
+            if future is not None and meta is not None and not future.done():
+                future.set_result(meta)
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self._pubsub.aclose()
+        await self._client.aclose()
+
+
+def _ready_meta(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(meta, dict) and meta.get("status") in states.READY_STATES:
+        return meta
+    return None  # RETRY (published too) or garbage
+
+
+class CeleryJobClient:
+    """`pipeline.jobs.JobClient` over a Celery app (see module docstring).
+
+    `redis_url`: where to listen for results; by default the app's result backend when it
+    is Redis with JSON results, else results are awaited in threads."""
+
+    def __init__(self, app: Celery, redis_url: str | None = None, *, max_blocking_waiters: int = 64) -> None:
+        self._app = app
+        self._redis_url = redis_url or _redis_backend_url(app)
+        options = app.conf.result_backend_transport_options or {}
+        self._key_prefix = str(options.get("global_keyprefix") or "")
+        self._listener: _ResultListener | None = None
+        self._listener_loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._send_executor: ThreadPoolExecutor | None = None
+        self._max_blocking_waiters = max_blocking_waiters
+
+    @property
+    def uses_pubsub(self) -> bool:
+        return self._redis_url is not None
+
+    def send(self, job: str, **kwargs: Any) -> str:
+        """Publish now, in the caller's thread (1-2 ms; `run` publishes off the loop)."""
+        job_id = str(uuid.uuid4())
+        self._publish(job, job_id, kwargs)
+        return job_id
+
+    async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        if self._redis_url is None:
+            return await self._wait_blocking(job_id, timeout)
+        listener = self._get_listener()
+        future = await listener.watch(job_id)
+        try:
+            return await self._wait_pubsub(listener, job_id, future, timeout, check_now=True)
+        finally:
+            await listener.unwatch(job_id)
+
+    async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        job_id = str(uuid.uuid4())
+        if self._redis_url is None:
+            await self._publish_async(job, job_id, kwargs)
+            return await self._wait_blocking(job_id, timeout)
+        listener = self._get_listener()
+        future = await listener.watch(job_id)  # subscribed before the job exists
+        try:
+            await self._publish_async(job, job_id, kwargs)
+            return await self._wait_pubsub(listener, job_id, future, timeout, check_now=False)
+        finally:
+            await listener.unwatch(job_id)
+
+    async def aclose(self) -> None:
+        """Release the listener connection and the waiting threads (API shutdown)."""
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.aclose()
+        for executor in (self._executor, self._send_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._send_executor = None
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _publish(self, job: str, job_id: str, kwargs: dict[str, Any]) -> None:
+        queue = jobs.ROUTES.get(job)
+        if queue is None:
+            raise ValueError(f"unknown job {job!r}")
+        try:
+            # send_task takes a producer from the app's pool: connections are reused.
+            self._app.send_task(job, kwargs=kwargs, task_id=job_id, queue=queue, routing_key=queue)
+        except OperationalError as exc:
+            raise StorageUnavailable(f"job broker unreachable: {exc}") from exc
+
+    async def _publish_async(self, job: str, job_id: str, kwargs: dict[str, Any]) -> None:
+        # Publishing takes 1-2 ms and, with the broker unreachable, as long as its retries:
+        # off the event loop either way.
+        if self._send_executor is None:
+            self._send_executor = ThreadPoolExecutor(SENDERS, thread_name_prefix="lading-job-send")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._send_executor, self._publish, job, job_id, kwargs)
+
+    def _get_listener(self) -> _ResultListener:
+        loop = asyncio.get_running_loop()
+        if self._listener is None or self._listener_loop is not loop:
+            assert self._redis_url is not None
+            self._listener = _ResultListener(self._redis_url, self._key_prefix)
+            self._listener_loop = loop
+        return self._listener
+
+    async def _wait_pubsub(
+        self,
+        listener: _ResultListener,
+        job_id: str,
+        future: asyncio.Future[dict[str, Any]],
+        timeout: float,
+        check_now: bool,
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        meta = await listener.fetch(job_id) if check_now else None
+        while meta is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise JobTimeout({"job_id": job_id, "timeout": timeout})
+            try:
+                meta = await asyncio.wait_for(asyncio.shield(future), min(remaining, RECHECK))
+            except TimeoutError:
+                meta = await listener.fetch(job_id)
+        return _value(job_id, str(meta.get("status")), meta.get("result"))
+
+    async def _wait_blocking(self, job_id: str, timeout: float) -> dict[str, Any]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._max_blocking_waiters, thread_name_prefix="lading-job-wait"
+            )
+        loop = asyncio.get_running_loop()
+        status, result = await loop.run_in_executor(self._executor, self._get, job_id, timeout)
+        return _value(job_id, status, result)
+
+    def _get(self, job_id: str, timeout: float) -> tuple[str, Any]:
+        result = AsyncResult(job_id, app=self._app)
+        try:
+            # disable_sync_subtasks=False: an embedded worker in this process turns on
+            # Celery's "never get() inside a task" guard process-wide; this is no task.
+            value = result.get(
+                timeout=timeout, interval=POLL_INTERVAL, propagate=False, disable_sync_subtasks=False
+            )
+        except CeleryTimeoutError:
+            raise JobTimeout({"job_id": job_id, "timeout": timeout}) from None
+        return result.state, value
+
+
+class InlineJobClient:
+    """`pipeline.jobs.JobClient` running jobs in this process's threads (API tests only).
+
+    kwargs go through JSON like they would through Celery; StorageUnavailable is not
+    retried; waiting on an unknown job id raises JobTimeout at once."""
+
+    def __init__(self, registry: Registry, max_workers: int = 8) -> None:
+        self._registry = registry
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lading-inline-job")
+        self._pending: dict[str, ThreadFuture[dict[str, Any]]] = {}
+
+    def send(self, job: str, **kwargs: Any) -> str:
+        if job not in jobs.ROUTES:
+            raise ValueError(f"unknown job {job!r}")
+        payload = json.loads(json.dumps(kwargs))
+        job_id = str(uuid.uuid4())
+        self._pending[job_id] = self._executor.submit(run_job, self._registry, job, payload)
+        return job_id
+
+    async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        future = self._pending.get(job_id)
+        if future is None:
+            raise JobTimeout({"job_id": job_id, "timeout": timeout})
+        try:
+            envelope = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+        except TimeoutError:
+            raise JobTimeout({"job_id": job_id, "timeout": timeout}) from None
+        except LadingError:
+            raise
+        except Exception as exc:
+            raise job_error(job_id, *_exception_parts(exc)) from exc
+        finally:
+            if future.done():
+                self._pending.pop(job_id, None)
+        return jobs.unwrap(envelope)
+
+    async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        return await self.wait(self.send(job, **kwargs), timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,110 @@
+"""What each job does: `HANDLERS` maps every job name to a plain use-case function, and
+`run_job` runs one and wraps its outcome in the job envelope.
+
+A handler takes the process's `Registry` and the job's primitive kwargs (as sent by the
+API, see `pipeline.jobs`) and returns a JSON-serialisable dict. `run_job` turns a
+`RegistryError` into a failed envelope the API re-raises as the same error; it lets
+`StorageUnavailable` through so the task layer retries it, and lets anything else through
+as a genuine job failure (a bug: it shows as a failed task).
+
+Maintenance and notification jobs are looked up when they run:
+`pipeline.maintenance.scrub.scrub`, `pipeline.maintenance.purge.purge_uploads`,
+`pipeline.maintenance.gc.garbage_collect`, `pipeline.maintenance.reconcile.reconcile` and
+`pipeline.events.notify_event`, each `(registry, **kwargs) -> dict`. Until a module exists
+its job answers OperationUnsupported.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pipeline import jobs
+from pipeline.blob_commit import advance_digest, commit_blob
+from pipeline.deepverify import deep_verify, tarsum_blob
+from pipeline.errors import ManifestInvalid, OperationUnsupported, RegistryError
+from pipeline.manifest_commit import commit_manifest
+
+if TYPE_CHECKING:
+    from pipeline.registry import Registry
+
+Handler = Callable[..., dict[str, Any]]
+
+
+def _commit_blob(
+    registry: Registry, *, repository: str, upload_id: str, digest: str, size: int | None = None
+) -> dict[str, Any]:
+    return commit_blob(registry, repository, upload_id, digest, size)
+
+
+def _advance_digest(
+    registry: Registry, *, repository: str, upload_id: str, algorithm: str = "sha256"
+) -> dict[str, Any]:
+    return advance_digest(registry, repository, upload_id, algorithm)
+
+
+def _commit_manifest(
+    registry: Registry, *, repository: str, reference: str, body_b64: str, media_type: str | None = None
+) -> dict[str, Any]:
+    try:
+        body = base64.b64decode(body_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ManifestInvalid("manifest body is not valid base64") from None
+    return commit_manifest(registry, repository, reference, media_type, body)
+
+
+def _tarsum(registry: Registry, *, digest: str) -> dict[str, Any]:
+    return tarsum_blob(registry, digest)
+
+
+def _deep_verify(
+    registry: Registry, *, repository: str, digest: str, policy: str | None = None
+) -> dict[str, Any]:
+    return deep_verify(registry, repository, digest, policy or registry.settings.deep_verification)
+
+
+def _later(job: str, module: str, function: str) -> Handler:
+    """A handler that runs `module.function` once that module exists."""
+
+    def handler(registry: Registry, **kwargs: Any) -> dict[str, Any]:
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                raise OperationUnsupported(f"{job}: not implemented yet") from None
+            raise
+        result: dict[str, Any] = getattr(found, function)(registry, **kwargs)
+        return result
+
+    handler.__name__ = function
+    return handler
+
+
+HANDLERS: dict[str, Handler] = {
+    jobs.COMMIT_BLOB: _commit_blob,
+    jobs.ADVANCE_DIGEST: _advance_digest,
+    jobs.COMMIT_MANIFEST: _commit_manifest,
+    jobs.TARSUM: _tarsum,
+    jobs.DEEP_VERIFY: _deep_verify,
+    jobs.SCRUB: _later(jobs.SCRUB, "pipeline.maintenance.scrub", "scrub"),
+    jobs.PURGE_UPLOADS: _later(jobs.PURGE_UPLOADS, "pipeline.maintenance.purge", "purge_uploads"),
+    jobs.GARBAGE_COLLECT: _later(jobs.GARBAGE_COLLECT, "pipeline.maintenance.gc", "garbage_collect"),
+    jobs.RECONCILE: _later(jobs.RECONCILE, "pipeline.maintenance.reconcile", "reconcile"),
+    jobs.NOTIFY_EVENT: _later(jobs.NOTIFY_EVENT, "pipeline.events", "notify_event"),
+}
+
+
+def run_job(registry: Registry, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run job `name` and return its envelope: `jobs.ok(value)`, or `jobs.failed(error)`
+    for a RegistryError. StorageUnavailable (retryable) and other errors propagate."""
+    handler = HANDLERS.get(name)
+    if handler is None:
+        return jobs.failed(OperationUnsupported(f"unknown job {name!r}"))
+    try:
+        value = handler(registry, **kwargs)
+    except RegistryError as exc:
+        return jobs.failed(exc)
+    return jobs.ok(value)

@@ -1,0 +1,133 @@
+"""The Celery app factory: every job registered with its queue and delivery policy, and the
+configuration the notes call for (late acks, visibility timeouts, serializers, beat)."""
+
+from __future__ import annotations
+
+import pytest
+from celery import _state as celery_state
+from celery import current_app
+
+from pipeline import jobs
+from pipeline.errors import ConfigurationError, StorageUnavailable
+from pipeline.settings import CelerySettings, MaintenanceSettings, Settings, StorageSettings, UploadPurging
+from workers.app import create_app
+from workers.beat import beat_schedule
+from workers.embedded import InProcessBackend
+from workers.tasks import POLICIES
+
+REDIS = "redis://127.0.0.1:6379/7"
+
+
+def redis_settings(**extra: object) -> Settings:
+    return Settings(
+        storage=StorageSettings(driver="inmemory"),
+        celery=CelerySettings(broker_url=REDIS, result_backend=REDIS, extra=dict(extra)),
+    )
+
+
+def test_every_job_name_is_a_registered_task_on_its_queue() -> None:
+    app = create_app(redis_settings())
+    for name in jobs.ALL_JOBS:
+        task = app.tasks[name]
+        policy = POLICIES[name]
+        assert app.amqp.router.route({}, name)["queue"].name == jobs.ROUTES[name]
+        assert task.acks_late is policy.acks_late
+        assert task.reject_on_worker_lost is policy.acks_late
+        assert task.autoretry_for == policy.retry_for and StorageUnavailable in task.autoretry_for
+        assert task.max_retries == policy.max_retries and task.retry_jitter
+        assert task.soft_time_limit < task.time_limit
+        assert not task.ignore_result
+
+
+def test_commit_jobs_are_late_acked_and_allowed_time_for_multi_gigabyte_blobs() -> None:
+    app = create_app(redis_settings())
+    for name in (jobs.COMMIT_BLOB, jobs.ADVANCE_DIGEST, jobs.TARSUM, jobs.COMMIT_MANIFEST):
+        task = app.tasks[name]
+        assert task.acks_late and task.reject_on_worker_lost
+        assert task.soft_time_limit >= 900
+    assert app.tasks[jobs.COMMIT_BLOB].soft_time_limit >= 3600
+    assert app.tasks[jobs.NOTIFY_EVENT].max_retries >= 10
+
+
+def test_visibility_timeout_is_consistent_and_outlasts_every_late_acked_job() -> None:
+    conf = create_app(redis_settings()).conf
+    broker = conf.broker_transport_options["visibility_timeout"]
+    assert broker == conf.result_backend_transport_options["visibility_timeout"]
+    for policy in POLICIES.values():
+        if policy.acks_late:
+            assert broker > policy.time_limit + policy.retry_backoff_max
+
+
+def test_production_settings_from_the_notes() -> None:
+    conf = create_app(redis_settings()).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.broker_connection_retry_on_startup
+    assert conf.result_expires
+    assert {q.name for q in conf.task_queues} == set(jobs.QUEUES)
+
+
+def test_extra_settings_go_last_and_merge_transport_options() -> None:
+    conf = create_app(
+        redis_settings(worker_prefetch_multiplier=4, broker_transport_options={"visibility_timeout": 5})
+    ).conf
+    assert conf.worker_prefetch_multiplier == 4
+    assert conf.broker_transport_options["visibility_timeout"] == 5
+
+
+def test_a_non_redis_broker_needs_a_result_backend() -> None:
+    with pytest.raises(ConfigurationError, match="result_backend"):
+        create_app(Settings(celery=CelerySettings(broker_url="amqp://guest:guest@127.0.0.1:5672//")))
+    amqp = CelerySettings(broker_url="amqp://guest:guest@127.0.0.1:5672//", result_backend=REDIS)
+    conf = create_app(Settings(celery=amqp)).conf
+    assert conf.broker_url.startswith("amqp://") and conf.result_backend == REDIS
+
+
+def test_a_redis_broker_doubles_as_result_backend() -> None:
+    conf = create_app(Settings(celery=CelerySettings(broker_url=REDIS))).conf
+    assert conf.result_backend == REDIS
+
+
+def test_embedded_mode_uses_the_memory_broker_polled_quickly_and_a_shared_backend() -> None:
+    app = create_app(Settings(storage=StorageSettings(driver="inmemory")))
+    assert app.conf.broker_url.startswith("memory://")
+    assert app.conf.broker_transport_options["polling_interval"] <= 0.01
+    assert isinstance(app.backend, InProcessBackend)
+    app.backend.store_result("job-1", {"ok": True, "value": {}}, "SUCCESS")
+    import threading
+
+    seen: list[object] = []
+    reader = threading.Thread(target=lambda: seen.append(app.backend.get_task_meta("job-1")["status"]))
+    reader.start()
+    reader.join()
+    assert seen == ["SUCCESS"]  # another thread (another backend instance) sees the result
+
+
+def test_the_factory_configures_nothing_global() -> None:
+    before = celery_state.default_app
+    app = create_app(redis_settings())
+    assert celery_state.default_app is before
+    assert current_app._get_current_object() is not app
+    other = create_app(redis_settings())
+    assert other.tasks[jobs.COMMIT_BLOB] is not app.tasks[jobs.COMMIT_BLOB]
+
+
+def test_beat_schedule_follows_the_maintenance_settings() -> None:
+    default = beat_schedule(Settings())
+    assert {e["task"] for e in default.values()} == {jobs.SCRUB, jobs.PURGE_UPLOADS, jobs.RECONCILE}
+    assert all(e["options"]["queue"] == jobs.MAINTENANCE for e in default.values())
+
+    settings = Settings(
+        storage=StorageSettings(upload_purging=UploadPurging(enabled=False)),
+        maintenance=MaintenanceSettings(scrub_enabled=False, gc_enabled=True, gc_interval_seconds=60,
+                                        reconcile_interval_seconds=30),
+    )
+    schedule = beat_schedule(settings)
+    assert {e["task"]: e["schedule"] for e in schedule.values()} == {
+        jobs.GARBAGE_COLLECT: 60.0,
+        jobs.RECONCILE: 30.0,
+    }
+    assert create_app(settings).conf.beat_schedule == schedule

@@ -1,0 +1,114 @@
+"""The Celery application factory: `create_app(settings) -> Celery`.
+
+Nothing is configured at import time and the app is never made the current or default
+app, so several apps (tests, benchmarks) can live in one process. The broker and result
+backend come from `settings.celery`: Redis or RabbitMQ (`amqp://`) in production, and in
+embedded mode kombu's in-process `memory://` transport with `InProcessBackend` (one result
+store per app object: the API's job client and the embedded worker must share the app).
+
+`celery_config(settings)` is the whole configuration as a plain dict; `settings.celery.extra`
+goes on top of it (dict-valued transport options are merged key by key, so overriding one
+option keeps the rest).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from pipeline import jobs
+from pipeline.errors import ConfigurationError
+from pipeline.registry import Registry
+from pipeline.settings import Settings
+from workers.beat import beat_schedule
+from workers.embedded import BACKEND as EMBEDDED_BACKEND
+from workers.tasks import register_tasks, visibility_timeout
+
+EMBEDDED_BROKER = "memory://localhost/"
+# The memory transport polls; its 1 s default makes every embedded job take a second.
+EMBEDDED_POLLING_INTERVAL = 0.005
+RESULT_EXPIRES = 3600  # the API waits minutes at most; nobody reads a result later
+
+_MERGED = ("broker_transport_options", "result_backend_transport_options")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting Lading runs with, before `settings.celery.extra`."""
+    cfg = settings.celery
+    visibility = visibility_timeout()
+    broker_options: dict[str, Any] = {"visibility_timeout": visibility}
+    if cfg.embedded:
+        broker_url: str = EMBEDDED_BROKER
+        result_backend = cfg.result_backend or EMBEDDED_BACKEND
+        broker_options["polling_interval"] = EMBEDDED_POLLING_INTERVAL
+    else:
+        broker_url = str(cfg.broker_url)
+        # A Redis broker doubles as the result backend unless one is named. Any other broker
+        # needs one named: `rpc://` would deliver a result only to the process that sent the job.
+        if cfg.result_backend:
+            result_backend = cfg.result_backend
+        elif broker_url.split("://", 1)[0] in ("redis", "rediss"):
+            result_backend = broker_url
+        else:
+            raise ConfigurationError(
+                "celery.result_backend",
+                f"celery.result_backend: required with broker {broker_url.split('://', 1)[0]}://",
+            )
+    return {
+        "broker_url": broker_url,
+        "result_backend": result_backend,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": broker_options,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in jobs.QUEUES],
+        "task_routes": {name: {"queue": queue, "routing_key": queue} for name, queue in jobs.ROUTES.items()},
+        # Celery's own periodic tasks (backend cleanup) would otherwise go to an unconsumed queue.
+        "task_default_queue": jobs.MAINTENANCE,
+        "task_default_exchange": jobs.MAINTENANCE,
+        "task_default_routing_key": jobs.MAINTENANCE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        # Jobs are idempotent: a commit already running survives a broker blip and its
+        # redelivery finds the work done, instead of being cancelled half-way.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": False,
+        "worker_disable_rate_limits": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": RESULT_EXPIRES,
+        "result_extended": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "beat_schedule": beat_schedule(settings),
+    }
+
+
+def apply_extra(config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`config` with `extra` on top; transport option dicts are merged, not replaced."""
+    merged = dict(config)
+    for key, value in extra.items():
+        if key in _MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def create_app(settings: Settings, *, registry: Registry | None = None, main: str = "lading") -> Celery:
+    """A configured Celery app with one task per job name registered.
+
+    `registry`: the Registry the tasks use (embedded mode shares the API's, which an
+    in-memory storage driver requires); by default each worker process builds its own from
+    `settings` on its first job, with Redis repository locks when Redis is configured."""
+    app = Celery(main, set_as_current=False)
+    app.conf.update(apply_extra(celery_config(settings), dict(settings.celery.extra)))
+    register_tasks(app, settings, registry=registry)
+    return app

@@ -1,0 +1,263 @@
+"""Embedded mode: a real Celery worker inside the API's process, with no external broker.
+
+`start_embedded_worker(app, concurrency)` runs a `celery.worker.WorkController` (the same
+worker the `celery worker` command runs, minus its signal handlers, logging setup and pid
+file) with the threads pool in a background thread, consuming every Lading queue. With
+`create_app` on embedded settings the broker is kombu's `memory://` transport (polled every
+few ms) and results go to `InProcessBackend`, so a job runs through exactly the task code a
+scaled-out worker runs.
+
+Constraints of the mode, all inherent to one process:
+- the memory transport keeps its queues in the process (a class attribute of kombu's
+  channel), so run one embedded worker per process; queued jobs die with the process;
+- the threads pool enforces no time limits;
+- `celery.worker.state` (the flag that stops a worker loop) is per process;
+- the worker's pool threads run each job through Celery's *default* app (its tracer looks
+  the task up on `current_app`), so the app is made the process default while the worker
+  runs, as the `celery worker` command does; `stop()` restores the previous default.
+
+`celery.contrib.testing.worker.start_worker` is not used: it is a test helper that sets the
+default app, reconfigures logging and requires the `celery.ping` test task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from celery import Celery, states
+from celery import _state as celery_state
+from celery.backends.base import KeyValueStoreBackend
+from celery.beat import EmbeddedService
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+
+from pipeline.jobs import QUEUES
+
+log = logging.getLogger(__name__)
+
+BACKEND = "workers.embedded:InProcessBackend"
+MAX_RESULTS = 10_000
+
+
+class _ResultStore:
+    """Encoded results by key, shared by every thread of one app; waiters are woken on
+    each write. Bounded: oldest entries go first past MAX_RESULTS or after `expires`."""
+
+    def __init__(self, expires: float) -> None:
+        self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._expires = expires
+        self.changed = threading.Condition()
+
+    def get(self, key: str) -> Any:
+        with self.changed:
+            item = self._data.get(key)
+            if item is None or item[0] < time.monotonic():
+                return None
+            return item[1]
+
+    def set(self, key: str, value: Any) -> None:
+        with self.changed:
+            self._data[key] = (time.monotonic() + self._expires, value)
+            self._data.move_to_end(key)
+            while len(self._data) > MAX_RESULTS:
+                self._data.popitem(last=False)
+            self.changed.notify_all()
+
+    def delete(self, key: str) -> None:
+        with self.changed:
+            self._data.pop(key, None)
+
+    def incr(self, key: str) -> int:
+        with self.changed:
+            current = int(self.get(key) or 0) + 1
+            self.set(key, current)
+            return current
+
+
+_STORES_GUARD = threading.Lock()
+
+
+def _store_for(app: Celery) -> _ResultStore:
+    # Celery builds a backend per thread unless it is thread_safe, and may race to build
+    # two; keeping the data on the app makes every instance of one app see the same results.
+    with _STORES_GUARD:
+        store: _ResultStore | None = getattr(app, "_lading_result_store", None)
+        if store is None:
+            expires = app.conf.result_expires or 86400
+            seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else float(expires)
+            store = _ResultStore(seconds)
+            app._lading_result_store = store
+        return store
+
+
+class InProcessBackend(KeyValueStoreBackend):
+    """A result backend living in this process's memory, shared by one app's threads.
+
+    `wait_for` sleeps on a condition variable instead of polling, so an embedded round
+    trip costs the broker's polling interval and nothing more."""
+
+    thread_safe = True
+    supports_autoexpire = True
+    implements_incr = True
+
+    def __init__(self, app: Celery, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.thread_safe = True  # BaseBackend.__init__ resets it from result_backend_thread_safe
+        self.url = url
+        self._store = _store_for(app)
+
+    def get(self, key: bytes | str) -> Any:
+        return self._store.get(_text(key))
+
+    def mget(self, keys: list[bytes | str]) -> list[Any]:
+        return [self._store.get(_text(k)) for k in keys]
+
+    def set(self, key: bytes | str, value: Any) -> None:
+        self._store.set(_text(key), value)
+
+    def delete(self, key: bytes | str) -> None:
+        self._store.delete(_text(key))
+
+    def incr(self, key: bytes | str) -> int:
+        return self._store.incr(_text(key))
+
+    def expire(self, key: bytes | str, value: Any) -> None:
+        pass  # every entry already expires after result_expires
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Any = None,
+    ) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = self._store.changed
+        while True:
+            meta: dict[str, Any] = self.get_task_meta(task_id, cache=False)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if on_interval:
+                on_interval()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise CeleryTimeoutError("The operation timed out.")
+            with changed:
+                # Re-check under the condition so a write between the read and the wait
+                # is not missed; wake at least every `interval` anyway.
+                if self.get_task_meta(task_id, cache=False)["status"] not in states.READY_STATES:
+                    changed.wait(interval if remaining is None else min(interval, remaining))
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
+
+
+class EmbeddedWorker:
+    """A running embedded worker (and optional embedded beat); `stop()` ends both."""
+
+    def __init__(
+        self, worker: WorkController, thread: threading.Thread, beat: Any = None, previous_default: Any = None
+    ) -> None:
+        self.worker = worker
+        self._thread = thread
+        self._beat = beat
+        self._previous_default = previous_default
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown: stop consuming, let running jobs finish (up to `timeout` s),
+        then cold-stop whatever still runs."""
+        if self._beat is not None:
+            self._beat.stop()
+            self._beat = None
+        if not self._thread.is_alive():
+            return
+        # The worker loop checks these flags itself, in its own thread; calling
+        # WorkController.stop() from here would race its event loop.
+        worker_state.should_stop = 0
+        try:
+            self._wake()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("embedded worker still busy after %ss: terminating", timeout)
+                worker_state.should_terminate = 0
+                self._thread.join(10.0)
+        finally:
+            worker_state.should_stop = None
+            worker_state.should_terminate = None
+            if celery_state.default_app is self.worker.app:
+                celery_state.set_default_app(self._previous_default)
+        if self._thread.is_alive():
+            raise RuntimeError("embedded worker thread did not exit")
+
+
+    def _wake(self) -> None:
+        # The loop checks the flag between broker reads, and a read of the polled memory
+        # transport lasts up to 2 s; a remote-control message ends a read at once. Two:
+        # on seeing the flag Celery's sync loop still does one more read (in a `finally`).
+        try:
+            for _ in range(2):
+                self.worker.app.control.broadcast("ping", destination=[self.worker.hostname], reply=False)
+        except Exception as exc:  # the broker may be gone: the loop then notices by itself
+            log.debug("could not wake the embedded worker: %s", exc)
+
+
+def start_embedded_worker(
+    app: Celery,
+    concurrency: int = 4,
+    *,
+    beat: bool = False,
+    hostname: str | None = None,
+    loglevel: str = "WARNING",
+    ready_timeout: float = 30.0,
+) -> EmbeddedWorker:
+    """Start a threads-pool worker consuming every Lading queue; return once it consumes.
+
+    Works with any broker the app is configured for (tests also run it against Redis and
+    RabbitMQ). `beat=True` also runs the beat schedule in a thread, in memory."""
+    previous_default = celery_state.default_app
+    app.set_default()
+    ready = threading.Event()
+    ended = threading.Event()
+    worker = WorkController(
+        app=app,
+        hostname=hostname or f"lading-embedded-{threading.get_native_id()}@localhost",
+        pool_cls="threads",
+        concurrency=concurrency,
+        queues=list(QUEUES),
+        loglevel=loglevel,
+        ready_callback=lambda consumer: ready.set(),
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=False,
+    )
+
+    def run() -> None:
+        try:
+            worker.start()  # logs and returns on a start-up failure (e.g. broker unreachable)
+        finally:
+            ended.set()
+
+    thread = threading.Thread(target=run, name="lading-embedded-worker", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout
+    while not ready.wait(0.05):
+        if ended.is_set() or time.monotonic() > deadline:
+            embedded = EmbeddedWorker(worker, thread, previous_default=previous_default)
+            embedded.stop(timeout=5.0)
+            raise RuntimeError("embedded worker did not start (see the log for the cause)")
+    beat_service = None
+    if beat:
+        beat_service = EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
+        beat_service.start()
+    return EmbeddedWorker(worker, thread, beat_service, previous_default)

@@ -1,0 +1,142 @@
+"""One thin Celery task per job name, and the delivery policy each one runs under.
+
+A task only turns primitive kwargs into a call of `pipeline.handlers.run_job` on the
+worker process's one `Registry`; everything it knows about Celery is the policy table
+below, declared on the task decorator:
+
+- ingest / verify / notify jobs are acknowledged late and re-queued when the process
+  running them dies (`acks_late` + `reject_on_worker_lost`); every job is idempotent, so a
+  redelivery repeats work and never corrupts or loses it.
+- maintenance jobs are acknowledged on receipt: beat triggers them again on schedule, and a
+  multi-hour scan must not set the broker's visibility timeout (see `visibility_timeout`).
+- only `StorageUnavailable` (transient storage failure) is retried, with exponential
+  backoff and full jitter; `JobPolicy.retry_for` is where a job adds its own retryable error.
+- time limits are enforced by the prefork pool only (threads and solo ignore them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from pipeline import jobs
+from pipeline.errors import DeliveryFailed, StorageUnavailable
+from pipeline.handlers import run_job
+from pipeline.registry import Registry
+from pipeline.settings import Settings
+from workers.locks import locks_for
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How one job is delivered, retried and bounded."""
+
+    soft_time_limit: float  # SoftTimeLimitExceeded raised inside the job (prefork only)
+    time_limit: float  # the pool process is killed (prefork only)
+    max_retries: int  # StorageUnavailable retries before the job fails
+    retry_backoff: int  # first retry countdown in seconds; doubles each time
+    retry_backoff_max: int  # cap on one countdown (before jitter)
+    acks_late: bool = True
+    # What is retried (a notification delivery adds DeliveryFailed: endpoint unreachable).
+    retry_for: tuple[type[Exception], ...] = (StorageUnavailable,)
+
+
+# A commit re-reads what the saved hash state has not covered and moves the data: a
+# multi-GB blob on slow storage takes minutes, so an hour is the bound, not the norm.
+_BIG_BLOB = JobPolicy(soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1,
+                      retry_backoff_max=30)
+_VERIFY_BLOB = JobPolicy(soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1,
+                         retry_backoff_max=60)
+# Bounded by the 4 MiB manifest and one stat per reference, but it may wait for the
+# repository lock behind other commits.
+_MANIFEST = JobPolicy(soft_time_limit=900, time_limit=960, max_retries=5, retry_backoff=1,
+                      retry_backoff_max=60)
+# Maintenance walks the whole store and is re-triggered by beat: acknowledged on receipt.
+_MAINTENANCE = JobPolicy(soft_time_limit=6 * HOUR, time_limit=6 * HOUR + 120, max_retries=3,
+                         retry_backoff=30, retry_backoff_max=600, acks_late=False)
+# One webhook delivery is one short HTTP request; an endpoint that is down is retried 15
+# times, countdowns 2 s doubling up to 10 min: ~75 min at most, ~40 min on average (jitter).
+_NOTIFY = JobPolicy(soft_time_limit=60, time_limit=90, max_retries=15, retry_backoff=2,
+                    retry_backoff_max=600, retry_for=(StorageUnavailable, DeliveryFailed))
+
+POLICIES: dict[str, JobPolicy] = {
+    jobs.COMMIT_BLOB: _BIG_BLOB,
+    jobs.ADVANCE_DIGEST: _BIG_BLOB,
+    jobs.COMMIT_MANIFEST: _MANIFEST,
+    jobs.TARSUM: _VERIFY_BLOB,
+    jobs.DEEP_VERIFY: _VERIFY_BLOB,
+    jobs.SCRUB: _MAINTENANCE,
+    jobs.PURGE_UPLOADS: _MAINTENANCE,
+    jobs.GARBAGE_COLLECT: _MAINTENANCE,
+    jobs.RECONCILE: _MAINTENANCE,
+    jobs.NOTIFY_EVENT: _NOTIFY,
+}
+
+
+def visibility_timeout() -> int:
+    """Seconds a delivered, unacknowledged message stays invisible (Redis broker).
+
+    Above the longest run of any late-acknowledged job plus its longest retry countdown:
+    a shorter timeout re-delivers a job while it still runs, and a retry's ETA message is
+    held unacknowledged by the worker until its countdown ends."""
+    longest = max(p.time_limit + p.retry_backoff_max for p in POLICIES.values() if p.acks_late)
+    return int(longest + 300)
+
+
+class RegistryHolder:
+    """Builds the worker process's one `Registry` on first use (after a prefork fork, so
+    no connection is shared between processes), or hands out the one it was given."""
+
+    def __init__(self, factory: Callable[[], Registry], registry: Registry | None = None) -> None:
+        self._factory = factory
+        self._registry = registry
+        self._lock = threading.Lock()
+
+    def get(self) -> Registry:
+        registry = self._registry
+        if registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._registry = self._factory()
+                registry = self._registry
+        return registry
+
+
+def register_tasks(app: Celery, settings: Settings, registry: Registry | None = None) -> RegistryHolder:
+    """Register one task per name in `pipeline.jobs.ALL_JOBS` on `app`."""
+    holder = RegistryHolder(lambda: Registry.from_settings(settings, locks=locks_for(settings)), registry)
+    missing = set(jobs.ALL_JOBS) - set(POLICIES)
+    if missing:
+        raise RuntimeError(f"no delivery policy for jobs {sorted(missing)}")
+    for name in jobs.ALL_JOBS:
+        _register(app, name, POLICIES[name], holder)
+    return holder
+
+
+def _register(app: Celery, name: str, policy: JobPolicy, holder: RegistryHolder) -> None:
+    def job(**kwargs: Any) -> dict[str, Any]:
+        return run_job(holder.get(), name, kwargs)
+
+    job.__name__ = job.__qualname__ = name.rsplit(".", 1)[-1]
+    job.__doc__ = f"Runs the {name} job (pipeline.handlers) on queue {jobs.ROUTES[name]}."
+    app.task(
+        name=name,
+        shared=False,  # registered on this app only, not on every app the process creates
+        acks_late=policy.acks_late,
+        reject_on_worker_lost=policy.acks_late,
+        autoretry_for=policy.retry_for,
+        retry_backoff=policy.retry_backoff,
+        retry_backoff_max=policy.retry_backoff_max,
+        retry_jitter=True,
+        max_retries=policy.max_retries,
+        soft_time_limit=policy.soft_time_limit,
+        time_limit=policy.time_limit,
+        ignore_result=False,
+        track_started=False,
+    )(job)
