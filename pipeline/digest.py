@@ -15,6 +15,7 @@ from pipeline.errors import DigestInvalid
 
 HEX_LENGTHS: dict[str, int] = {"sha256": 64, "sha512": 128}
 CANONICAL = "sha256"
+UNSUPPORTED = "unsupported digest algorithm"
 _GRAMMAR = re.compile(r"^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 
@@ -35,7 +36,7 @@ class Digest:
             raise DigestInvalid(f"malformed digest {text!r}", message="invalid digest")
         alg, hexpart = m.group(1), m.group(2)
         if alg not in HEX_LENGTHS:
-            raise DigestInvalid(f"unsupported digest algorithm {alg!r}", message="unsupported digest algorithm")
+            raise DigestInvalid(f"unsupported digest algorithm {alg!r}", message=UNSUPPORTED)
         if len(hexpart) != HEX_LENGTHS[alg] or not re.fullmatch(r"[0-9a-f]+", hexpart):
             raise DigestInvalid(
                 f"{alg} digest needs {HEX_LENGTHS[alg]} lower-case hex characters: {text!r}",
@@ -61,5 +62,5 @@ class Digest:
 def new_hasher(algorithm: str) -> Any:
     """A fresh hashlib object for a supported algorithm."""
     if algorithm not in HEX_LENGTHS:
-        raise DigestInvalid(f"unsupported digest algorithm {algorithm!r}", message="unsupported digest algorithm")
+        raise DigestInvalid(f"unsupported digest algorithm {algorithm!r}", message=UNSUPPORTED)
     return hashlib.new(algorithm)
