@@ -140,7 +140,11 @@ def _already_committed(
 def _place_blob(
     registry: Registry, repository: str, data_path: str, upload_id: str, target: Digest, size: int
 ) -> None:
-    """Move verified data into `blobs/` unless an intact copy is already stored there."""
+    """Move verified data into `blobs/` unless an intact copy is already stored there. A
+    quarantined (corrupt) copy counts as absent: these verified bytes replace it."""
+    # Before the existence check: withdraws the blob from a running garbage collection's
+    # sweep (pipeline.maintenance.gc).
+    registry.blobs.rescue(target)
     try:
         existing: int | None = registry.blobs.stat(target)
     except BlobUnknown:
@@ -154,6 +158,7 @@ def _place_blob(
         if not registry.blobs.exists(target):
             raise BlobUploadUnknown(upload_id) from None
         return
+    registry.blobs.clear_quarantine(target)
     try:
         moved = registry.blobs.stat(target)
     except BlobUnknown:

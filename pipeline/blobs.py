@@ -3,6 +3,14 @@
 `BlobStore` owns `blobs/<alg>/<hex[:2]>/<hex>/data`. A blob's path is its digest, so a
 write of bytes that are already stored is skipped: an existing blob is never rewritten.
 
+Two of Lading's own markers change what `BlobStore` does (pipeline.maintenance):
+- a *quarantine* marker (written by scrub when the bytes no longer hash to the digest)
+  makes `stat`/`open`/`get` raise BlobCorrupt, a BlobUnknown: a pull gets an error, never
+  corrupt bytes, and a push of the same digest stores fresh bytes and clears the marker;
+- a *GC candidate* marker says a garbage collection intends to delete the blob. Every
+  writer that relies on an existing blob calls `rescue` BEFORE checking that it exists,
+  which makes the sweep keep it (the protocol is explained in pipeline.maintenance.gc).
+
 `RepositoryBlobs` owns `repositories/<name>/_layers/<alg>/<hex>/link`. The link is the
 access boundary: a repository sees a blob only when the link is present *and* the blob's
 data exists. Link files hold the digest string with no trailing newline, exactly as CNCF
@@ -11,12 +19,12 @@ distribution writes them, so either registry can serve the other's storage.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from pipeline import paths
 from pipeline.digest import CANONICAL, Digest
-from pipeline.errors import BlobUnknown, DigestInvalid, PathNotFound
+from pipeline.errors import BlobCorrupt, BlobUnknown, DigestInvalid, PathNotFound
 from pipeline.names import is_valid_name, validate_name
 from pipeline.storage.driver import StorageDriver
 
@@ -28,14 +36,48 @@ class BlobStore:
         self.driver = driver
 
     def stat(self, digest: Digest) -> int:
-        """The blob's size in bytes. BlobUnknown if it is not stored."""
+        """The blob's size in bytes. BlobUnknown if it is not stored, BlobCorrupt if it is
+        quarantined."""
         try:
             info = self.driver.stat(paths.blob_data(digest))
         except PathNotFound:
             raise BlobUnknown(str(digest)) from None
         if info.is_dir:
             raise BlobUnknown(str(digest))
+        self._refuse_quarantined(digest)
         return info.size
+
+    def _refuse_quarantined(self, digest: Digest) -> None:
+        if self.driver.exists(paths.quarantine_marker(digest)):
+            raise BlobCorrupt(str(digest))
+
+    def is_quarantined(self, digest: Digest) -> bool:
+        return self.driver.exists(paths.quarantine_marker(digest))
+
+    def clear_quarantine(self, digest: Digest) -> None:
+        """Forget a quarantine (after fresh, verified bytes replaced the blob's data)."""
+        self._drop(paths.quarantine_marker(digest))
+
+    def rescue(self, digest: Digest) -> None:
+        """Withdraw the blob from a running garbage collection's sweep (delete its candidate
+        marker). Call it BEFORE checking the blob exists when about to rely on it."""
+        self.rescue_all([digest])
+
+    def rescue_all(self, digests: Iterable[Digest]) -> None:
+        """`rescue` for several blobs; one storage check when no collection is sweeping."""
+        if not self.driver.exists(paths.gc_sweeping()):
+            return
+        for digest in digests:
+            self._drop(paths.gc_candidate(digest))
+
+    def _drop(self, marker: str) -> None:
+        # Markers are rare: look before deleting, so the common case writes nothing.
+        if not self.driver.exists(marker):
+            return
+        try:
+            self.driver.delete(marker)
+        except PathNotFound:
+            pass
 
     def exists(self, digest: Digest) -> bool:
         try:
@@ -46,12 +88,14 @@ class BlobStore:
 
     def open(self, digest: Digest, offset: int = 0) -> BinaryIO:
         """A seekable stream of the blob from `offset`. The caller closes it."""
+        self._refuse_quarantined(digest)
         try:
             return self.driver.reader(paths.blob_data(digest), offset)
         except PathNotFound:
             raise BlobUnknown(str(digest)) from None
 
     def get(self, digest: Digest) -> bytes:
+        self._refuse_quarantined(digest)
         try:
             return self.driver.get_content(paths.blob_data(digest))
         except PathNotFound:
@@ -59,14 +103,17 @@ class BlobStore:
 
     def put(self, data: bytes, algorithm: str = CANONICAL) -> Digest:
         """Store `data` under its digest and return the digest. Idempotent: when the blob
-        is already stored nothing is written (its bytes, mtime and identity stay as they are)."""
+        is already stored nothing is written (its bytes, mtime and identity stay as they are).
+        A quarantined blob is rewritten with `data` and its quarantine cleared."""
         digest = Digest.of(data, algorithm)
+        self.rescue(digest)
         if self.exists(digest):
             return digest
         # The writer makes nothing visible until commit, so a reader never sees a partial blob.
         with self.driver.writer(paths.blob_data(digest)) as writer:
             writer.write(data)
             writer.commit()
+        self.clear_quarantine(digest)
         return digest
 
     def local_path(self, digest: Digest) -> str | None:
@@ -82,6 +129,7 @@ class BlobStore:
         redirect. Whether to redirect at all is the caller's (configuration's) decision."""
         if not self.driver.capabilities.redirect:
             return None
+        self._refuse_quarantined(digest)
         return self.driver.redirect_url(paths.blob_data(digest), method)
 
     def delete(self, digest: Digest) -> None:
@@ -125,8 +173,8 @@ class RepositoryBlobs:
             raise BlobUnknown(str(digest))
         try:
             return self.blobs.stat(target)
-        except BlobUnknown:
-            raise BlobUnknown(str(digest)) from None
+        except BlobUnknown as exc:
+            raise type(exc)(str(digest)) from None  # BlobCorrupt stays BlobCorrupt
 
     def open(self, repo: str, digest: Digest, offset: int = 0) -> BinaryIO:
         """A stream of the blob from `offset`; the same visibility rule as `stat`."""
@@ -135,8 +183,8 @@ class RepositoryBlobs:
             raise BlobUnknown(str(digest))
         try:
             return self.blobs.open(target, offset)
-        except BlobUnknown:
-            raise BlobUnknown(str(digest)) from None
+        except BlobUnknown as exc:
+            raise type(exc)(str(digest)) from None  # BlobCorrupt stays BlobCorrupt
 
     def link(self, repo: str, digest: Digest) -> None:
         """Write `_layers/<alg>/<hex>/link` containing `alg:hex` (no newline). Idempotent."""
@@ -163,6 +211,7 @@ class RepositoryBlobs:
         validate_name(target_repo)
         if not is_valid_name(source_repo):
             return False
+        self.blobs.rescue(digest)
         try:
             self.stat(source_repo, digest)
         except BlobUnknown:

@@ -50,6 +50,10 @@ def commit_manifest(
 
     policy = registry.settings.deep_verification
     with registry.locks.lock(repository):
+        # Before verify checks they exist: withdraws every blob this manifest relies on from
+        # a running garbage collection's sweep (the protocol: pipeline.maintenance.gc).
+        references = (*manifest.blob_references(), *manifest.manifest_references())
+        registry.blobs.rescue_all([manifest.digest, *(desc.digest for desc in references)])
         registry.manifests.verify(repository, manifest)
         verification = deepverify.check_manifest(registry, manifest, policy)
         deepverify.raise_if_rejected(verification)

@@ -202,3 +202,9 @@ def gc_trash(digest: Digest) -> str:
 
 def gc_trash_data(digest: Digest) -> str:
     return f"{gc_trash(digest)}/data"
+
+
+def gc_sweeping() -> str:
+    """Present while a garbage collection has (or is about to write) candidate markers: a
+    push checks this one file before looking for the markers of each blob it relies on."""
+    return f"{LADING}/gc/sweeping"
