@@ -18,8 +18,9 @@ import pytest
 
 from lading import cli
 from pipeline.tarsum import tarsum_file
-from tests.lading.procs import REPO, lading_command, process_env, running
+from tests.lading.procs import lading_command, process_env, running
 from tests.support.net import free_port, wait_http
+from tests.support.shared import shared_dir
 
 COMMANDS = ("serve", "worker", "beat", "tarsum", "gc", "scrub", "purge-uploads", "check-config")
 DEBIAN_CONFIG = Path("/etc/docker/registry/config.yml")
@@ -156,9 +157,7 @@ def test_tarsum_prints_the_same_sum_for_tar_and_tar_gz(
 
 
 def test_tarsum_matches_the_reference_vector(capsys: pytest.CaptureFixture[str]) -> None:
-    candidates = (REPO.parent / "shared", Path("/work/shared"))
-    vectors = next((p for p in candidates if (p / "testdata/tarsum/vectors.tsv").exists()), None)
-    assert vectors is not None, "shared/testdata/tarsum is missing"
+    vectors = shared_dir()
     line = (vectors / "testdata/tarsum/vectors.tsv").read_text().splitlines()[1]
     name, _, _, v1 = line.split("\t")
     code, out, _ = run_main(capsys, "tarsum", str(vectors / "testdata/tarsum" / name))

@@ -10,7 +10,6 @@ import tracemalloc
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
@@ -18,8 +17,9 @@ import zstandard
 
 from pipeline.errors import LayerInvalid
 from pipeline.tarsum import LayerSums, layer_sums, open_layer, tarsum, tarsum_file
+from tests.support.shared import shared_dir
 
-VECTORS_DIR = Path("/work/shared/testdata/tarsum")
+VECTORS_DIR = shared_dir() / "testdata" / "tarsum"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
