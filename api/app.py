@@ -11,15 +11,19 @@ Around the router:
   404s, 405s and errors raised by other middleware (ApiVersionMiddleware + the 500 handler);
 - the built-in token endpoint (api.auth `Access.routes()`), when enabled, is routed before
   the registry and outside its access checks;
-- uncaught exceptions become a 500 OCI error body (UNKNOWN) that reveals nothing.
+- uncaught exceptions become a 500 OCI error body (UNKNOWN) that reveals nothing;
+- with notification endpoints configured, routes emit events through an api.notify
+  `Notifier` (app.state.notifier), which the lifespan drains at shutdown.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,6 +33,7 @@ from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from api.access_table import Access
 from api.errors import API_VERSION, API_VERSION_HEADER, error_response
+from api.notify import Notifier
 from api.routes.router import RegistryRouter
 from pipeline.jobs import JobClient
 from pipeline.registry import Registry
@@ -79,7 +84,8 @@ def create_app(
     api.access_table when given; without it the registry is open. `middleware` (metrics,
     request logs) wraps the router inside the version-header middleware. Health and metrics
     endpoints are added by the composition root (lading.embedded) around this app."""
-    router = RegistryRouter(settings, registry, jobs, access)
+    notifier = Notifier(settings, jobs)
+    router = RegistryRouter(settings, registry, jobs, access, notifier)
     routes: list[BaseRoute] = []
     extra_routes = getattr(access, "routes", None)
     if callable(extra_routes):
@@ -89,10 +95,27 @@ def create_app(
         routes=routes,
         middleware=[Middleware(ApiVersionMiddleware), *middleware],
         exception_handlers={Exception: _unhandled},
-        lifespan=lifespan,
+        lifespan=_closing(notifier, lifespan) if notifier.enabled else lifespan,
     )
     app.state.settings = settings
     app.state.registry = registry
     app.state.jobs = jobs
     app.state.access = access
+    app.state.notifier = notifier
     return app
+
+
+def _closing(notifier: Notifier, lifespan: Lifespan[Any] | None) -> Lifespan[Any]:
+    """`lifespan` (if any) that, at shutdown, first sends the notifications still queued:
+    before the composition root's lifespan closes the job client."""
+
+    @asynccontextmanager
+    async def combined(app: Any) -> AsyncIterator[Any]:
+        async with AsyncExitStack() as stack:
+            state = await stack.enter_async_context(lifespan(app)) if lifespan is not None else None
+            try:
+                yield state
+            finally:
+                await anyio.to_thread.run_sync(notifier.close)
+
+    return combined

@@ -22,6 +22,7 @@ from typing import Any
 from starlette.responses import Response
 
 from pipeline.errors import (
+    BlobCorrupt,
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -60,6 +61,10 @@ ERROR_MAP: dict[type[LadingError], tuple[str, int]] = {
     DigestInvalid: ("DIGEST_INVALID", 400),
     SizeInvalid: ("SIZE_INVALID", 400),
     BlobUnknown: ("BLOB_UNKNOWN", 404),
+    # Quarantined by scrub (bytes no longer match the digest): to a client the blob is
+    # unknown, so it pushes it again and that push replaces the bad bytes. The message
+    # still says it is quarantined, for whoever reads the error.
+    BlobCorrupt: ("BLOB_UNKNOWN", 404),
     BlobUploadUnknown: ("BLOB_UPLOAD_UNKNOWN", 404),
     BlobUploadInvalid: ("BLOB_UPLOAD_INVALID", 400),
     # The spec names only the status (416) for an out-of-order chunk; the code list has no

@@ -10,6 +10,10 @@ for a separate port, which `lading serve` starts, or `metrics_protected` asks th
 route it behind auth with `metrics_endpoint`), and returns the `Metrics` it stored on
 `app.state.metrics`. Wrap the job client with `InstrumentedJobs(jobs, metrics)` to time
 job round trips.
+
+Numbers produced elsewhere are read at scrape time by custom collectors: the scrub and gc
+totals that maintenance runs (in worker processes) keep in storage (`MaintenanceTotals`,
+given the storage driver), and this process's notification counts (`NotificationCounts`).
 """
 
 from __future__ import annotations
@@ -17,26 +21,32 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import anyio.to_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline import events
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, JobClient
+from pipeline.maintenance import stats as maintenance_stats
 from pipeline.settings import Settings
+from pipeline.storage.driver import StorageDriver
 
 __all__ = [
     "InstrumentedJobs",
+    "MaintenanceTotals",
     "Metrics",
     "MetricsMiddleware",
+    "NotificationCounts",
     "RedisQueueDepth",
     "instrument",
     "metrics_endpoint",
@@ -47,6 +57,7 @@ log = logging.getLogger("lading.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 UNMATCHED = "<unmatched>"
+SENT_LIMIT = 100_000  # send times kept for jobs not yet waited for
 # kombu's Redis transport keeps priority levels 3, 6 and 9 in lists named queue + sep + level.
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = ("", "3", "6", "9")
@@ -93,7 +104,9 @@ def _registry_template(path: str) -> str:
 class Metrics:
     """Every metric Lading's API process exports, in one private registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, driver: StorageDriver | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -131,28 +144,79 @@ class Metrics:
         self.jobs_retried = Counter(
             "lading_jobs_retried", "Job retries after transient errors", ["job"], registry=r
         )
-        self.blobs_scrubbed = Counter("lading_scrub_blobs", "Blobs re-hashed by scrub", registry=r)
-        self.bytes_scrubbed = Counter("lading_scrub_bytes", "Bytes re-hashed by scrub", registry=r)
-        self.blobs_corrupt = Counter("lading_scrub_corrupt_blobs", "Blobs scrub found corrupt", registry=r)
-        self.blobs_collected = Counter("lading_gc_blobs", "Blobs deleted by garbage collection", registry=r)
-        self.bytes_collected = Counter("lading_gc_bytes", "Bytes freed by garbage collection", registry=r)
+        r.register(NotificationCounts())
+        self._maintenance: MaintenanceTotals | None = None
+        if driver is not None:
+            self.watch_maintenance(driver)
+
+    def watch_maintenance(self, driver: StorageDriver) -> None:
+        """Export the scrub / gc totals that maintenance runs keep in `driver` (once)."""
+        if self._maintenance is None:
+            self._maintenance = MaintenanceTotals(driver)
+            self.registry.register(self._maintenance)
 
     def observe_job(self, job: str, seconds: float, error: BaseException | None = None) -> None:
         self.job_seconds.labels(job).observe(seconds)
         if error is not None:
             self.jobs_failed.labels(job, type(error).__name__).inc()
 
-    def record_scrub(self, blobs: int, nbytes: int, corrupt: int = 0) -> None:
-        self.blobs_scrubbed.inc(blobs)
-        self.bytes_scrubbed.inc(nbytes)
-        self.blobs_corrupt.inc(corrupt)
-
-    def record_gc(self, blobs: int, nbytes: int) -> None:
-        self.blobs_collected.inc(blobs)
-        self.bytes_collected.inc(nbytes)
-
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+# (metric name without _total, help, stats job, key in its record)
+MAINTENANCE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
+    ("lading_scrub_blobs", "Blobs re-hashed by scrub", maintenance_stats.SCRUB, "blobs"),
+    ("lading_scrub_bytes", "Bytes re-hashed by scrub", maintenance_stats.SCRUB, "bytes"),
+    ("lading_scrub_corrupt_blobs", "Corrupt blobs found by scrub", maintenance_stats.SCRUB, "corrupt"),
+    ("lading_gc_blobs", "Blobs deleted by garbage collection", maintenance_stats.GC, "blobs"),
+    ("lading_gc_bytes", "Bytes freed by garbage collection", maintenance_stats.GC, "bytes"),
+)
+
+
+class MaintenanceTotals(Collector):
+    """The scrub and gc counters. Those jobs run in worker processes (or the CLI), never in
+    the API, so each run adds its counts to a record in storage
+    (pipeline.maintenance.stats) and this collector reads the records on every scrape: the
+    numbers are registry-wide totals over all runs. Unreadable storage exports nothing
+    rather than a wrong number."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[str, dict[str, int]] = {}
+        try:
+            for job in (maintenance_stats.SCRUB, maintenance_stats.GC):
+                totals[job] = maintenance_stats.read(self.driver, job)
+        except LadingError as exc:  # a scrape must not fail because storage does
+            log.warning("maintenance totals unavailable: %s", exc)
+            return
+        for name, documentation, job, key in MAINTENANCE_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=totals[job].get(key, 0))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected lazily; describing must not touch storage
+
+
+class NotificationCounts(Collector):
+    """`lading_notifications_total{endpoint, outcome}` from pipeline.events' counts in this
+    process: `pending` events queued for an endpoint (the API), `delivered` / `failed`
+    delivery attempts (wherever the notify job runs: here too in embedded mode)."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "lading_notifications",
+            "Notification events by endpoint and outcome",
+            labels=["endpoint", "outcome"],
+        )
+        for endpoint, outcomes in sorted(events.counts().items()):
+            for outcome, n in sorted(outcomes.items()):
+                family.add_metric([endpoint, outcome], float(n))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class RedisQueueDepth(Collector):
@@ -280,15 +344,21 @@ class InstrumentedJobs:
         self.inner = inner
         self.metrics = metrics
         self._sent: dict[str, tuple[str, float]] = {}
+        self._sent_lock = threading.Lock()  # send runs in threads (notifications, batch mode)
 
     def send(self, job: str, **kwargs: Any) -> str:
         job_id = self.inner.send(job, **kwargs)
-        if len(self._sent) < 100_000:  # a job never waited for must not grow this forever
+        with self._sent_lock:
+            # Fire-and-forget jobs (digest advances, notifications) are never waited for:
+            # forget the oldest sends rather than refusing to time the new ones.
+            while len(self._sent) >= SENT_LIMIT:
+                del self._sent[next(iter(self._sent))]
             self._sent[job_id] = (job, time.perf_counter())
         return job_id
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
-        job, start = self._sent.pop(job_id, ("unknown", time.perf_counter()))
+        with self._sent_lock:
+            job, start = self._sent.pop(job_id, ("unknown", time.perf_counter()))
         try:
             value = await self.inner.wait(job_id, timeout)
         except LadingError as exc:
@@ -317,9 +387,13 @@ def instrument(app: Starlette, settings: Settings, metrics: Metrics | None = Non
     The exposition is served on the main port at `settings.http.metrics_path` unless
     metrics are disabled, go to a separate `metrics_addr`, or are `metrics_protected`
     (then the app routes `metrics_endpoint(metrics)` behind its access control).
-    A Redis broker adds the queue-depth collector.
+    A Redis broker adds the queue-depth collector; the app's registry (app.state.registry)
+    the maintenance totals.
     """
     metrics = metrics or Metrics()
+    registry = getattr(app.state, "registry", None)
+    if registry is not None:
+        metrics.watch_maintenance(registry.driver)
     http = settings.http
     serve_here = http.metrics_enabled and not http.metrics_addr and not http.metrics_protected
     broker = settings.celery.broker_url or ""

@@ -4,6 +4,8 @@ Every command that reads configuration takes an optional CONFIG path (else `$LAD
 else distribution's `$REGISTRY_CONFIGURATION_PATH`, else built-in defaults) and applies
 `REGISTRY_*` environment overrides on top (pipeline.config). Exit codes: 0 success,
 1 runtime or configuration error, 2 usage error or a command not available in this build.
+The maintenance one-shots (gc, scrub, purge-uploads) draw progress on stderr and print a
+summary (lading.reporting); they also exit 1 when skipped or when they found trouble.
 """
 
 from __future__ import annotations
@@ -183,15 +185,26 @@ def maintenance_function(command: str) -> Callable[..., Any]:
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Run one maintenance function with a progress display on stderr; print a summary
+    (or, with --json, the result dict) on stdout. Exit 1 when the run was skipped or found
+    trouble (lading.reporting.exit_code)."""
     function = maintenance_function(args.command)
+    from lading.reporting import ProgressDisplay, exit_code, summary
     from pipeline.registry import Registry
 
     settings = load(args)
     setup_logging(settings)
     registry = Registry.from_settings(settings)
-    result = function(registry, dry_run=args.dry_run)
-    print(json.dumps(result, default=str, indent=2, sort_keys=True))
-    return 0
+    progress = ProgressDisplay(args.command)
+    try:
+        result = function(registry, dry_run=args.dry_run, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(result, default=str, indent=2, sort_keys=True))
+    else:
+        print(summary(args.command, result))
+    return exit_code(args.command, result)
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -262,10 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
         "scrub": "re-hash stored blobs and report any that no longer match their digest",
         "purge-uploads": "delete abandoned upload sessions older than uploadpurging.age",
     }
+    dry_runs = {
+        "gc": "report what would be deleted, delete nothing",
+        "scrub": "report corrupt blobs, quarantine nothing and record nothing",
+        "purge-uploads": "report which sessions would be deleted, delete nothing",
+    }
     for name, text in helps.items():
-        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ", once.")
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ", once. Progress goes to stderr (a bar on a "
+            "terminal), a summary to stdout; exit status 1 when the run was skipped or found trouble.",
+        )
         _add_config(p)
-        p.add_argument("--dry-run", action="store_true", help="report what would be done, change nothing")
+        p.add_argument("--dry-run", action="store_true", help=dry_runs[name])
+        p.add_argument("--json", action="store_true", help="print the raw result as JSON, not a summary")
         p.set_defaults(run=cmd_maintenance)
 
     p = sub.add_parser(

@@ -60,7 +60,7 @@ def assemble(settings: Settings) -> Assembly:
     from workers.app import create_app as create_celery
 
     registry = Registry.from_settings(settings)
-    metrics = Metrics()
+    metrics = Metrics(driver=registry.driver)
     closers: list[Callable[[], None]] = []
     worker = None
     if settings.celery.embedded:

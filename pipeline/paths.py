@@ -171,6 +171,12 @@ def maintenance_state(job: str) -> str:
     return f"{LADING}/state/{job}"
 
 
+def maintenance_stats(job: str) -> str:
+    """JSON running totals of a maintenance job over every run (scrub, gc), read by the
+    API's /metrics: the runs happen in worker processes, the scrape in the API."""
+    return f"{LADING}/stats/{job}"
+
+
 def pending_commits_dir(name: str) -> str:
     """Blob commits accepted in batch mode (`Prefer: respond-async`) and not yet confirmed."""
     return f"{lading_repository_dir(name)}/pending"

@@ -79,11 +79,14 @@ async def get_blob(ctx: RequestContext) -> Response:
     if not ctx.head and not ctx.settings.storage.redirect_disabled:
         url = await ctx.blocking(_redirect_url, ctx.registry, digest, "GET")
         if url:
+            await ctx.notify_blob("pull", str(digest), size)
             return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     try:
         wanted = parse_range(ctx.request.headers.get("range"), size)
     except RangeNotSatisfiable:
         return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    if not ctx.head:
+        await ctx.notify_blob("pull", str(digest), size)
     start, end = wanted if wanted is not None else (0, size - 1)
     length = end - start + 1 if size else 0
     status = 200
@@ -102,4 +105,5 @@ async def delete_blob(ctx: RequestContext) -> Response:
         raise OperationUnsupported("deletes are disabled on this registry")
     digest = Digest.parse(ctx.params["digest"])
     await ctx.blocking(ctx.registry.repo_blobs.unlink, ctx.name, digest)
+    await ctx.notify_blob("delete", str(digest))
     return Response(status_code=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

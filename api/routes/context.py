@@ -1,9 +1,10 @@
 """What a route handler receives, and the URLs handlers hand back to clients.
 
 `RequestContext` bundles the request with the process-wide objects (settings, registry, job
-client) and the parts of the path the router matched (`name`, already validated, plus
-route-specific params). `Urls` builds every `Location` / `Link` the API returns, honouring
-`http.prefix` and, when set, `http.host` (then locations are absolute, as behind a proxy).
+client, notifier) and the parts of the path the router matched (`name`, already validated,
+plus route-specific params); `notify_blob` / `notify_manifest` report events (api.notify).
+`Urls` builds every `Location` / `Link` the API returns, honouring `http.prefix` and, when
+set, `http.host` (then locations are absolute, as behind a proxy).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from urllib.parse import urlencode
 import anyio.to_thread
 from starlette.requests import Request
 
+from api.notify import BLOB_MEDIA_TYPE, Notifier
+from pipeline.digest import Digest
+from pipeline.events import Action
 from pipeline.jobs import JobClient
 from pipeline.registry import Registry
 from pipeline.settings import Settings
@@ -61,6 +65,7 @@ class RequestContext:
     name: str = ""
     params: dict[str, str] = field(default_factory=dict)
     access: Any = None  # api.auth Access (or None); only the catalog consults it, to filter
+    notifier: Notifier | None = None  # api.notify; notify_* return at once when it is disabled
 
     @property
     def head(self) -> bool:
@@ -74,3 +79,36 @@ class RequestContext:
     async def blocking(self, func: Callable[..., T], *args: Any) -> T:
         """Run a storage call (it may block) in a worker thread."""
         return await anyio.to_thread.run_sync(func, *args)
+
+    async def notify_blob(self, action: Action, digest: str, size: int | None = None, **extra: str) -> None:
+        """Emit `action` on a blob of this repository (api.notify). Except for a delete, a
+        size not given is read from storage (if that fails the event goes without one).
+        `extra`: fromRepository of a mount."""
+        if self.notifier is None or not self.notifier.enabled:
+            return
+        target: dict[str, Any] = {"digest": digest, **extra}
+        if action != "delete":  # distribution reports a delete by digest alone
+            if size is None:
+                try:
+                    size = await self.blocking(self.registry.repo_blobs.stat, self.name, Digest.parse(digest))
+                except Exception:  # a notification never fails the request it reports
+                    size = None
+            target.update(mediaType=BLOB_MEDIA_TYPE, size=size, url=self.urls.blob(self.name, digest))
+        self.notifier.emit(self.request, action, self.name, target)
+
+    async def notify_manifest(
+        self,
+        action: Action,
+        digest: str | None,
+        media_type: str | None = None,
+        size: int | None = None,
+        tag: str | None = None,
+    ) -> None:
+        """Emit `action` on a manifest (by digest, with `tag` when a tag named it) or, for
+        a tag delete, on the tag alone (digest None)."""
+        if self.notifier is None or not self.notifier.enabled:
+            return
+        target: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size, "tag": tag}
+        if digest is not None and action != "delete":
+            target["url"] = self.urls.manifest(self.name, digest)
+        self.notifier.emit(self.request, action, self.name, target)

@@ -73,6 +73,10 @@ async def get_manifest(ctx: RequestContext) -> Response:
     if if_none_match(ctx.request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     headers["Content-Length"] = str(len(body))
+    if not ctx.head:
+        reference = ctx.params["reference"]
+        tag = None if is_digest_reference(reference) else reference
+        await ctx.notify_manifest("pull", str(digest), media_type, len(body), tag)
     return Response(b"" if ctx.head else body, headers=headers, media_type=media_type)
 
 
@@ -115,6 +119,9 @@ async def put_manifest(ctx: RequestContext) -> Response:
     digest = str(value["digest"])
     for tag in extra_tags:
         await _commit(ctx, {**kwargs, "reference": tag})
+    pushed = extra_tags if is_digest_reference(reference) else [reference, *extra_tags]
+    for tag in pushed or [""]:  # one push event per tag, or one untagged
+        await ctx.notify_manifest("push", digest, value.get("media_type"), value.get("size"), tag or None)
     headers = {
         "Location": ctx.urls.manifest(ctx.name, digest),
         "Docker-Content-Digest": digest,
@@ -194,4 +201,8 @@ async def delete_manifest(ctx: RequestContext) -> Response:
         raise OperationUnsupported("deletes are disabled on this registry")
     reference = _readable_reference(ctx.params["reference"])
     await ctx.blocking(manifest_commit.delete_manifest, ctx.registry, ctx.name, reference)
+    if is_digest_reference(reference):
+        await ctx.notify_manifest("delete", reference)
+    else:
+        await ctx.notify_manifest("delete", None, tag=reference)
     return Response(status_code=202, headers={"Content-Length": "0"})

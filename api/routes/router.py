@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import errors
 from api.access_table import Access, enforce
+from api.notify import Notifier
 from api.routes import base, blobs, catalog, manifests, referrers, tags, uploads
 from api.routes.context import RequestContext, Urls
 from pipeline.errors import LadingError
@@ -104,12 +105,18 @@ class RegistryRouter:
     """The ASGI app behind every `/v2/` path."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, jobs: JobClient, access: Access | None
+        self,
+        settings: Settings,
+        registry: Registry,
+        jobs: JobClient,
+        access: Access | None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.jobs = jobs
         self.access = access
+        self.notifier = notifier
         self.urls = Urls(settings)
         self.prefix = settings.http.prefix.rstrip("/")
 
@@ -140,7 +147,15 @@ class RegistryRouter:
                 validate_name(name)
             await enforce(self.access, request, route.name, name or None)
             ctx = RequestContext(
-                request, self.settings, self.registry, self.jobs, self.urls, name, params, self.access
+                request,
+                self.settings,
+                self.registry,
+                self.jobs,
+                self.urls,
+                name,
+                params,
+                self.access,
+                self.notifier,
             )
             return await handler(ctx)
         except ClientDisconnect:

@@ -224,7 +224,9 @@ async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: i
         }
         return Response(status_code=202, headers=headers)
     value = await ctx.jobs.run(joblib.COMMIT_BLOB, timeout=ctx.settings.celery.commit_timeout, **kwargs)
-    return _created(ctx, str(value.get("digest") or digest))
+    committed = str(value.get("digest") or digest)
+    await ctx.notify_blob("push", committed, value.get("size"))
+    return _created(ctx, committed)
 
 
 async def _try_mount(ctx: RequestContext) -> str | None:
@@ -262,6 +264,7 @@ async def start_upload(ctx: RequestContext) -> Response:
     if query.get("mount") is not None:
         mounted = await _try_mount(ctx)
         if mounted is not None:
+            await ctx.notify_blob("mount", mounted, fromRepository=query["from"])
             return _created(ctx, mounted)
     raw_digest = query.get("digest")
     digest = Digest.parse(raw_digest) if raw_digest is not None and "mount" not in query else None
@@ -317,6 +320,7 @@ async def complete_upload(ctx: RequestContext) -> Response:
         # A retry of a PUT whose commit finished after the first attempt timed out: the
         # session is gone because the blob is in place, so the retry succeeds too.
         if raw and not _has_body(ctx) and await _already_linked(ctx, raw):
+            await ctx.notify_blob("push", raw)  # the timed-out attempt never reported it
             return _created(ctx, raw)
         raise
     if not raw:

@@ -5,7 +5,8 @@ sessions), garbage_collect (online mark and sweep) and reconcile (work lost with
 Each entry point is a plain function `(registry, ..., progress=None) -> dict` returning a
 JSON-serialisable summary; `progress(done, total_or_None)` feeds a CLI progress bar. Each
 takes its own registry lock without waiting, so a duplicate trigger answers
-{"skipped": ...} instead of running twice.
+{"skipped": ...} instead of running twice. Scrub and gc add each finished run's counts to a
+record in storage (pipeline.maintenance.stats), which the API's /metrics reads.
 """
 
 from pipeline.maintenance.gc import garbage_collect

@@ -40,6 +40,8 @@ only after re-checking (marker still present; data still absent), for the same r
 At most one collection runs at a time (the registry lock "_gc", taken without waiting), no
 repository lock is held for longer than one check-and-delete, and the directories of a
 killed run (markers, trash) are recovered at the start of the next run and by reconcile.
+Each finished run (not a dry run) adds what it deleted to `paths.maintenance_stats("gc")`
+(pipeline.maintenance.stats), which the API exports on /metrics.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from pipeline.errors import (
     StorageUnavailable,
     TooManyRequests,
 )
+from pipeline.maintenance import stats
 from pipeline.maintenance.inventory import RepositoryScan, iter_blobs, iter_repositories, scan_repository
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
@@ -120,7 +123,15 @@ def garbage_collect(
     with exclusive(registry, LOCK) as acquired:
         if not acquired:
             return {"skipped": "another garbage collection is running"}
-        return _Collection(registry, dry_run, untagged, float(grace), progress).run()
+        summary = _Collection(registry, dry_run, untagged, float(grace), progress).run()
+        if not dry_run:
+            counts = {
+                "blobs": summary["blobs_deleted"],
+                "bytes": summary["bytes_freed"],
+                "manifests": summary["manifests_deleted"],
+            }
+            stats.add_run(registry.driver, stats.GC, counts)
+        return summary
 
 
 class _Collection:

@@ -4,7 +4,8 @@ ones whose bytes no longer match their digest.
 The walk is in digest order and saves a cursor (`paths.maintenance_state("scrub")`) after
 every blob, so a run that is killed or stopped by `limit` continues where it left off. It
 reads at most `rate_bytes_per_s` (sleeping between chunks) so pushes keep their bandwidth.
-Each blob's result is recorded at `paths.scrub_record(digest)`.
+Each blob's result is recorded at `paths.scrub_record(digest)`, and each finished run adds
+its counts to `paths.maintenance_stats("scrub")` (pipeline.maintenance.stats) for /metrics.
 
 A corrupt blob gets a quarantine marker (BlobStore then raises BlobCorrupt instead of
 serving it) and is reported with what it breaks: the repositories linking it, the manifests
@@ -24,6 +25,7 @@ from typing import Any
 from pipeline import paths
 from pipeline.digest import Digest, new_hasher
 from pipeline.errors import DigestInvalid, PathNotFound
+from pipeline.maintenance import stats
 from pipeline.maintenance.inventory import RepositoryScan, iter_blobs, iter_repositories, scan_repository
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
@@ -151,7 +153,16 @@ def scrub(
     with exclusive(registry, LOCK) as acquired:
         if not acquired:
             return {"skipped": "another scrub is running"}
-        return _Scrub(registry, float(rate or 0), quarantine, dry_run).run(resume, limit, progress)
+        summary = _Scrub(registry, float(rate or 0), quarantine, dry_run).run(resume, limit, progress)
+        if not dry_run:
+            counts = {
+                "blobs": summary["checked"],
+                "bytes": summary["bytes"],
+                "corrupt": len(summary["corrupt"]),
+                "quarantined": summary["quarantined"],
+            }
+            stats.add_run(registry.driver, stats.SCRUB, counts)
+        return summary
 
 
 class _Scrub:

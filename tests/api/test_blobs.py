@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from pipeline.digest import Digest
+from pipeline.maintenance import scrub
 from pipeline.registry import Registry
-from pipeline.settings import Settings, StorageSettings
-from tests.api.helpers import errors_of, push_blob, sha
+from pipeline.settings import MaintenanceSettings, Settings, StorageSettings
+from tests.api.helpers import OCI_MANIFEST, errors_of, push_blob, push_image, sha
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +148,39 @@ async def test_delete_blob_refused_when_deletes_are_disabled(make_api: Any) -> N
     digest = await push_blob(api.client, "repo", DATA)
     errors_of(await api.client.delete(f"/v2/repo/blobs/{digest}"), 405, "UNSUPPORTED")
     assert (await api.client.get(f"/v2/repo/blobs/{digest}")).content == DATA
+
+
+async def test_quarantined_blob_answers_an_error_never_its_bytes(make_api: Any, tmp_path: Path) -> None:
+    settings = Settings(
+        storage=StorageSettings(driver="filesystem", root=str(tmp_path), delete_enabled=True),
+        maintenance=MaintenanceSettings(scrub_rate_bytes=0),
+    )
+    api = await make_api(registry=Registry.from_settings(settings))
+    layer = os.urandom(4096)
+    manifest_digest, manifest = await push_image(api.client, "repo", "v1", [layer])
+    digest = sha(layer)
+    # Bit rot: same size, different bytes. Scrub finds it and quarantines the blob.
+    local = api.registry.blobs.local_path(Digest.parse(digest))
+    assert local is not None
+    rotten = bytes([layer[0] ^ 0xFF]) + layer[1:]
+    Path(local).write_bytes(rotten)
+    summary = scrub(api.registry)
+    assert [c["digest"] for c in summary["corrupt"]] == [digest] and summary["quarantined"] == 1
+
+    for headers in ({}, {"Range": "bytes=0-99"}):
+        r = await api.client.get(f"/v2/repo/blobs/{digest}", headers=headers)
+        (entry,) = errors_of(r, 404, "BLOB_UNKNOWN")
+        assert "quarantined" in entry["message"]
+        assert rotten[:100] not in r.content
+    head = await api.client.head(f"/v2/repo/blobs/{digest}")
+    assert head.status_code == 404 and head.content == b""
+    assert "docker-content-digest" not in head.headers
+
+    # The manifest naming it is still served (its own bytes are healthy) ...
+    r = await api.client.get("/v2/repo/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200 and r.content == manifest
+    assert r.headers["docker-content-digest"] == manifest_digest
+    # ... and a client pushing the layer again (it was told the blob is unknown) heals it.
+    await push_blob(api.client, "repo", layer)
+    r = await api.client.get(f"/v2/repo/blobs/{digest}")
+    assert r.status_code == 200 and r.content == layer

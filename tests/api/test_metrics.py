@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,9 +18,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from api.app import create_app
+from api.jobclient import InlineJobClient
 from api.metrics import InstrumentedJobs, Metrics, MetricsMiddleware, RedisQueueDepth, instrument, route_of
-from pipeline.errors import DigestInvalid
-from pipeline.settings import CelerySettings, HttpSettings, Settings
+from pipeline import events
+from pipeline.digest import Digest
+from pipeline.errors import DeliveryFailed, DigestInvalid
+from pipeline.maintenance import garbage_collect, scrub
+from pipeline.manifest_commit import delete_manifest
+from pipeline.settings import CelerySettings, HttpSettings, NotificationEndpoint, Settings
+from tests.pipeline.maintenance.helpers import age_blobs, flip_byte, fs_registry, push_image
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.anyio
@@ -228,16 +237,93 @@ async def test_job_round_trips_and_failures_are_recorded() -> None:
     assert value(text, "lading_jobs_failed_total", job="lading.commit_blob", kind="DigestInvalid") == 1
 
 
-def test_maintenance_counters() -> None:
+async def test_unwaited_sends_never_stop_waited_jobs_being_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Numbered(FakeJobs):
+        count = 0
+
+        def send(self, job: str, **kwargs: Any) -> str:
+            self.count += 1
+            return f"id-{self.count}"
+
+    monkeypatch.setattr("api.metrics.SENT_LIMIT", 3)
     metrics = Metrics()
-    metrics.record_scrub(blobs=3, nbytes=300, corrupt=1)
-    metrics.record_gc(blobs=2, nbytes=20)
+    jobs = InstrumentedJobs(Numbered(), metrics)
+    for _ in range(10):  # notifications, digest advances: sent, never waited for
+        jobs.send("lading.notify")
+    await jobs.wait(jobs.send("lading.commit_blob"), 5)
     text = metrics.exposition().decode()
-    assert value(text, "lading_scrub_blobs_total") == 3
-    assert value(text, "lading_scrub_bytes_total") == 300
-    assert value(text, "lading_scrub_corrupt_blobs_total") == 1
-    assert value(text, "lading_gc_blobs_total") == 2
-    assert value(text, "lading_gc_bytes_total") == 20
+    assert value(text, "lading_job_round_trip_seconds_count", job="lading.commit_blob") == 1
+    assert len(jobs._sent) <= 3
+
+
+MAINTENANCE = (
+    "lading_scrub_blobs_total",
+    "lading_scrub_bytes_total",
+    "lading_scrub_corrupt_blobs_total",
+    "lading_gc_blobs_total",
+    "lading_gc_bytes_total",
+)
+
+
+def maintenance_values(metrics: Metrics) -> dict[str, float | None]:
+    text = metrics.exposition().decode()
+    return {name: value(text, name) for name in MAINTENANCE}
+
+
+def test_maintenance_counters_are_the_totals_runs_in_other_processes_keep_in_storage(tmp_path: Path) -> None:
+    # The API and the "worker" are separate Registry objects over one storage root, as
+    # the API process and a worker process are: nothing but storage connects them.
+    api_registry = fs_registry(str(tmp_path), scrub_rate_bytes=0, gc_grace_seconds=0)
+    worker = fs_registry(str(tmp_path), scrub_rate_bytes=0, gc_grace_seconds=0)
+    metrics = Metrics(driver=api_registry.driver)
+    assert maintenance_values(metrics) == dict.fromkeys(MAINTENANCE, 0.0)
+
+    kept = push_image(worker, "app", "v1", layers=[os.urandom(3000)])
+    dropped = push_image(worker, "old", "v1", layers=[os.urandom(5000)])
+    flip_byte(worker, Digest.of(kept.layers[0]))
+    first = scrub(worker)
+    assert first["checked"] == 6 and len(first["corrupt"]) == 1
+    delete_manifest(worker, "old", str(dropped.digest))
+    age_blobs(worker, 3600)
+    assert garbage_collect(worker, dry_run=True)["would_delete"]["blobs"] == 3  # dry runs add nothing
+    collected = garbage_collect(worker)
+    assert collected["blobs_deleted"] == 3
+    second = scrub(worker, resume=False)
+
+    assert maintenance_values(metrics) == {
+        "lading_scrub_blobs_total": first["checked"] + second["checked"],
+        "lading_scrub_bytes_total": first["bytes"] + second["bytes"],
+        "lading_scrub_corrupt_blobs_total": 2,  # the same bad layer, found by both runs
+        "lading_gc_blobs_total": 3,
+        "lading_gc_bytes_total": collected["bytes_freed"],
+    }
+    assert collected["bytes_freed"] == len(dropped.manifest) + len(dropped.config) + 5000
+
+
+async def test_the_apps_metrics_endpoint_reads_maintenance_totals_from_its_registry(tmp_path: Path) -> None:
+    registry = fs_registry(str(tmp_path), scrub_rate_bytes=0)
+    push_image(registry, "app", "v1", layers=[b"layer" * 100])
+    summary = scrub(registry)
+    app = create_app(registry.settings, registry, InlineJobClient(registry))
+    instrument(app, registry.settings)
+    async with client(app) as c:
+        text = (await c.get("/metrics")).text
+    assert value(text, "lading_scrub_blobs_total") == summary["checked"] == 3
+    assert value(text, "lading_scrub_bytes_total") == summary["bytes"] > 500
+
+
+def test_notification_counts_per_endpoint_and_outcome() -> None:
+    metrics = Metrics()
+    endpoint = f"hook-{uuid.uuid4().hex[:8]}"
+    settings = Settings(notifications=(NotificationEndpoint(endpoint, "http://127.0.0.1:1/events"),))
+    for _ in range(3):
+        assert len(events.events_for(settings, "push", "app", {"digest": "sha256:" + "a" * 64})) == 1
+    text = metrics.exposition().decode()
+    assert value(text, "lading_notifications_total", endpoint=endpoint, outcome="pending") == 3
+    with pytest.raises(DeliveryFailed):  # nothing listens on port 1
+        events.deliver(settings.notifications[0], {"events": [{"id": "x"}]})
+    text = metrics.exposition().decode()
+    assert value(text, "lading_notifications_total", endpoint=endpoint, outcome="failed") == 1
 
 
 def test_queue_depth_reads_real_redis_lists() -> None:

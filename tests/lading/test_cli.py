@@ -183,7 +183,7 @@ def test_maintenance_command_runs_the_pipeline_function(
 ) -> None:
     calls: list[tuple[object, bool]] = []
 
-    def purge_uploads(registry: object, dry_run: bool = False) -> dict[str, int]:
+    def purge_uploads(registry: object, dry_run: bool = False, progress: object = None) -> dict[str, int]:
         calls.append((registry, dry_run))
         return {"purged": 0}
 
@@ -191,7 +191,7 @@ def test_maintenance_command_runs_the_pipeline_function(
     module.purge_uploads = purge_uploads  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pipeline.maintenance", module)
     monkeypatch.setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", str(tmp_path))
-    code, out, _ = run_main(capsys, "purge-uploads", "--dry-run")
+    code, out, _ = run_main(capsys, "purge-uploads", "--dry-run", "--json")
     assert code == 0 and json.loads(out) == {"purged": 0}
     assert calls and calls[0][1] is True
     assert calls[0][0].settings.storage.root == str(tmp_path)  # type: ignore[attr-defined]

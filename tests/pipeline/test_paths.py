@@ -63,6 +63,7 @@ TABLE: list[tuple[Callable[..., str], tuple[Any, ...], str]] = [
     (paths.quarantine_marker, (D,), f"{V2}/lading/quarantine/sha256/{HEX}"),
     (paths.quarantine_root, (), f"{V2}/lading/quarantine"),
     (paths.maintenance_state, ("gc",), f"{V2}/lading/state/gc"),
+    (paths.maintenance_stats, ("scrub",), f"{V2}/lading/stats/scrub"),
     (paths.pending_commits_dir, (NAME,), f"{REPO}/_lading/pending"),
     (paths.pending_commit, (NAME, D), f"{REPO}/_lading/pending/sha256/{HEX}"),
     (paths.gc_candidates_root, (), f"{V2}/lading/gc/candidates"),
@@ -70,6 +71,7 @@ TABLE: list[tuple[Callable[..., str], tuple[Any, ...], str]] = [
     (paths.gc_trash_root, (), f"{V2}/lading/gc/trash"),
     (paths.gc_trash, (D,), f"{V2}/lading/gc/trash/sha256/{HEX}"),
     (paths.gc_trash_data, (D,), f"{V2}/lading/gc/trash/sha256/{HEX}/data"),
+    (paths.gc_sweeping, (), f"{V2}/lading/gc/sweeping"),
 ]
 
 
