@@ -318,7 +318,32 @@ class _BufferedFd:
             self.buffer = bytearray()
 
 
-class _NewFileWriter(FileWriter):
+class _FdWriter(FileWriter):
+    """What both filesystem writers share: buffered writes to an open descriptor."""
+
+    _path: str
+    _state: str
+    _size: int
+    _out: _BufferedFd | None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_open(self) -> _BufferedFd:
+        if self._state != "open" or self._out is None:
+            raise StorageError(f"{self._path}: writer already {self._state}")
+        return self._out
+
+    def write(self, data: bytes) -> int:
+        out = self._check_open()
+        with _os_errors(self._path):
+            out.write(data)
+        self._size += len(data)
+        return len(data)
+
+
+class _NewFileWriter(_FdWriter):
     """Writes a unique temporary sibling; commit renames it over the path."""
 
     def __init__(self, driver: FilesystemDriver, path: str) -> None:
@@ -343,22 +368,6 @@ class _NewFileWriter(FileWriter):
             self._temp = temp
             self._out = _BufferedFd(fd)
             break
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def _check_open(self) -> _BufferedFd:
-        if self._state != "open" or self._out is None:
-            raise StorageError(f"{self._path}: writer already {self._state}")
-        return self._out
-
-    def write(self, data: bytes) -> int:
-        out = self._check_open()
-        with _os_errors(self._path):
-            out.write(data)
-        self._size += len(data)
-        return len(data)
 
     def commit(self) -> None:
         out = self._check_open()
@@ -400,7 +409,7 @@ class _NewFileWriter(FileWriter):
             self._discard()
 
 
-class _AppendWriter(FileWriter):
+class _AppendWriter(_FdWriter):
     """Continues the file in place under an exclusive flock; cancel truncates back."""
 
     def __init__(self, driver: FilesystemDriver, path: str) -> None:
@@ -466,22 +475,6 @@ class _AppendWriter(FileWriter):
                 raise StorageUnavailable(f"{self._path}: another writer is appending to this file")
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.1)
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def _check_open(self) -> _BufferedFd:
-        if self._state != "open" or self._out is None:
-            raise StorageError(f"{self._path}: writer already {self._state}")
-        return self._out
-
-    def write(self, data: bytes) -> int:
-        out = self._check_open()
-        with _os_errors(self._path):
-            out.write(data)
-        self._size += len(data)
-        return len(data)
 
     def commit(self) -> None:
         out = self._check_open()
