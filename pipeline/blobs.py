@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from pipeline import paths
 from pipeline.digest import CANONICAL, Digest
+from pipeline.digest_dirs import digests_in
 from pipeline.errors import BlobCorrupt, BlobUnknown, DigestInvalid, PathNotFound
 from pipeline.names import is_valid_name, validate_name
 from pipeline.storage.driver import StorageDriver
@@ -221,21 +222,6 @@ class RepositoryBlobs:
 
     def links(self, repo: str) -> Iterator[Digest]:
         """Every digest linked into the repository, in lexical order (data may be absent)."""
-        root = paths.layers_dir(validate_name(repo))
-        try:
-            algorithms = self.driver.list(root)
-        except PathNotFound:
-            return
-        for alg_dir in algorithms:
-            try:
-                hex_dirs = self.driver.list(alg_dir)
-            except PathNotFound:
-                continue
-            algorithm = alg_dir.rsplit("/", 1)[-1]
-            for hex_dir in hex_dirs:
-                try:
-                    digest = Digest.parse(f"{algorithm}:{hex_dir.rsplit('/', 1)[-1]}")
-                except DigestInvalid:
-                    continue
-                if self.driver.exists(paths.layer_link(repo, digest)):
-                    yield digest
+        for digest in digests_in(self.driver, paths.layers_dir(validate_name(repo))):
+            if self.driver.exists(paths.layer_link(repo, digest)):
+                yield digest

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pipeline import paths
-from pipeline.digest import HEX_LENGTHS, Digest
+from pipeline.digest import Digest
+from pipeline.digest_dirs import digests_in
 from pipeline.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -116,23 +117,6 @@ class ManifestStore:
 
     def revisions(self, repo: str) -> Iterator[Digest]:
         """Digests of every manifest revision linked in the repository (lexical order)."""
-        root = paths.manifest_revisions_dir(repo)
-        try:
-            algorithms = self.driver.list(root)
-        except PathNotFound:
-            return
-        for alg_dir in algorithms:
-            algorithm = alg_dir.rsplit("/", 1)[-1]
-            if algorithm not in HEX_LENGTHS:
-                continue
-            try:
-                entries = self.driver.list(alg_dir)
-            except PathNotFound:
-                continue
-            for entry in entries:
-                try:
-                    digest = Digest.parse(f"{algorithm}:{entry.rsplit('/', 1)[-1]}")
-                except DigestInvalid:
-                    continue
-                if self._has_revision(repo, digest):
-                    yield digest
+        for digest in digests_in(self.driver, paths.manifest_revisions_dir(repo)):
+            if self._has_revision(repo, digest):
+                yield digest

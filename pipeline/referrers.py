@@ -11,8 +11,9 @@ Listing reads each referrer manifest back, so a referrer deleted since is simply
 from __future__ import annotations
 
 from pipeline import paths
-from pipeline.digest import HEX_LENGTHS, Digest
-from pipeline.errors import DigestInvalid, ManifestInvalid, ManifestUnknown, PathNotFound
+from pipeline.digest import Digest
+from pipeline.digest_dirs import digests_in
+from pipeline.errors import ManifestInvalid, ManifestUnknown, PathNotFound
 from pipeline.manifests import Descriptor, parse_manifest
 from pipeline.manifeststore import ManifestStore
 from pipeline.storage.driver import StorageDriver
@@ -38,26 +39,7 @@ class Referrers:
             pass
 
     def _linked(self, repo: str, subject: Digest) -> list[Digest]:
-        root = paths.referrers_dir(repo, subject)
-        found: list[Digest] = []
-        try:
-            algorithms = self.driver.list(root)
-        except PathNotFound:
-            return found
-        for alg_dir in algorithms:
-            algorithm = alg_dir.rsplit("/", 1)[-1]
-            if algorithm not in HEX_LENGTHS:
-                continue
-            try:
-                entries = self.driver.list(alg_dir)
-            except PathNotFound:
-                continue
-            for entry in entries:
-                try:
-                    found.append(Digest.parse(f"{algorithm}:{entry.rsplit('/', 1)[-1]}"))
-                except DigestInvalid:
-                    continue
-        return found
+        return list(digests_in(self.driver, paths.referrers_dir(repo, subject)))
 
     def _describe(self, repo: str, digest: Digest) -> Descriptor | None:
         try:

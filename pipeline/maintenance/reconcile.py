@@ -29,8 +29,9 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.blob_commit import commit_blob
-from pipeline.digest import HEX_LENGTHS, Digest
-from pipeline.errors import BlobUnknown, DigestInvalid, PathNotFound, RegistryError
+from pipeline.digest import Digest
+from pipeline.digest_dirs import digests_in
+from pipeline.errors import BlobUnknown, PathNotFound, RegistryError
 from pipeline.maintenance.gc import LOCK as GC_LOCK
 from pipeline.maintenance.gc import recover
 from pipeline.maintenance.inventory import iter_repositories
@@ -45,26 +46,13 @@ LOCK = "_reconcile"
 
 def _records(registry: Registry, repo: str) -> Iterator[tuple[Digest, dict[str, Any]]]:
     driver = registry.driver
-    try:
-        algorithm_dirs = driver.list(paths.pending_commits_dir(repo))
-    except PathNotFound:
-        return
-    for alg_dir in algorithm_dirs:
-        algorithm = alg_dir.rsplit("/", 1)[-1]
-        if algorithm not in HEX_LENGTHS:
-            continue
+    for digest in digests_in(driver, paths.pending_commits_dir(repo)):
         try:
-            entries = driver.list(alg_dir)
-        except PathNotFound:
+            record = json.loads(driver.get_content(paths.pending_commit(repo, digest)))
+        except (PathNotFound, ValueError):
             continue
-        for entry in entries:
-            try:
-                digest = Digest.parse(f"{algorithm}:{entry.rsplit('/', 1)[-1]}")
-                record = json.loads(driver.get_content(paths.pending_commit(repo, digest)))
-            except (DigestInvalid, PathNotFound, ValueError):
-                continue
-            if isinstance(record, dict):
-                yield digest, record
+        if isinstance(record, dict):
+            yield digest, record
 
 
 def _age(record: dict[str, Any], now: float) -> float:
