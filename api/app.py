@@ -8,7 +8,8 @@ catch-all route handled by api.routes.router, which matches by suffix.
 
 Around the router:
 - `Docker-Distribution-API-Version: registry/2.0` is added to every response, including
-  404s, 405s and errors raised by other middleware (ApiVersionMiddleware + the 500 handler);
+  404s, 405s and errors raised by other middleware (api.middleware.RequestMiddleware, or
+  the caller's when it asks for none, + the 500 handler);
 - the built-in token endpoint (api.auth `Access.routes()`), when enabled, is routed before
   the registry and outside its access checks;
 - uncaught exceptions become a 500 OCI error body (UNKNOWN) that reveals nothing;
@@ -29,10 +30,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
+from starlette.types import Lifespan
 
 from api.access_table import Access
 from api.errors import API_VERSION, API_VERSION_HEADER, error_response
+from api.middleware import RequestMiddleware
 from api.notify import Notifier
 from api.routes.router import RegistryRouter
 from pipeline.jobs import JobClient
@@ -41,29 +43,8 @@ from pipeline.settings import Settings
 
 log = logging.getLogger("lading.api")
 
-_VERSION_HEADER = (API_VERSION_HEADER.lower().encode("latin-1"), API_VERSION.encode("latin-1"))
-
-
-class ApiVersionMiddleware:
-    """Adds the API version header to every HTTP response that lacks it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == _VERSION_HEADER[0] for name, _ in headers):
-                    headers.append(_VERSION_HEADER)
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
+VERSION_HEADERS = ((API_VERSION_HEADER, API_VERSION),)
+"""Set on every response (api.middleware.RequestMiddleware `headers=`)."""
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
@@ -79,11 +60,14 @@ def create_app(
     *,
     lifespan: Lifespan[Any] | None = None,
     middleware: Sequence[Middleware] = (),
+    version_header: bool = True,
 ) -> Starlette:
     """The registry API. `access` (api.auth) is consulted for every request via
-    api.access_table when given; without it the registry is open. `middleware` (metrics,
-    request logs) wraps the router inside the version-header middleware. Health and metrics
-    endpoints are added by the composition root (lading.embedded) around this app."""
+    api.access_table when given; without it the registry is open. `middleware` wraps the
+    router inside the version-header middleware. `version_header=False` leaves that header
+    to the caller, which then wraps the app in an api.middleware.RequestMiddleware with
+    `headers=VERSION_HEADERS` (lading.embedded does, together with the request log, metrics,
+    health and metrics endpoints: one middleware for all of them)."""
     notifier = Notifier(settings, jobs)
     router = RegistryRouter(settings, registry, jobs, access, notifier)
     routes: list[BaseRoute] = []
@@ -91,9 +75,10 @@ def create_app(
     if callable(extra_routes):
         routes.extend(extra_routes())
     routes.append(Route("/{path:path}", router, methods=None))
+    version = [Middleware(RequestMiddleware, headers=VERSION_HEADERS)] if version_header else []
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ApiVersionMiddleware), *middleware],
+        middleware=[*version, *middleware],
         exception_handlers={Exception: _unhandled},
         lifespan=_closing(notifier, lifespan) if notifier.enabled else lifespan,
     )

@@ -1,32 +1,34 @@
 """Structured JSON logs: one line per request, and the request id every log line carries.
 
-`RequestLogMiddleware` (pure ASGI, so streamed bodies are not buffered) takes the
-client's `X-Request-Id` (or makes one), echoes it on the response, keeps it in the
-`request_id` context variable for everything the request does (the job client logs job
-ids with it), and logs method, route template, path, status, bytes in/out and duration
-when the response ends. `JsonFormatter` renders any log record as one JSON object and adds
-the current request id, so lines from deeper code are linked to their request.
+`RequestLog` takes the client's `X-Request-Id` (or makes one), has it echoed on the
+response, keeps it in the `request_id` context variable for everything the request does
+(the job client logs job ids with it), and logs method, route template, path, status,
+bytes in/out and duration when the response ends. It runs inside api.middleware's one
+pure ASGI middleware (streamed bodies are not buffered); `RequestLogMiddleware` is that
+middleware with the request log alone. `JsonFormatter` renders any log record as one JSON
+object and adds the current request id, so lines from deeper code are linked to their
+request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-import time
-import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
-from api.metrics import route_of
+from api.middleware import RequestMiddleware
 
 __all__ = [
     "REQUEST_ID_HEADER",
     "JsonFormatter",
+    "RequestLog",
     "RequestLogMiddleware",
     "configure_logging",
     "current_request_id",
@@ -87,74 +89,62 @@ def configure_logging(level: str = "info", stream: Any = None) -> None:
     root.setLevel(level.upper())
 
 
-class RequestLogMiddleware:
-    """Pure ASGI middleware: request id in, request id out, one access-log line per request."""
+class RequestLog:
+    """The request id and the access log of requests, for api.middleware.RequestMiddleware:
+    `begin` when a request arrives, `end` once its response was sent (or it failed)."""
 
-    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
-        self.app = app
+    header_key = _HEADER_KEY
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or access_log
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = _incoming_id(scope) or uuid.uuid4().hex
-        token = request_id.set(rid)
+    def begin(self, scope: Scope) -> tuple[str, Token[str | None]]:
+        """The request's id (the client's `X-Request-Id` when safe, else a new one), made
+        current for everything the request does; the token gives it back to `end`."""
+        rid = _incoming_id(scope) or os.urandom(16).hex()  # as random as uuid4().hex, cheaper
         scope.setdefault("state", {})["request_id"] = rid
-        start = time.perf_counter()
-        status = 0
-        length_header = 0
-        bytes_in = 0
-        bytes_out = 0
-        rid_header = (_HEADER_KEY, rid.encode())
+        return rid, request_id.set(rid)
 
-        async def receive_counting() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, bytes_out, length_header
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = int(message["status"])
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _HEADER_KEY]
-                for name, value in headers:
-                    if name.lower() == b"content-length":
-                        length_header = int(value)
-                message = {**message, "headers": [*headers, rid_header]}
-            elif kind == "http.response.body":
-                bytes_out += len(message.get("body", b""))
-            elif kind in ("http.response.pathsend", "http.response.zerocopysend"):
-                bytes_out += length_header
-            await send(message)
-
-        error: BaseException | None = None
+    def end(
+        self,
+        scope: Scope,
+        rid: str,
+        token: Token[str | None],
+        route: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        seconds: float,
+        error: BaseException | None = None,
+    ) -> None:
+        """Write the request's access-log line and stop it being the current request."""
         try:
-            await self.app(scope, receive_counting, send_with_id)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
+            if not self.logger.isEnabledFor(logging.INFO):
+                return  # e.g. log level warn: skip building the line
             fields = {
                 "method": scope["method"],
-                "route": route_of(scope),
+                "route": route,
                 "path": scope["path"],
-                "status": status or 500,
+                "status": status,
                 "bytes_in": bytes_in,
                 "bytes_out": bytes_out,
-                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                "duration_ms": round(seconds * 1000, 3),
                 "request_id": rid,
                 "client": (scope.get("client") or ("", 0))[0],
             }
             if error is not None:
                 fields["error"] = f"{type(error).__name__}: {error}"
-            self.logger.info(
-                "%s %s %s", scope["method"], scope["path"], fields["status"], extra=fields
-            )
+            self.logger.info("%s %s %s", scope["method"], scope["path"], status, extra=fields)
+        finally:
             request_id.reset(token)
+
+
+class RequestLogMiddleware(RequestMiddleware):
+    """Pure ASGI middleware: request id in, request id out, one access-log line per request
+    (the request log alone; lading.embedded combines it with metrics in one middleware)."""
+
+    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
+        super().__init__(app, log=RequestLog(logger))
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -1,10 +1,12 @@
-"""Prometheus metrics of the API process, and the pure ASGI middleware that records them.
+"""Prometheus metrics of the API process, and the middleware that records requests in them.
 
 Each `Metrics` owns a private `CollectorRegistry` (never prometheus_client's global one),
 so a test can build several apps in one process. Requests are labelled by *route template*
 (`/v2/{name:path}/blobs/{digest}`), never by raw path, so cardinality stays bounded.
 
-Wiring (api/app.py): `instrument(app, settings)` adds `MetricsMiddleware`, serves
+Requests are recorded by api.middleware's one middleware, which calls
+`Metrics.request_started` / `request_finished`. Wiring: `instrument(app, settings)` adds
+`MetricsMiddleware` (that middleware with only the metrics) to a Starlette app, serves
 `settings.http.metrics_path` on the main port when enabled (unless `metrics_addr` asks
 for a separate port, which `lading serve` starts, or `metrics_protected` asks the app to
 route it behind auth with `metrics_endpoint`), and returns the `Metrics` it stored on
@@ -18,12 +20,10 @@ given the storage driver), and this process's notification counts (`Notification
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import anyio.to_thread
@@ -32,8 +32,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.middleware import RequestMiddleware, route_of
 from pipeline import events
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, JobClient
@@ -56,49 +57,10 @@ __all__ = [
 log = logging.getLogger("lading.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-UNMATCHED = "<unmatched>"
 SENT_LIMIT = 100_000  # send times kept for jobs not yet waited for
 # kombu's Redis transport keeps priority levels 3, 6 and 9 in lists named queue + sep + level.
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = ("", "3", "6", "9")
-
-
-def route_of(scope: Scope) -> str:
-    """The route template a request matched, never the raw path: `scope["lading.route"]`
-    if the app set one, else the Starlette route's path template, else the template of the
-    registry router's route matching the path, else "<unmatched>"."""
-    explicit = scope.get("lading.route")
-    if isinstance(explicit, str):
-        return explicit
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    return _registry_template(scope.get("path", ""))
-
-
-_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
-
-
-@functools.lru_cache(maxsize=64)
-def _template(pattern: str) -> str:
-    return _GROUP.sub(r"{\1}", pattern).lstrip("^").rstrip("$").replace("/?", "/")
-
-
-@functools.lru_cache(maxsize=1)
-def _router_match() -> Callable[[str], Any] | None:
-    try:
-        from api.routes.router import match
-    except ImportError:  # the app may not use the registry router (tests, tools)
-        return None
-    return match
-
-
-def _registry_template(path: str) -> str:
-    start = path.find("/v2")  # past any http.prefix
-    match = _router_match() if start >= 0 else None
-    found = match(path[start:]) if match is not None else None
-    return _template(found[0].pattern.pattern) if found else UNMATCHED
 
 
 class Metrics:
@@ -145,6 +107,10 @@ class Metrics:
             "lading_jobs_retried", "Job retries after transient errors", ["job"], registry=r
         )
         r.register(NotificationCounts())
+        # Labelled children by label values: `labels()` validates and locks on every call,
+        # and every request needs two to four of them. Bounded like the label values.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._route_children: dict[tuple[int, str], Counter] = {}
         self._maintenance: MaintenanceTotals | None = None
         if driver is not None:
             self.watch_maintenance(driver)
@@ -154,6 +120,50 @@ class Metrics:
         if self._maintenance is None:
             self._maintenance = MaintenanceTotals(driver)
             self.registry.register(self._maintenance)
+
+    def request_started(self, method: str, path: str) -> bool:
+        """A request arrived: in flight. True when it is an upload (that gauge rose too);
+        the route is only known once routing ran, so uploads are told by method and path
+        shape, before the body streams."""
+        self.requests_in_flight.inc()
+        if method in ("POST", "PATCH", "PUT") and "/blobs/uploads" in path:
+            self.uploads_in_progress.inc()
+            return True
+        return False
+
+    def request_finished(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+        upload: bool,
+    ) -> None:
+        """A request `request_started` counted was answered (or failed: status 500)."""
+        self.requests_in_flight.dec()
+        if upload:
+            self.uploads_in_progress.dec()
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if bytes_in:
+            self._child(self.bytes_pushed, route).inc(bytes_in)
+        if method == "GET" and bytes_out:
+            self._child(self.bytes_pulled, route).inc(bytes_out)
+
+    def _child(self, counter: Counter, route: str) -> Counter:
+        key = (id(counter), route)
+        child = self._route_children.get(key)
+        if child is None:
+            child = self._route_children[key] = counter.labels(route)
+        return child
 
     def observe_job(self, job: str, seconds: float, error: BaseException | None = None) -> None:
         self.job_seconds.labels(job).observe(seconds)
@@ -265,76 +275,15 @@ def metrics_endpoint(metrics: Metrics) -> ASGIApp:
     return app
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(RequestMiddleware):
     """Pure ASGI middleware (streaming bodies pass through untouched) recording request
-    counts, latency, bytes in/out and uploads in progress. When `serve_path` is set it also
-    answers GET/HEAD on that path with the exposition."""
+    counts, latency, bytes in/out and uploads in progress: api.middleware's middleware with
+    the metrics alone. When `serve_path` is set it also answers GET/HEAD on that path with
+    the exposition."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, serve_path: str | None = None) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.serve_path = serve_path
-        self.endpoint = metrics_endpoint(metrics)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        if self.serve_path and scope["path"] == self.serve_path and method in ("GET", "HEAD"):
-            scope["lading.route"] = self.serve_path
-            await self.endpoint(scope, receive, send)
-            return
-
-        m = self.metrics
-        start = time.perf_counter()
-        status = 500
-        length_header = 0
-        bytes_in = 0
-        bytes_out = 0
-        upload = False
-
-        async def receive_counting() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
-
-        async def send_counting(message: Message) -> None:
-            nonlocal status, bytes_out, length_header
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = int(message["status"])
-                for name, value in message.get("headers", ()):
-                    if name.lower() == b"content-length":
-                        length_header = int(value)
-            elif kind == "http.response.body":
-                bytes_out += len(message.get("body", b""))
-            elif kind in ("http.response.pathsend", "http.response.zerocopysend"):
-                bytes_out += length_header  # the server sends the file itself
-            await send(message)
-
-        m.requests_in_flight.inc()
-        # The route is only known once routing ran; the upload gauge is keyed on the
-        # method and path shape so it can rise before the body streams.
-        if method in ("POST", "PATCH", "PUT") and "/blobs/uploads" in scope["path"]:
-            upload = True
-            m.uploads_in_progress.inc()
-        try:
-            await self.app(scope, receive_counting, send_counting)
-        finally:
-            m.requests_in_flight.dec()
-            if upload:
-                m.uploads_in_progress.dec()
-            route = route_of(scope)
-            code = str(status)
-            m.requests.labels(method, route, code).inc()
-            m.request_seconds.labels(method, route, code).observe(time.perf_counter() - start)
-            if bytes_in:
-                m.bytes_pushed.labels(route).inc(bytes_in)
-            if method == "GET" and bytes_out:
-                m.bytes_pulled.labels(route).inc(bytes_out)
+        endpoints = {serve_path: metrics_endpoint(metrics)} if serve_path else None
+        super().__init__(app, metrics=metrics, endpoints=endpoints)
 
 
 class InstrumentedJobs:

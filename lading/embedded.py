@@ -8,7 +8,8 @@ broker configured, the in-process Celery worker that runs the jobs.
   consume them and `lading beat` schedules maintenance.
 
 Either way the app is wrapped in request logging and metrics (api.logs, api.metrics) and
-answers `http.health_path`, unless api.app already did so itself.
+answers `http.health_path`, unless api.app already did so itself: all in one
+api.middleware.RequestMiddleware, which also sets the API version header.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.app import VERSION_HEADERS
 from api.health import HealthCheck
-from api.logs import RequestLogMiddleware
-from api.metrics import InstrumentedJobs, Metrics, MetricsMiddleware
+from api.logs import RequestLog, RequestLogMiddleware
+from api.metrics import InstrumentedJobs, Metrics, MetricsMiddleware, metrics_endpoint
+from api.middleware import RequestMiddleware
 from pipeline.registry import Registry
 from pipeline.settings import Settings
 
@@ -83,7 +86,9 @@ def assemble(settings: Settings) -> Assembly:
     try:
         access = _access(settings)
         observed_jobs = InstrumentedJobs(jobs, metrics)
-        app = create_api(settings, registry, observed_jobs, access, lifespan=_lifespan(jobs))
+        app = create_api(
+            settings, registry, observed_jobs, access, lifespan=_lifespan(jobs), version_header=False
+        )
         asgi = _observe(app, settings, registry, metrics, worker)
     except BaseException:
         for closer in reversed(closers):
@@ -128,25 +133,27 @@ def _lifespan(jobs: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
 
 
 def _observe(app: Any, settings: Settings, registry: Registry, metrics: Metrics, worker: Any) -> ASGIApp:
-    """`app` with request logs, metrics and the health endpoint, each added only if the
-    api app did not add it itself."""
-    asgi: ASGIApp = app
+    """`app` in one RequestMiddleware (api.middleware) doing the request log, metrics, the
+    API version header and the health and metrics endpoints, each part only if the api app
+    does not do it itself."""
     state = getattr(app, "state", None)
     user_middleware = [m.cls for m in getattr(app, "user_middleware", ())]
+    endpoints: dict[str, ASGIApp] = {}
+    counted: Metrics | None = None
     if getattr(state, "metrics", None) is None and MetricsMiddleware not in user_middleware:
         http = settings.http
-        serve_here = http.metrics_enabled and not http.metrics_addr and not http.metrics_protected
-        asgi = MetricsMiddleware(asgi, metrics, serve_path=http.metrics_path if serve_here else None)
+        counted = metrics
+        if http.metrics_enabled and not http.metrics_addr and not http.metrics_protected:
+            endpoints[http.metrics_path] = metrics_endpoint(metrics)
         if state is not None:
             state.metrics = metrics
         _add_queue_depth(settings, metrics)
     if not _has_route(app, settings.http.health_path):
         alive = (lambda: bool(worker.alive)) if worker is not None else None
         check = HealthCheck(settings, registry.driver, embedded_alive=alive)
-        asgi = _HealthFirst(asgi, settings.http.health_path, check)
-    if RequestLogMiddleware not in user_middleware:
-        asgi = RequestLogMiddleware(asgi)
-    return asgi
+        endpoints[settings.http.health_path] = _health_endpoint(check)
+    log = RequestLog() if RequestLogMiddleware not in user_middleware else None
+    return RequestMiddleware(app, log=log, metrics=counted, headers=VERSION_HEADERS, endpoints=endpoints)
 
 
 def _add_queue_depth(settings: Settings, metrics: Metrics) -> None:
@@ -161,23 +168,16 @@ def _has_route(app: Any, path: str) -> bool:
     return any(getattr(route, "path", None) == path for route in getattr(app, "routes", ()))
 
 
-class _HealthFirst:
-    """Answers GET/HEAD on the health path before the app's own routing."""
+def _health_endpoint(check: HealthCheck) -> ASGIApp:
+    """The ASGI app answering the health path."""
 
-    def __init__(self, app: ASGIApp, path: str, check: HealthCheck) -> None:
-        self.app = app
-        self.path = path
-        self.check = check
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        from starlette.requests import Request
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] in ("GET", "HEAD"):
-            from starlette.requests import Request
+        response = await check.respond(Request(scope, receive))
+        await response(scope, receive, send)
 
-            scope["lading.route"] = self.path
-            response = await self.check.respond(Request(scope, receive))
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+    return endpoint
 
 
 def _redacted(url: str | None) -> str:

@@ -10,8 +10,11 @@
   sends COMMIT_MANIFEST; the worker parses, verifies every reference (one
   MANIFEST_BLOB_UNKNOWN entry per missing digest), stores, tags and records the subject.
   201 carries Location (by digest), Docker-Content-Digest and `OCI-Subject` when the
-  manifest has a subject. When blobs are missing that batch-mode commits are still writing
-  (api.routes.pending), the PUT waits for those commits and retries once.
+  manifest has a subject. Blobs the manifest names whose batch-mode commits
+  (api.routes.pending) are still running are waited for BEFORE the job is sent, so it
+  runs once; a failed one is reported (MANIFEST_BLOB_UNKNOWN with the commit's error).
+  Blobs still missing whose commits were accepted meanwhile (by another replica) are waited
+  for and the job retried once.
   Pushing by digest with `?tag=a&tag=b` (end-7b) also tags it; each tag is echoed in `OCI-Tag`.
 - DELETE by digest removes the revision, every tag pointing at it and its referrer entry;
   by tag only the tag (pipeline.manifest_commit.delete_manifest, under the repository
@@ -115,10 +118,11 @@ async def put_manifest(ctx: RequestContext) -> Response:
         "media_type": _media_type(ctx.request.headers.get("content-type")),
         "body_b64": base64.b64encode(body).decode("ascii"),
     }
-    value = await _commit(ctx, kwargs)
+    failed = await _await_pending(ctx, body, ctx.settings.celery.manifest_timeout)
+    value = await _commit(ctx, kwargs, failed)
     digest = str(value["digest"])
     for tag in extra_tags:
-        await _commit(ctx, {**kwargs, "reference": tag})
+        await _commit(ctx, {**kwargs, "reference": tag}, failed)
     pushed = extra_tags if is_digest_reference(reference) else [reference, *extra_tags]
     for tag in pushed or [""]:  # one push event per tag, or one untagged
         await ctx.notify_manifest("push", digest, value.get("media_type"), value.get("size"), tag or None)
@@ -135,29 +139,74 @@ async def put_manifest(ctx: RequestContext) -> Response:
     return response
 
 
-async def _commit(ctx: RequestContext, kwargs: dict[str, Any]) -> dict[str, Any]:
+async def _commit(
+    ctx: RequestContext, kwargs: dict[str, Any], failed: dict[Digest, RegistryError]
+) -> dict[str, Any]:
+    """Run COMMIT_MANIFEST. `failed`: batch-mode commits of named blobs that failed (the
+    pre-wait's outcome, extended here); when blobs are missing and some of them were
+    accepted in batch mode meanwhile (by another replica), wait for those and retry once."""
     timeout = ctx.settings.celery.manifest_timeout
     try:
         return await ctx.jobs.run(joblib.COMMIT_MANIFEST, timeout=timeout, **kwargs)
     except ManifestBlobUnknown as missing:
-        await _await_pending_commits(ctx, missing, timeout)
-        return await ctx.jobs.run(joblib.COMMIT_MANIFEST, timeout=timeout, **kwargs)
+        digests = _missing_digests(missing)
+        store = PendingCommits(ctx.registry.driver)
+        late = await ctx.blocking(store.lookup_many, ctx.name, [d for d in digests if d not in failed])
+        if not late and not any(d in failed for d in digests):
+            raise
+        failed.update(await _wait_for_commits(ctx, store, late, timeout))
+        committed = {d for d in late if d not in failed}
+        if late and all(d in committed for d in digests):
+            return await ctx.jobs.run(joblib.COMMIT_MANIFEST, timeout=timeout, **kwargs)
+        raise _blobs_missing(missing, [d for d in digests if d not in committed], failed) from None
 
 
-async def _await_pending_commits(ctx: RequestContext, missing: ManifestBlobUnknown, timeout: float) -> None:
-    """Wait for batch-mode commits of the missing blobs. Returns when all of them succeeded
-    (the caller retries the manifest); raises the original error when none was pending, or
-    one MANIFEST_BLOB_UNKNOWN entry per blob still missing or whose commit failed."""
+def _missing_digests(missing: ManifestBlobUnknown) -> list[Digest]:
     digests: list[Digest] = []
     for item in missing.digests:
         try:
             digests.append(Digest.parse(str(item)))
         except RegistryError:
             continue
+    return digests
+
+
+def _pending_in(
+    registry: Registry, store: PendingCommits, name: str, body: bytes
+) -> dict[Digest, PendingCommit]:
+    """The batch-mode commits still to wait for among the blobs this manifest names. The API
+    never parses manifests: a digest names a blob here when its text occurs in the raw
+    body. Records of blobs already linked need no wait and are cleared (they may be stale:
+    their job's result long gone)."""
+    found: dict[Digest, PendingCommit] = {}
+    for digest in store.digests(name):
+        if str(digest).encode("ascii") not in body:
+            continue
+        if registry.repo_blobs.is_linked(name, digest):
+            store.clear(name, digest)
+            continue
+        record = store.lookup(name, digest)
+        if record is not None:
+            found[digest] = record
+    return found
+
+
+async def _await_pending(ctx: RequestContext, body: bytes, timeout: float) -> dict[Digest, RegistryError]:
+    """Before the manifest job is sent: wait for the batch-mode commits of the blobs the
+    manifest names, so it is verified once, after them. Returns the failed ones."""
     store = PendingCommits(ctx.registry.driver)
-    records = await ctx.blocking(store.lookup_many, ctx.name, digests)
+    records = await ctx.blocking(_pending_in, ctx.registry, store, ctx.name, body)
     if not records:
-        raise missing
+        return {}
+    return await _wait_for_commits(ctx, store, records, timeout)
+
+
+async def _wait_for_commits(
+    ctx: RequestContext, store: PendingCommits, records: dict[Digest, PendingCommit], timeout: float
+) -> dict[Digest, RegistryError]:
+    """Wait (concurrently, each bounded by `timeout`) for the commit jobs of `records`;
+    clear the records of those that succeeded and return the commit errors of the others.
+    A wait that runs out (JobTimeout) or an error that is no registry error is raised."""
     outcomes: dict[Digest, Exception | None] = {}
 
     async def wait_one(digest: Digest, record: PendingCommit) -> None:
@@ -165,7 +214,6 @@ async def _await_pending_commits(ctx: RequestContext, missing: ManifestBlobUnkno
         # (and no ExceptionGroup escapes the task group).
         try:
             await ctx.jobs.wait(record.job_id, timeout=timeout)
-            await ctx.blocking(store.clear, ctx.name, digest)
         except Exception as err:
             outcomes[digest] = err
         else:
@@ -175,6 +223,9 @@ async def _await_pending_commits(ctx: RequestContext, missing: ManifestBlobUnkno
         for digest, record in records.items():
             tg.start_soon(wait_one, digest, record)
 
+    committed = [digest for digest, outcome in outcomes.items() if outcome is None]
+    if committed:
+        await ctx.blocking(_clear, store, ctx.name, committed)  # one thread hop for all
     failures: dict[Digest, RegistryError] = {}
     for digest, outcome in outcomes.items():
         if outcome is None:
@@ -182,17 +233,30 @@ async def _await_pending_commits(ctx: RequestContext, missing: ManifestBlobUnkno
         if isinstance(outcome, JobTimeout) or not isinstance(outcome, RegistryError):
             raise outcome
         failures[digest] = outcome
-    still_missing = [str(d) for d in digests if d not in records]
-    if not failures and not still_missing:
-        return
-    code, _ = code_and_status(missing)
+    return failures
+
+
+def _clear(store: PendingCommits, name: str, digests: list[Digest]) -> None:
+    for digest in digests:
+        store.clear(name, digest)
+
+
+def _blobs_missing(
+    missing: ManifestBlobUnknown, digests: list[Digest], failed: dict[Digest, RegistryError]
+) -> ApiError:
+    """The spec's error: one MANIFEST_BLOB_UNKNOWN entry per missing blob, the ones whose
+    batch-mode commit failed with that commit's error as `detail.reason`."""
+    code, status = code_and_status(missing)
     entries = []
-    for digest, err in failures.items():
+    for digest in digests:
+        err = failed.get(digest)
+        if err is None:
+            entries.append(entry(code, missing.text, {"digest": str(digest)}))
+            continue
         reason_code, _ = code_and_status(err)
         reason = {"code": reason_code, "message": err.text, "detail": err.detail}
         entries.append(entry(code, "blob commit failed", {"digest": str(digest), "reason": reason}))
-    entries.extend(entry(code, missing.text, {"digest": d}) for d in still_missing)
-    raise ApiError(code, code_and_status(missing)[1], missing.text, entries=entries)
+    return ApiError(code, status, missing.text, entries=entries)
 
 
 async def delete_manifest(ctx: RequestContext) -> Response:

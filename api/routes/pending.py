@@ -17,9 +17,11 @@ a status URL answering `202` + `{"status": "pending"}` while the job runs, `200`
 the commit's own OCI error (e.g. 400 DIGEST_INVALID) if it failed.
 
 The job id is recorded at `paths.pending_commit(repo, digest)` (JSON, on the registry's
-storage, not in process memory), so a later manifest PUT handled by ANY API replica that
-finds blobs missing can wait for their commits: it retries once they all succeed, or fails
-with one MANIFEST_BLOB_UNKNOWN entry per blob whose commit failed (the commit error in
+storage, not in process memory), so a later manifest PUT handled by ANY API replica can wait
+for the commits of the blobs it names before sending its own job (`digests` lists a
+repository's records in one walk; a repository with none costs one failed lookup),
+and, should blobs still be missing, for records that appeared meanwhile. It fails with one
+MANIFEST_BLOB_UNKNOWN entry per blob whose commit failed (the commit error in
 `detail.reason`). A record is removed once its blob is seen committed; a failed one stays
 until the blob is pushed again.
 """
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 
 from pipeline import paths
 from pipeline.digest import Digest
-from pipeline.errors import PathNotFound
+from pipeline.errors import PathNotFound, RegistryError
 from pipeline.storage.driver import StorageDriver
 
 PREFER_ASYNC = "respond-async"
@@ -80,6 +82,22 @@ class PendingCommits:
         except (ValueError, KeyError, TypeError):
             return None
 
+    def digests(self, repository: str) -> list[Digest]:
+        """The digests `repository` has records for, from one walk of its pending directory
+        ([] when that does not exist: the repository never used batch mode, or every record
+        was cleared)."""
+        root = paths.pending_commits_dir(repository)
+        found = []
+        try:
+            for info in self.driver.walk(root):
+                if not info.is_dir:
+                    digest = _digest_of(repository, root, info.path)
+                    if digest is not None:
+                        found.append(digest)
+        except PathNotFound:
+            return []
+        return found
+
     def lookup_many(self, repository: str, digests: list[Digest]) -> dict[Digest, PendingCommit]:
         found = {}
         for digest in digests:
@@ -93,3 +111,13 @@ class PendingCommits:
             self.driver.delete(paths.pending_commit(repository, digest))
         except PathNotFound:
             pass
+
+
+def _digest_of(repository: str, root: str, path: str) -> Digest | None:
+    """The digest whose record is at `path` (None for anything else found there)."""
+    algorithm, _, hex_part = path[len(root) + 1 :].partition("/")
+    try:
+        digest = Digest.parse(f"{algorithm}:{hex_part}")
+    except RegistryError:
+        return None
+    return digest if paths.pending_commit(repository, digest) == path else None

@@ -14,6 +14,7 @@ suffix: `/v2/<name>/manifests/<reference>`, `/blobs/uploads/<id>`, `/blobs/<dige
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -45,9 +46,10 @@ class RouteSpec:
     pattern: re.Pattern[str]
     handlers: dict[str, Handler]
 
-    @property
+    @functools.cached_property
     def template(self) -> str:
-        """The path template (`/v2/{name}/blobs/{digest}`) for metrics and logs."""
+        """The path template (`/v2/{name}/blobs/{digest}`) for metrics and logs (computed
+        once: every request reads it)."""
         return _GROUP.sub(r"{\1}", self.pattern.pattern).lstrip("^").rstrip("$").replace("/?", "/")
 
     def allowed(self) -> list[str]:
@@ -127,7 +129,9 @@ class RegistryRouter:
 
     async def dispatch(self, request: Request) -> Response:
         head = request.method == "HEAD"
-        path = request.url.path
+        # request.url.path without building the whole URL (host, scheme, query): the
+        # decoded path with what would end it escaped.
+        path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
         if self.prefix:
             if not (path == self.prefix or path.startswith(self.prefix + "/")):
                 return errors.not_found(path, head)

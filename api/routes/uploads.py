@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import partial
+from typing import Any
 
 import anyio
 from starlette.background import BackgroundTask
@@ -210,10 +210,15 @@ def _advance_digest(client: JobClient, repository: str, upload_id: str, algorith
 
 async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: int) -> Response:
     """Commit the session as `digest`: wait for the job (201) or, in batch mode, don't (202)."""
-    kwargs = {"repository": ctx.name, "upload_id": upload_id, "digest": str(digest), "size": size}
+    kwargs: dict[str, Any] = {
+        "repository": ctx.name,
+        "upload_id": upload_id,
+        "digest": str(digest),
+        "size": size,
+    }
     if wants_async(ctx.request.headers.get("prefer")):
-        job_id = await ctx.blocking(partial(ctx.jobs.send, joblib.COMMIT_BLOB, **kwargs))
-        await ctx.blocking(PendingCommits(ctx.registry.driver).record, ctx.name, digest, job_id, upload_id)
+        store = PendingCommits(ctx.registry.driver)
+        await ctx.blocking(_send_and_record, ctx.jobs, store, kwargs, digest)
         status_url = ctx.urls.upload(ctx.name, upload_id) + f"?status&digest={digest}"
         headers = {
             "Location": ctx.urls.blob(ctx.name, str(digest)),
@@ -227,6 +232,12 @@ async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: i
     committed = str(value.get("digest") or digest)
     await ctx.notify_blob("push", committed, value.get("size"))
     return _created(ctx, committed)
+
+
+def _send_and_record(jobs: JobClient, store: PendingCommits, kwargs: dict[str, Any], digest: Digest) -> None:
+    """Batch mode: send the commit and record it for manifest PUTs (one thread hop)."""
+    job_id = jobs.send(joblib.COMMIT_BLOB, **kwargs)
+    store.record(kwargs["repository"], digest, job_id, kwargs["upload_id"])
 
 
 async def _try_mount(ctx: RequestContext) -> str | None:
@@ -314,20 +325,27 @@ async def complete_upload(ctx: RequestContext) -> Response:
     a 400 and leaves the session untouched."""
     upload_id = ctx.params["upload_id"]
     raw = ctx.request.query_params.get("digest")
-    try:
-        status = await ctx.blocking(ctx.registry.uploads.status, ctx.name, upload_id)
-    except BlobUploadUnknown:
-        # A retry of a PUT whose commit finished after the first attempt timed out: the
-        # session is gone because the blob is in place, so the retry succeeds too.
-        if raw and not _has_body(ctx) and await _already_linked(ctx, raw):
-            await ctx.notify_blob("push", raw)  # the timed-out attempt never reported it
-            return _created(ctx, raw)
-        raise
-    if not raw:
-        raise DigestInvalid("the digest query parameter is required", message="digest missing")
-    digest = Digest.parse(raw)
-    size = status.size
-    if _has_body(ctx):
+    has_body = _has_body(ctx)
+    digest = _parsed(raw)
+    size = 0
+    if digest is None or not has_body:
+        # Without a body the size is the session's. With one, the append finds the session
+        # itself (404 when it is gone), so this extra storage round trip is only made when
+        # the digest is missing or malformed, to answer 404 before 400 as always.
+        try:
+            status = await ctx.blocking(ctx.registry.uploads.status, ctx.name, upload_id)
+        except BlobUploadUnknown:
+            # A retry of a PUT whose commit finished after the first attempt timed out: the
+            # session is gone because the blob is in place, so the retry succeeds too.
+            if raw and not has_body and await _already_linked(ctx, raw):
+                await ctx.notify_blob("push", raw)  # the timed-out attempt never reported it
+                return _created(ctx, raw)
+            raise
+        if not raw:
+            raise DigestInvalid("the digest query parameter is required", message="digest missing")
+        digest = Digest.parse(raw)
+        size = status.size
+    if has_body:
         try:
             _, size = await _append(ctx, upload_id)
         except RangeInvalid as err:
@@ -335,10 +353,18 @@ async def complete_upload(ctx: RequestContext) -> Response:
     return await _complete(ctx, upload_id, digest, size)
 
 
-async def _already_linked(ctx: RequestContext, raw: str) -> bool:
+def _parsed(raw: str | None) -> Digest | None:
+    if not raw:
+        return None
     try:
-        digest = Digest.parse(raw)
+        return Digest.parse(raw)
     except DigestInvalid:
+        return None
+
+
+async def _already_linked(ctx: RequestContext, raw: str) -> bool:
+    digest = _parsed(raw)
+    if digest is None:
         return False
     return await ctx.blocking(ctx.registry.repo_blobs.is_linked, ctx.name, digest)
 

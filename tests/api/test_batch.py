@@ -4,15 +4,27 @@ a later manifest PUT in any API replica waits for those commits, or names each f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from api.routes.pending import PendingCommits
+from pipeline import jobs as joblib
 from pipeline import paths
 from pipeline.digest import Digest
 from pipeline.registry import Registry
 from tests.api.conftest import make_settings
-from tests.api.helpers import OCTET, GatedJobs, errors_of, oci_manifest, push_manifest, sha
+from tests.api.helpers import (
+    OCTET,
+    GatedJobs,
+    RecordingJobs,
+    errors_of,
+    oci_manifest,
+    push_blob,
+    push_manifest,
+    sha,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -145,3 +157,88 @@ async def test_without_prefer_the_put_waits_and_answers_201(make_api: Any, gated
     r = await api.client.put(r.headers["location"], params={"digest": sha(LAYER)}, content=LAYER)
     assert r.status_code == 201
     assert "lading-job" not in r.headers
+
+
+def manifest_sends(jobs: RecordingJobs) -> int:
+    return jobs.names().count(joblib.COMMIT_MANIFEST)
+
+
+async def test_manifest_job_is_sent_once_when_its_blobs_are_still_committing(
+    make_api: Any, gated: GatedJobs
+) -> None:
+    jobs = RecordingJobs(gated)
+    api = await make_api(registry=gated.registry, jobs=jobs)
+    assert (await batch_put(api, CONFIG)).status_code == 202
+    assert (await batch_put(api, LAYER)).status_code == 202
+    body = oci_manifest(CONFIG, [LAYER])
+
+    put = asyncio.create_task(push_manifest(api.client, "repo", "v1", body))
+    await asyncio.sleep(0.2)
+    assert not put.done()
+    assert manifest_sends(jobs) == 0, "the manifest job must wait for the blob commits"
+    gated.gate.set()
+    r = await asyncio.wait_for(put, 30)
+    assert r.status_code == 201, r.text
+    assert manifest_sends(jobs) == 1
+    assert (await api.client.get("/v2/repo/manifests/v1")).content == body
+
+
+async def test_a_stale_record_of_a_linked_blob_is_not_waited_for(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    await push_blob(api.client, "repo", CONFIG)
+    await push_blob(api.client, "repo", LAYER)
+    # A record whose job result is long gone (the job id is unknown to the client).
+    PendingCommits(api.registry.driver).record("repo", Digest.parse(sha(LAYER)), "expired-job", "u-1")
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [LAYER]))
+    assert r.status_code == 201, r.text
+    assert not pending_record_exists(api.registry, sha(LAYER))
+
+
+class AcceptsBlobDuringFirstManifestJob(RecordingJobs):
+    """Lets another replica accept a blob in batch mode after the manifest PUT looked for
+    pending commits, before its job verifies the blobs."""
+
+    def __init__(self, inner: Any, accept: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(inner)
+        self.accept: Callable[[], Awaitable[None]] | None = accept
+
+    async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        if job == joblib.COMMIT_MANIFEST and self.accept is not None:
+            accept, self.accept = self.accept, None
+            await accept()
+        return await super().run(job, timeout, **kwargs)
+
+
+async def test_commits_accepted_after_the_check_are_still_waited_for(make_api: Any, gated: GatedJobs) -> None:
+    replica_a = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    await push_blob(replica_a.client, "repo", CONFIG)
+    gated.gate.clear()
+
+    async def accept_layer() -> None:
+        assert (await batch_put(replica_a, LAYER)).status_code == 202
+        asyncio.get_running_loop().call_later(0.2, gated.gate.set)
+
+    jobs = AcceptsBlobDuringFirstManifestJob(gated, accept_layer)
+    replica_b = await make_api(registry=gated.registry, jobs=jobs)
+    body = oci_manifest(CONFIG, [LAYER])
+    r = await asyncio.wait_for(push_manifest(replica_b.client, "repo", "v1", body), 30)
+    assert r.status_code == 201, r.text
+    assert manifest_sends(jobs) == 2  # missing once, then retried after the late commit
+    assert not pending_record_exists(gated.registry, sha(LAYER))
+
+
+async def test_failed_commit_and_never_pushed_blob_are_both_named(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    await push_blob(api.client, "repo", CONFIG)
+    declared = sha(b"what the client claimed")
+    assert (await batch_put(api, LAYER, digest=declared)).status_code == 202
+    never = sha(b"never pushed")
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [], missing=[declared, never]))
+    entries = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    by_digest = {e["detail"]["digest"]: e["detail"] for e in entries}
+    assert set(by_digest) == {declared, never}
+    assert by_digest[declared]["reason"]["code"] == "DIGEST_INVALID"
+    assert "reason" not in by_digest[never]

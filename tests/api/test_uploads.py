@@ -244,6 +244,21 @@ async def test_unknown_upload_is_404_for_every_method(api: Any) -> None:
     errors_of(await api.client.get("/v2/repo/blobs/uploads/not-a-uuid"), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
+async def test_put_with_body_to_a_gone_session_is_404_and_stores_nothing(api: Any) -> None:
+    location = await start(api)
+    assert (await api.client.delete(location)).status_code == 204
+    r = await api.client.put(location, params={"digest": sha(DATA)}, content=DATA, headers=OCTET)
+    errors_of(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    assert (await api.client.head(f"/v2/repo/blobs/{sha(DATA)}")).status_code == 404
+
+
+async def test_put_with_body_and_malformed_digest_appends_nothing(api: Any) -> None:
+    location = await start(api)
+    r = await api.client.put(location, params={"digest": "sha256:nope"}, content=DATA, headers=OCTET)
+    errors_of(r, 400, "DIGEST_INVALID")
+    assert session_size(api, location) == 0
+
+
 async def test_upload_of_another_repository_is_unknown(api: Any) -> None:
     location = await start(api, name="one")
     errors_of(await api.client.get(location.replace("/v2/one/", "/v2/two/")), 404, "BLOB_UPLOAD_UNKNOWN")
