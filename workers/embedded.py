@@ -18,6 +18,12 @@ Constraints of the mode, all inherent to one process:
 
 `celery.contrib.testing.worker.start_worker` is not used: it is a test helper that sets the
 default app, reconfigures logging and requires the `celery.ping` test task.
+
+Waiting costs nothing while nothing lands: the result store keeps waiters per task id and
+calls back only the waiters of the result just stored (the API's job client hooks in via
+`InProcessBackend.add_result_callback`). The previous design, one shared condition
+notified on every write plus a polling thread per waiting request, spent more CPU on
+waking waiters than on running jobs at 32 concurrent uploads.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, states
@@ -45,38 +52,77 @@ MAX_RESULTS = 10_000
 
 
 class _ResultStore:
-    """Encoded results by key, shared by every thread of one app; waiters are woken on
-    each write. Bounded: oldest entries go first past MAX_RESULTS or after `expires`."""
+    """Encoded results by key, shared by every thread of one app, with per-key watchers.
+
+    A watcher is called (outside the lock, in the writing thread) on each later write of
+    its key only: one result wakes its own waiters and nobody else's. Bounded: oldest
+    entries go first past MAX_RESULTS or after `expires`."""
 
     def __init__(self, expires: float) -> None:
         self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self._expires = expires
-        self.changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._watchers: dict[str, list[Callable[[Any], None]]] = {}
+
+    def _current(self, key: str) -> Any:
+        item = self._data.get(key)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def _put(self, key: str, value: Any) -> None:
+        self._data[key] = (time.monotonic() + self._expires, value)
+        self._data.move_to_end(key)
+        while len(self._data) > MAX_RESULTS:
+            self._data.popitem(last=False)
 
     def get(self, key: str) -> Any:
-        with self.changed:
-            item = self._data.get(key)
-            if item is None or item[0] < time.monotonic():
-                return None
-            return item[1]
+        with self._lock:
+            return self._current(key)
 
     def set(self, key: str, value: Any) -> None:
-        with self.changed:
-            self._data[key] = (time.monotonic() + self._expires, value)
-            self._data.move_to_end(key)
-            while len(self._data) > MAX_RESULTS:
-                self._data.popitem(last=False)
-            self.changed.notify_all()
+        with self._lock:
+            self._put(key, value)
+            watchers = self._watchers.get(key)
+            watchers = list(watchers) if watchers else None
+        for watcher in watchers or ():
+            watcher(value)
 
     def delete(self, key: str) -> None:
-        with self.changed:
+        with self._lock:
             self._data.pop(key, None)
 
     def incr(self, key: str) -> int:
-        with self.changed:
-            current = int(self.get(key) or 0) + 1
-            self.set(key, current)
+        with self._lock:
+            current = int(self._current(key) or 0) + 1
+            self._put(key, current)
             return current
+
+    def watch(self, key: str, watcher: Callable[[Any], None]) -> Any:
+        """Call `watcher(value)` on every later write of `key`; return its value now.
+
+        Registering and reading under one lock: a write lands either before (and is
+        returned) or after (and is seen by the watcher), never in between unseen."""
+        with self._lock:
+            self._watchers.setdefault(key, []).append(watcher)
+            return self._current(key)
+
+    def unwatch(self, key: str, watcher: Callable[[Any], None]) -> None:
+        with self._lock:
+            watchers = self._watchers.get(key)
+            if watchers is None:
+                return
+            try:
+                watchers.remove(watcher)
+            except ValueError:
+                return
+            if not watchers:
+                del self._watchers[key]
+
+    def watched(self) -> int:
+        """How many keys have watchers (tests check that waiters clean up)."""
+        with self._lock:
+            return len(self._watchers)
 
 
 _STORES_GUARD = threading.Lock()
@@ -98,8 +144,10 @@ def _store_for(app: Celery) -> _ResultStore:
 class InProcessBackend(KeyValueStoreBackend):
     """A result backend living in this process's memory, shared by one app's threads.
 
-    `wait_for` sleeps on a condition variable instead of polling, so an embedded round
-    trip costs the broker's polling interval and nothing more."""
+    Results are pushed, not polled: `add_result_callback(task_id, callback)` calls back
+    when that task's result is stored (the API's job client resolves its asyncio futures
+    this way, with no thread per waiter), and `wait_for` (AsyncResult.get) sleeps on an
+    event only that result sets."""
 
     thread_safe = True
     supports_autoexpire = True
@@ -129,6 +177,45 @@ class InProcessBackend(KeyValueStoreBackend):
     def expire(self, key: bytes | str, value: Any) -> None:
         pass  # every entry already expires after result_expires
 
+    def add_result_callback(
+        self, task_id: str, callback: Callable[[dict[str, Any]], None]
+    ) -> Callable[[], None]:
+        """Call `callback(meta)` once, when the task's result is ready; return a function
+        that cancels (call it whatever happened: it also releases the registration).
+
+        `meta` is what `get_task_meta` returns (`status`, `result`, ...). The callback runs
+        in the thread that stores the result (a worker pool thread: keep it short and
+        thread-safe), or at once in this thread if the result is already there."""
+        key = _text(self.get_key_for_task(task_id))
+        fired = threading.Lock()
+
+        def on_write(value: Any) -> None:
+            meta = self._ready_meta(value)
+            if meta is None or not fired.acquire(blocking=False):
+                return  # not final yet (RETRY), or already delivered
+            self._store.unwatch(key, on_write)
+            try:
+                callback(meta)
+            except Exception:  # never let a waiter's bug fail the job that stored the result
+                log.exception("result callback for %s failed", task_id)
+
+        current = self._store.watch(key, on_write)
+        if current is not None:
+            on_write(current)
+        return lambda: self._store.unwatch(key, on_write)
+
+    def waiting(self) -> int:
+        """How many task ids have a callback (or a `wait_for`) registered right now."""
+        return self._store.watched()
+
+    def _ready_meta(self, value: Any) -> dict[str, Any] | None:
+        try:
+            meta: dict[str, Any] = self.decode_result(value)
+        except Exception:
+            log.exception("undecodable result %r", value)
+            return None
+        return meta if meta.get("status") in states.READY_STATES else None
+
     def wait_for(
         self,
         task_id: str,
@@ -137,22 +224,26 @@ class InProcessBackend(KeyValueStoreBackend):
         no_ack: bool = True,
         on_interval: Any = None,
     ) -> dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        changed = self._store.changed
-        while True:
-            meta: dict[str, Any] = self.get_task_meta(task_id, cache=False)
-            if meta["status"] in states.READY_STATES:
-                return meta
-            if on_interval:
-                on_interval()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise CeleryTimeoutError("The operation timed out.")
-            with changed:
-                # Re-check under the condition so a write between the read and the wait
-                # is not missed; wake at least every `interval` anyway.
-                if self.get_task_meta(task_id, cache=False)["status"] not in states.READY_STATES:
-                    changed.wait(interval if remaining is None else min(interval, remaining))
+        landed = threading.Event()
+        delivered: list[dict[str, Any]] = []
+
+        def deliver(meta: dict[str, Any]) -> None:
+            delivered.append(meta)
+            landed.set()
+
+        cancel = self.add_result_callback(task_id, deliver)
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if landed.wait(interval if remaining is None else max(0.0, min(interval, remaining))):
+                    return delivered[0]
+                if on_interval:
+                    on_interval()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise CeleryTimeoutError("The operation timed out.")
+        finally:
+            cancel()
 
 
 def _text(key: bytes | str) -> str:

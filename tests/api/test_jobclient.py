@@ -4,14 +4,19 @@ against real workers in tests/workers/)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from celery import Celery
+from celery.backends.base import BaseBackend
 
-from api.jobclient import InlineJobClient, job_error
+from api.jobclient import CeleryJobClient, InlineJobClient, job_error
 from api.jobclient import _value as value_of
 from pipeline import jobs
 from pipeline.errors import (
@@ -120,3 +125,110 @@ def test_time_limits_are_job_timeouts_and_bugs_are_plain_lading_errors() -> None
     assert type(crash) is LadingError and not isinstance(crash, RegistryError)
     with pytest.raises(LadingError, match="job did not complete"):
         value_of("id", "REVOKED", None)
+
+
+# --- a backend that pushes results (as the embedded worker's does) -----------------------
+
+
+class PushBackend(BaseBackend):
+    """Results handed over by the test: `finish(job_id, status, result)` from any thread."""
+
+    def __init__(self, app: Celery, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.lock = threading.Lock()
+        self.results: dict[str, dict[str, Any]] = {}
+        self.callbacks: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self.registered = threading.Condition(self.lock)
+
+    def add_result_callback(
+        self, task_id: str, callback: Callable[[dict[str, Any]], None]
+    ) -> Callable[[], None]:
+        with self.lock:
+            meta = self.results.get(task_id)
+            if meta is None:
+                self.callbacks[task_id] = callback
+                self.registered.notify_all()
+        if meta is not None:
+            callback(meta)
+
+        def cancel() -> None:
+            with self.lock:
+                self.callbacks.pop(task_id, None)
+
+        return cancel
+
+    def finish(self, task_id: str, status: str, result: Any) -> None:
+        meta = {"status": status, "result": result, "task_id": task_id}
+        with self.lock:
+            self.results[task_id] = meta
+            callback = self.callbacks.pop(task_id, None)
+        if callback is not None:
+            callback(meta)
+
+    def finish_next(self, status: str, result: Any, timeout: float = 10.0) -> threading.Thread:
+        """In another thread: wait for a waiter to register, then finish its job."""
+
+        def run() -> None:
+            with self.lock:
+                self.registered.wait_for(lambda: bool(self.callbacks), timeout)
+                task_id = next(iter(self.callbacks))
+            time.sleep(0.02)
+            self.finish(task_id, status, result)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+@pytest.fixture
+async def push() -> AsyncIterator[tuple[CeleryJobClient, PushBackend]]:
+    app = Celery("push-test", broker="memory://localhost/", backend=f"{__name__}:PushBackend",
+                 set_as_current=False)
+    client = CeleryJobClient(app)
+    backend = app.backend
+    assert isinstance(backend, PushBackend) and not client.uses_pubsub
+    yield client, backend
+    await client.aclose()
+    with app.connection_for_write() as conn:  # the memory broker is process-wide: leave it empty
+        channel = conn.default_channel
+        while channel.basic_get(jobs.INGEST, no_ack=True) is not None:
+            pass
+
+
+async def test_a_pushed_result_resolves_the_waiting_request_from_another_thread(
+    push: tuple[CeleryJobClient, PushBackend],
+) -> None:
+    client, backend = push
+    finisher = backend.finish_next("SUCCESS", jobs.ok({"digest": "sha256:x", "size": 1}))
+    value = await client.run(jobs.COMMIT_BLOB, 10, repository="a/b", upload_id="u", digest="sha256:x", size=1)
+    finisher.join(5)
+    assert value == {"digest": "sha256:x", "size": 1}
+    assert backend.callbacks == {}
+
+    finisher = backend.finish_next("SUCCESS", jobs.failed(DigestInvalid("sha256:x")))
+    with pytest.raises(DigestInvalid):
+        await client.run(jobs.COMMIT_BLOB, 10, repository="a/b", upload_id="u", digest="sha256:x", size=1)
+    finisher.join(5)
+
+
+async def test_a_result_pushed_before_the_wait_is_returned_at_once(
+    push: tuple[CeleryJobClient, PushBackend],
+) -> None:
+    client, backend = push
+    job_id = client.send(jobs.COMMIT_BLOB, repository="a/b", upload_id="u", digest="sha256:x", size=1)
+    backend.finish(job_id, "FAILURE", StorageUnavailable("SlowDown"))
+    with pytest.raises(StorageUnavailable):
+        await client.wait(job_id, 10)
+    assert backend.callbacks == {}
+
+
+async def test_a_pushed_wait_that_runs_out_is_a_job_timeout_and_leaves_nothing_registered(
+    push: tuple[CeleryJobClient, PushBackend],
+) -> None:
+    client, backend = push
+    results = await asyncio.gather(
+        *(client.wait(f"never-{i}", 0.1) for i in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(r, JobTimeout) for r in results)
+    assert backend.callbacks == {}
+    backend.finish("never-0", "SUCCESS", jobs.ok())  # too late: nobody is called, nothing breaks

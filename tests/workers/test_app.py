@@ -3,11 +3,14 @@ configuration the notes call for (late acks, visibility timeouts, serializers, b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from celery import _state as celery_state
 from celery import current_app
 
 from pipeline import jobs
+from pipeline.config import load_settings
 from pipeline.errors import ConfigurationError, StorageUnavailable
 from pipeline.settings import CelerySettings, MaintenanceSettings, Settings, StorageSettings, UploadPurging
 from workers.app import create_app
@@ -76,6 +79,28 @@ def test_extra_settings_go_last_and_merge_transport_options() -> None:
     ).conf
     assert conf.worker_prefetch_multiplier == 4
     assert conf.broker_transport_options["visibility_timeout"] == 5
+
+
+def test_task_events_are_off_in_embedded_mode_unless_asked_for() -> None:
+    # Nothing outside the process can attach to the in-memory broker: events would cost
+    # a fifth of the worker's time for nobody.
+    conf = create_app(Settings(storage=StorageSettings(driver="inmemory"))).conf
+    assert not conf.worker_send_task_events and not conf.task_send_sent_event
+    asked = CelerySettings(extra={"worker_send_task_events": True, "task_send_sent_event": True})
+    conf = create_app(Settings(storage=StorageSettings(driver="inmemory"), celery=asked)).conf
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+
+
+def test_an_operator_can_turn_task_events_off_in_config_yml(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "storage: {inmemory: {}}\n"
+        f"celery: {{broker_url: '{REDIS}', worker_send_task_events: false, task_send_sent_event: false}}\n"
+    )
+    conf = create_app(load_settings(str(config), {})).conf
+    assert conf.worker_send_task_events is False and conf.task_send_sent_event is False
+    assert conf.broker_url == REDIS
 
 
 def test_a_non_redis_broker_needs_a_result_backend() -> None:

@@ -3,12 +3,17 @@ job client on the same app, the same task code as a scaled-out worker."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import _state as celery_state
+from celery import states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
 from celery.signals import task_postrun
 
 from api.jobclient import CeleryJobClient
@@ -22,7 +27,7 @@ from pipeline.storage.driver import FileInfo
 from pipeline.storage.memory import MemoryDriver
 from tests.workers.conftest import LoopThread, sha256, upload
 from workers.app import create_app
-from workers.embedded import EmbeddedWorker, start_embedded_worker
+from workers.embedded import EmbeddedWorker, InProcessBackend, start_embedded_worker
 
 
 class FlakyDriver(MemoryDriver):
@@ -119,3 +124,103 @@ def test_the_running_worker_makes_its_app_the_default(
     e, worker = embedded
     assert worker.alive
     assert celery_state.default_app is e.app
+
+
+def test_concurrent_commits_each_get_their_own_result(
+    loop: LoopThread, embedded: tuple[Embedded, EmbeddedWorker]
+) -> None:
+    e, _ = embedded
+    blobs = [f"concurrent blob {i}".encode() for i in range(32)]
+    uploads = [upload(e.registry, "emb/many", data) for data in blobs]
+
+    async def commit_all() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(
+            e.client.run(jobs.COMMIT_BLOB, 60, repository="emb/many", upload_id=upload_id,
+                         digest=sha256(data), size=len(data))
+            for upload_id, data in zip(uploads, blobs, strict=True)
+        ))
+
+    values = loop.run(commit_all())
+    assert values == [{"digest": sha256(data), "size": len(data)} for data in blobs]
+    assert backend(e).waiting() == 0
+
+
+def test_waiting_takes_no_thread_per_request_and_timeouts_clean_up(
+    loop: LoopThread, embedded: tuple[Embedded, EmbeddedWorker]
+) -> None:
+    e, _ = embedded
+    before = threading.active_count()
+    most = before
+
+    async def wait_for_nothing(n: int) -> list[BaseException | dict[str, Any]]:
+        nonlocal most
+        waits = [asyncio.ensure_future(e.client.wait(f"never-sent-{n}-{i}", 0.5)) for i in range(n)]
+        await asyncio.sleep(0.1)  # every wait registered and pending
+        most = max(most, threading.active_count())
+        assert backend(e).waiting() == n
+        return await asyncio.gather(*waits, return_exceptions=True)
+
+    outcomes = loop.run(wait_for_nothing(64))
+    assert all(isinstance(outcome, JobTimeout) for outcome in outcomes)
+    assert most - before < 8  # the previous design parked one thread per waiting request
+    assert backend(e).waiting() == 0
+
+
+def test_a_result_that_landed_before_the_wait_is_found(
+    loop: LoopThread, embedded: tuple[Embedded, EmbeddedWorker]
+) -> None:
+    e, _ = embedded
+    data = b"done before anyone asked"
+    upload_id = upload(e.registry, "emb/early", data)
+    job_id = e.client.send(jobs.COMMIT_BLOB, repository="emb/early", upload_id=upload_id,
+                           digest=sha256(data), size=len(data))
+    deadline = time.monotonic() + 30
+    while backend(e).get_task_meta(job_id, cache=False)["status"] != states.SUCCESS:
+        assert time.monotonic() < deadline, "the job never finished"
+        time.sleep(0.01)
+    assert loop.run(e.client.wait(job_id, 5)) == {"digest": sha256(data), "size": len(data)}
+    assert backend(e).waiting() == 0
+
+
+def test_async_result_get_works_on_the_embedded_backend(embedded: tuple[Embedded, EmbeddedWorker]) -> None:
+    e, _ = embedded
+    data = b"awaited the Celery way"
+    upload_id = upload(e.registry, "emb/get", data)
+    job_id = e.client.send(jobs.COMMIT_BLOB, repository="emb/get", upload_id=upload_id,
+                           digest=sha256(data), size=len(data))
+    envelope = AsyncResult(job_id, app=e.app).get(timeout=30, disable_sync_subtasks=False)
+    assert jobs.unwrap(envelope) == {"digest": sha256(data), "size": len(data)}
+    with pytest.raises(CeleryTimeoutError):
+        AsyncResult("never-sent", app=e.app).get(timeout=0.2, interval=0.05, disable_sync_subtasks=False)
+    assert backend(e).waiting() == 0
+
+
+def test_result_callbacks_fire_once_on_the_final_state_only() -> None:
+    app = create_app(Settings(storage=StorageSettings(driver="inmemory")))
+    store: InProcessBackend = app.backend
+    seen: list[tuple[str, Any]] = []
+
+    def record(meta: dict[str, Any]) -> None:
+        seen.append((meta["status"], meta["result"]))
+
+    cancel = store.add_result_callback("job-1", record)
+    store.store_result("job-1", StorageUnavailable("SlowDown"), states.RETRY)
+    assert seen == []  # a retry is not a result
+    store.store_result("job-1", jobs.ok({"n": 1}), states.SUCCESS)
+    store.store_result("job-1", jobs.ok({"n": 2}), states.SUCCESS)
+    assert seen == [(states.SUCCESS, jobs.ok({"n": 1}))]
+    cancel()  # harmless after it fired
+
+    store.add_result_callback("job-1", record)  # registered after the result: called at once
+    assert seen[-1] == (states.SUCCESS, jobs.ok({"n": 1}))
+
+    cancel = store.add_result_callback("job-2", record)
+    cancel()
+    store.store_result("job-2", jobs.ok(), states.SUCCESS)
+    assert len(seen) == 2
+    assert store.waiting() == 0
+
+
+def backend(e: Embedded) -> InProcessBackend:
+    result: InProcessBackend = e.app.backend
+    return result
