@@ -89,7 +89,7 @@ def assemble(settings: Settings) -> Assembly:
         app = create_api(
             settings, registry, observed_jobs, access, lifespan=_lifespan(jobs), version_header=False
         )
-        asgi = _observe(app, settings, registry, metrics, worker)
+        asgi = _observe(app, settings, registry, metrics, worker, access)
     except BaseException:
         for closer in reversed(closers):
             closer()
@@ -132,7 +132,9 @@ def _lifespan(jobs: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     return lifespan
 
 
-def _observe(app: Any, settings: Settings, registry: Registry, metrics: Metrics, worker: Any) -> ASGIApp:
+def _observe(
+    app: Any, settings: Settings, registry: Registry, metrics: Metrics, worker: Any, access: Any = None
+) -> ASGIApp:
     """`app` in one RequestMiddleware (api.middleware) doing the request log, metrics, the
     API version header and the health and metrics endpoints, each part only if the api app
     does not do it itself."""
@@ -143,8 +145,14 @@ def _observe(app: Any, settings: Settings, registry: Registry, metrics: Metrics,
     if getattr(state, "metrics", None) is None and MetricsMiddleware not in user_middleware:
         http = settings.http
         counted = metrics
-        if http.metrics_enabled and not http.metrics_addr and not http.metrics_protected:
-            endpoints[http.metrics_path] = metrics_endpoint(metrics)
+        if http.metrics_enabled and not http.metrics_addr:
+            endpoint = metrics_endpoint(metrics)
+            if http.metrics_protected:
+                if access is None:
+                    log.warning("lading.metrics.protected is set but no auth is configured: /metrics is open")
+                else:
+                    endpoint = _authenticated(endpoint, access)
+            endpoints[http.metrics_path] = endpoint
         if state is not None:
             state.metrics = metrics
         _add_queue_depth(settings, metrics)
@@ -152,8 +160,10 @@ def _observe(app: Any, settings: Settings, registry: Registry, metrics: Metrics,
         alive = (lambda: bool(worker.alive)) if worker is not None else None
         check = HealthCheck(settings, registry.driver, embedded_alive=alive)
         endpoints[settings.http.health_path] = _health_endpoint(check)
-    log = RequestLog() if RequestLogMiddleware not in user_middleware else None
-    return RequestMiddleware(app, log=log, metrics=counted, headers=VERSION_HEADERS, endpoints=endpoints)
+    request_log = RequestLog() if RequestLogMiddleware not in user_middleware else None
+    return RequestMiddleware(
+        app, log=request_log, metrics=counted, headers=VERSION_HEADERS, endpoints=endpoints
+    )
 
 
 def _add_queue_depth(settings: Settings, metrics: Metrics) -> None:
@@ -166,6 +176,25 @@ def _add_queue_depth(settings: Settings, metrics: Metrics) -> None:
 
 def _has_route(app: Any, path: str) -> bool:
     return any(getattr(route, "path", None) == path for route in getattr(app, "routes", ()))
+
+
+def _authenticated(endpoint: ASGIApp, access: Any) -> ASGIApp:
+    """`endpoint` answered only to a caller the registry's auth accepts (as for GET /v2/)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        from starlette.requests import Request
+
+        from api.errors import error_response
+        from pipeline.errors import LadingError
+
+        try:
+            await access.authorize(Request(scope, receive), None, set())
+        except LadingError as exc:
+            await error_response(exc, head=scope.get("method") == "HEAD")(scope, receive, send)
+            return
+        await endpoint(scope, receive, send)
+
+    return guarded
 
 
 def _health_endpoint(check: HealthCheck) -> ASGIApp:

@@ -32,7 +32,7 @@ lading:
       expiration: 5m
       path: /auth/token
   http: {keepalive: 30s}       # idle keep-alive of client connections
-  metrics: {protected: false}   # true: /metrics needs the same credentials as pulls
+  metrics: {protected: false}   # true: /metrics needs credentials the registry accepts (as GET /v2/)
   health: {path: /healthz}
 ```
 

@@ -11,7 +11,7 @@ import pytest
 from celery.signals import task_retry
 
 from lading.embedded import Assembly, _count_retries, _redacted, assemble
-from pipeline.settings import AuthSettings, HtpasswdAuth, Settings, StorageSettings
+from pipeline.settings import AuthSettings, HtpasswdAuth, HttpSettings, Settings, StorageSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +65,32 @@ async def test_configured_htpasswd_auth_is_enforced(tmp_path: Path) -> None:
         assembly.close()
     assert not assembly.worker.alive  # close() stopped the in-process worker
     assembly.close()  # and is idempotent
+
+
+@pytest.mark.parametrize("protected", [False, True])
+async def test_metrics_open_or_protected_by_the_registrys_auth(tmp_path: Path, protected: bool) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    settings = Settings(
+        storage=StorageSettings(root=str(tmp_path / "data")),
+        auth=AuthSettings(htpasswd=HtpasswdAuth(realm="test-realm", path=str(htpasswd))),
+        http=HttpSettings(metrics_protected=protected),
+    )
+    assembly = assemble(settings)
+    try:
+        async with client(assembly) as c:
+            anonymous = await c.get("/metrics")
+            if protected:
+                assert anonymous.status_code == 401
+                assert "test-realm" in anonymous.headers["www-authenticate"]
+                assert anonymous.json()["errors"][0]["code"] == "UNAUTHORIZED"
+                assert (await c.get("/metrics", auth=("alice", "wrong"))).status_code == 401
+            else:
+                assert anonymous.status_code == 200
+            authorized = await c.get("/metrics", auth=("alice", "wonderland"))
+            assert authorized.status_code == 200 and "lading_http_requests" in authorized.text
+    finally:
+        assembly.close()
 
 
 def test_retries_of_this_app_are_counted(embedded: Assembly) -> None:
