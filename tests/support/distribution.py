@@ -36,11 +36,12 @@ def registry_binary() -> str:
 
 
 @contextmanager
-def distribution(root: Path, workdir: Path) -> Iterator[str]:
-    """Start distribution with filesystem storage at `root`; yield its `host:port`."""
+def distribution(root: Path, workdir: Path, extra: str = "") -> Iterator[str]:
+    """Start distribution with filesystem storage at `root`; yield its `host:port`.
+    `extra` is appended to the config, with `{port}` replaced by the chosen port."""
     port = free_port()
     config = workdir / f"distribution-{port}.yml"
-    config.write_text(CONFIG.format(root=root, port=port))
+    config.write_text(CONFIG.format(root=root, port=port) + extra.replace("{port}", str(port)))
     log = open(workdir / f"distribution-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([registry_binary(), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:

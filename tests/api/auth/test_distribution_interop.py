@@ -8,7 +8,6 @@ Fails (does not skip) when `docker-registry` is missing.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,27 +26,16 @@ from tests.api.auth.conftest import (
     write_htpasswd,
     write_private_key,
 )
-from tests.support.distribution import registry_binary
-from tests.support.net import free_port, wait_http
+from tests.support.distribution import distribution
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {root}
-http:
-  addr: 127.0.0.1:{port}
-auth:
+AUTH = """auth:
   token:
     realm: http://127.0.0.1:{port}/auth/token
-    service: {service}
-    issuer: {issuer}
-    rootcertbundle: {bundle}
+    service: %s
+    issuer: %s
+    rootcertbundle: %s
 """
 
 
@@ -59,24 +47,9 @@ def setup(tmp_path: Path, client_for: Any) -> Iterator[tuple[Any, str]]:
     htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "wonderland"})
     client, _ = client_for(token_settings(builtin_htpasswd=str(htpasswd), builtin_signing_key=str(signing)))
 
-    port = free_port()
-    config = tmp_path / "distribution.yml"
-    config.write_text(
-        CONFIG.format(root=tmp_path / "data", port=port, service=SERVICE, issuer=ISSUER, bundle=bundle)
-    )
-    with open(tmp_path / "distribution.log", "wb") as log:
-        command = [registry_binary(), "serve", str(config)]
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/v2/", proc=proc)
-            yield client, f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    auth = AUTH % (SERVICE, ISSUER, bundle)
+    with distribution(tmp_path / "data", tmp_path, extra=auth) as host:
+        yield client, f"http://{host}"
 
 
 def test_distribution_accepts_lading_tokens(setup: tuple[Any, str]) -> None:
