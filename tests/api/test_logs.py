@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.logs import JsonFormatter, RequestLogMiddleware, current_request_id
+from tests.api.helpers import json_lines, json_log
 
 pytestmark = pytest.mark.anyio
 
@@ -30,22 +31,12 @@ def anyio_backend() -> str:
 @pytest.fixture
 def log_lines() -> Iterator[io.StringIO]:
     """Everything logged under `lading.` (access log and app logs) as JSON lines."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("lading")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with json_log("lading") as stream:
         yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def entries(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    return json_lines(stream)
 
 
 def access_entries(stream: io.StringIO) -> list[dict[str, Any]]:

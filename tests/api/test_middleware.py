@@ -4,8 +4,6 @@ log and the endpoints answered before the app, as `lading serve` wraps the regis
 from __future__ import annotations
 
 import io
-import json
-import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,9 +16,10 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.app import VERSION_HEADERS
-from api.logs import JsonFormatter, RequestLog, current_request_id
+from api.logs import RequestLog, current_request_id
 from api.metrics import Metrics, metrics_endpoint
 from api.middleware import RequestMiddleware
+from tests.api.helpers import json_lines, json_log
 
 pytestmark = pytest.mark.anyio
 
@@ -34,22 +33,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def access_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("lading.access")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with json_log("lading.access") as stream:
         yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    return json_lines(stream)
 
 
 def count(metrics: Metrics, name: str, **labels: str) -> float | None:
