@@ -15,6 +15,7 @@ from pipeline.settings import CelerySettings, HttpSettings, Settings, StorageSet
 from pipeline.storage.driver import FileInfo
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver
+from tests.support import redis_server
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +75,7 @@ async def test_unreachable_redis_broker_is_503() -> None:
 
 
 async def test_reachable_redis_broker_is_healthy() -> None:
-    settings = Settings(celery=CelerySettings(broker_url="redis://127.0.0.1:6379/0"))
+    settings = Settings(celery=CelerySettings(broker_url=redis_server.url(0)))
     response = await get(app_for(settings, MemoryDriver()))
     assert response.status_code == 200 and response.json()["checks"]["broker"] == {"ok": True}
 

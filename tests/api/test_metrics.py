@@ -28,11 +28,12 @@ from pipeline.maintenance import garbage_collect, scrub
 from pipeline.manifest_commit import delete_manifest
 from pipeline.settings import CelerySettings, HttpSettings, NotificationEndpoint, Settings
 from tests.pipeline.maintenance.helpers import age_blobs, flip_byte, fs_registry, push_image
+from tests.support import redis_server
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.anyio
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = redis_server.url(0)
 
 
 @pytest.fixture

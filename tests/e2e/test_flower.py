@@ -25,14 +25,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lading.procs import Running, celery_command, lading_command, process_env, running
-from tests.support import skopeo
+from tests.support import redis_server, skopeo
 from tests.support.images import make_image, write_oci_layout
 from tests.support.net import free_port, wait_http
 
 pytestmark = pytest.mark.e2e
 
 REDIS_DB = 12  # this test's own database on the shared Redis, flushed first
-BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
+BROKER = redis_server.url(REDIS_DB)
 FLOWER_AUTH = ("flower-user", "flower-pass")
 
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def flower_get(flower: str, path: str, **params: Any) -> Any:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("flower")
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    redis.Redis.from_url(BROKER).flushdb()
     port, flower_port = free_port(), free_port()
     config = tmp / "config.yml"
     config.write_text(

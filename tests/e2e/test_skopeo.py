@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import skopeo
+from tests.support import redis_server, skopeo
 from tests.support.distribution import distribution
 from tests.support.images import make_image, read_oci_layout, write_oci_layout
 from tests.support.lading import lading_embedded, lading_scaled
@@ -29,8 +29,8 @@ def lading(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     else:
         import redis
 
-        redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
-        url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        url = redis_server.url(REDIS_DB)
+        redis.Redis.from_url(url).flushdb()
         with lading_scaled(workdir / "root", workdir, url, url, workers=1) as host:
             yield host
 

@@ -2,7 +2,7 @@
 built from a config file like production, one asyncio loop thread standing in for the
 API's event loop, and helpers to upload bytes the way the API does.
 
-Redis must be running on 127.0.0.1:6379: the tests fail, never skip, without it.
+Redis is the test session's own redis-server (tests.support.redis_server).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from pipeline.config import load_settings
 from pipeline.jobs import QUEUES
 from pipeline.registry import Registry
 from pipeline.settings import Settings
+from tests.support import redis_server
 from workers.app import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = redis_server.url(7)
 T = TypeVar("T")
 
 

@@ -13,12 +13,13 @@ from pipeline import jobs
 from pipeline.config import load_settings
 from pipeline.errors import ConfigurationError, StorageUnavailable
 from pipeline.settings import CelerySettings, MaintenanceSettings, Settings, StorageSettings, UploadPurging
+from tests.support import redis_server
 from workers.app import create_app
 from workers.beat import beat_schedule
 from workers.embedded import InProcessBackend
 from workers.tasks import POLICIES
 
-REDIS = "redis://127.0.0.1:6379/7"
+REDIS = redis_server.url(7)
 
 
 def redis_settings(**extra: object) -> Settings:

@@ -25,6 +25,7 @@ import pytest
 from pipeline import jobs
 from pipeline.digest import Digest
 from pipeline.errors import BlobUploadUnknown
+from tests.support import redis_server
 from tests.workers.conftest import (
     Deployment,
     LoopThread,
@@ -37,7 +38,7 @@ from tests.workers.conftest import (
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/8"
+REDIS_URL = redis_server.url(8)
 SIZE = 256 * 1024 * 1024
 CHUNK = 4 * 1024 * 1024
 

@@ -11,6 +11,7 @@ import pytest
 from pipeline.errors import TooManyRequests
 from pipeline.locks import LocalLocks
 from pipeline.settings import CelerySettings, Settings
+from tests.support import redis_server
 from workers.locks import KEY_PREFIX, RedisLocks, locks_for
 
 
@@ -83,7 +84,7 @@ def test_a_dead_holders_lock_expires(server: fakeredis.FakeServer) -> None:
 
 
 def test_locks_for_picks_redis_when_redis_is_configured() -> None:
-    redis_url = "redis://127.0.0.1:6379/7"
+    redis_url = redis_server.url(7)
     assert isinstance(locks_for(Settings(celery=CelerySettings(broker_url=redis_url))), RedisLocks)
     amqp = CelerySettings(broker_url="amqp://guest:guest@127.0.0.1:5672//", result_backend=redis_url)
     assert isinstance(locks_for(Settings(celery=amqp)), RedisLocks)

@@ -26,12 +26,13 @@ from pipeline.errors import BlobCorrupt, BlobUnknown, ManifestBlobUnknown
 from pipeline.manifest_commit import delete_manifest
 from pipeline.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.registry import Registry
+from tests.support import redis_server
 from tests.workers.conftest import Deployment, LoopThread, WorkerProcess, flush, require_redis, settings_from
 from workers.locks import locks_for
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_server.url(9)
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 PUSHES = 240
 PUSH_THREADS = 4

@@ -21,11 +21,12 @@ import yaml
 
 from pipeline import events, jobs
 from tests.pipeline.maintenance.webhook import Receiver, free_port
+from tests.support import redis_server
 from tests.workers.conftest import Deployment, LoopThread, WorkerProcess, flush, require_redis, settings_from
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_server.url(10)
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 WAIT = 180.0  # bound on any delivery wait; backoff countdowns here stay well below it
 

@@ -1,0 +1,106 @@
+"""The test session's own `redis-server`, so tests never share a database with anything
+else on the machine (another checkout's test run, a developer's registry, a CI neighbour).
+
+`start()` runs one `redis-server` on a free loopback port in a temporary directory, with
+no persistence, and exports its URL as `LADING_TEST_REDIS` before test modules are
+imported (the root conftest calls it from `pytest_configure`); `url(db)` builds the URL
+of one database of it. Subprocesses a test starts (workers, Flower, `lading serve`) get
+that URL through the configuration the test writes, never by looking at 6379.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import redis
+
+from tests.support.net import free_port
+
+ENV = "LADING_TEST_REDIS"
+
+
+def url(db: int = 0) -> str:
+    """`redis://127.0.0.1:<port>/<db>` of the session's own server."""
+    base = os.environ.get(ENV)
+    if not base:
+        raise RuntimeError(f"{ENV} is not set: the root conftest starts the test redis-server")
+    return f"{base}/{db}"
+
+
+def port() -> int:
+    return int(url().rsplit(":", 1)[1].split("/", 1)[0])
+
+
+class RedisServer:
+    """One `redis-server` on a free loopback port in `workdir`, without persistence."""
+
+    def __init__(self, workdir: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: .ci/run installs it (apt redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--databases",
+                "32",
+                "--logfile",
+                os.path.join(workdir, "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if self._proc.poll() is not None or time.monotonic() > deadline:
+                        self._proc.kill()
+                        raise RuntimeError(f"test redis-server did not start on port {self.port}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+
+def start() -> RedisServer | None:
+    """Start the session's redis-server (unless `LADING_TEST_REDIS` names one already,
+    e.g. a nested run); stopped at interpreter exit."""
+    if os.environ.get(ENV):
+        return None
+    workdir = tempfile.mkdtemp(prefix="lading-test-redis-")
+    server = RedisServer(workdir)
+    os.environ[ENV] = server.url
+
+    def stop() -> None:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    atexit.register(stop)
+    return server
