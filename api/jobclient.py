@@ -236,7 +236,10 @@ class _Sender:
         app = self._app
         amqp = app.amqp
         message = amqp.create_task_message(
-            job_id, job, (), kwargs,
+            job_id,
+            job,
+            (),
+            kwargs,
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
             create_sent_event=app.conf.task_send_sent_event,

@@ -27,8 +27,11 @@ from bench.report import medians, render, write_json
 from bench.scenarios import PROFILES, SCENARIOS, Measurement, run_scenario, warm_up
 from bench.targets import TARGET_NAMES, Target, lading_ready, start_target
 
-EPILOG = """scenarios (--scenarios, comma-separated; default all):
-""" + "\n".join(f"  {name:<20} {s.title}" for name, s in SCENARIOS.items()) + """
+EPILOG = (
+    """scenarios (--scenarios, comma-separated; default all):
+"""
+    + "\n".join(f"  {name:<20} {s.title}" for name, s in SCENARIOS.items())
+    + """
 
 examples:
   python -m bench                              full run (7-9 min on 2 cores)
@@ -36,6 +39,7 @@ examples:
   python -m bench --scenarios push-small-c8,ci-batch-async-c16 --repeat 3
   python -m bench --targets distribution,lading-embedded --worker-pool prefork
 """
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,8 +55,10 @@ async def measure(client: CeleryJobClient, upload_id: str, n: int, concurrency: 
     for _ in range(20):  # warm up connections, pools, imports
         await once()
     sequential = [await once() for _ in range(n)]
-    print(f"  sequential  n={n}: p50 {percentile(sequential, 50) * 1e3:.2f} ms  "
-          f"p99 {percentile(sequential, 99) * 1e3:.2f} ms  mean {statistics.mean(sequential) * 1e3:.2f} ms")
+    print(
+        f"  sequential  n={n}: p50 {percentile(sequential, 50) * 1e3:.2f} ms  "
+        f"p99 {percentile(sequential, 99) * 1e3:.2f} ms  mean {statistics.mean(sequential) * 1e3:.2f} ms"
+    )
 
     gate = asyncio.Semaphore(concurrency)
 
@@ -67,8 +69,10 @@ async def measure(client: CeleryJobClient, upload_id: str, n: int, concurrency: 
     start = time.perf_counter()
     parallel = await asyncio.gather(*(gated() for _ in range(n)))
     elapsed = time.perf_counter() - start
-    print(f"  {concurrency} in flight n={n}: p50 {percentile(parallel, 50) * 1e3:.2f} ms  "
-          f"p99 {percentile(parallel, 99) * 1e3:.2f} ms  {n / elapsed:.0f} jobs/s")
+    print(
+        f"  {concurrency} in flight n={n}: p50 {percentile(parallel, 50) * 1e3:.2f} ms  "
+        f"p99 {percentile(parallel, 99) * 1e3:.2f} ms  {n / elapsed:.0f} jobs/s"
+    )
     await client.aclose()
 
 
@@ -82,20 +86,47 @@ def bench_redis(redis_url: str, n: int, concurrency: int) -> None:
     redis.Redis.from_url(redis_url).flushdb()
     with tempfile.TemporaryDirectory(prefix="lading-bench-") as tmp:
         config = Path(tmp) / "config.yml"
-        config.write_text(yaml.safe_dump({
-            "version": 0.1,
-            "storage": {"filesystem": {"rootdirectory": f"{tmp}/root"},
-                        "maintenance": {"uploadpurging": {"enabled": False}}},
-            "celery": {"broker_url": redis_url, "result_backend": redis_url},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "version": 0.1,
+                    "storage": {
+                        "filesystem": {"rootdirectory": f"{tmp}/root"},
+                        "maintenance": {"uploadpurging": {"enabled": False}},
+                    },
+                    "celery": {"broker_url": redis_url, "result_backend": redis_url},
+                }
+            )
+        )
         settings = load_settings(str(config), {})
         env = {**os.environ, "LADING_CONFIG": str(config), "PYTHONPATH": str(REPO_ROOT)}
         log = open(Path(tmp) / "worker.log", "wb")  # noqa: SIM115
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "-P", "prefork", "-c", "2",
-             "-Q", ",".join(jobs.QUEUES), "--without-mingle", "--without-gossip", "-l", "WARNING",
-             "-n", "lading-bench@localhost"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.main",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                "2",
+                "-Q",
+                ",".join(jobs.QUEUES),
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "WARNING",
+                "-n",
+                "lading-bench@localhost",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             registry = Registry.from_settings(settings)
@@ -116,8 +147,10 @@ def bench_embedded(n: int, concurrency: int) -> None:
     app = create_app(settings, registry=registry)
     worker = start_embedded_worker(app, concurrency=settings.celery.embedded_concurrency)
     try:
-        print(f"embedded (memory broker, in-process threads worker, concurrency "
-              f"{settings.celery.embedded_concurrency}):")
+        print(
+            f"embedded (memory broker, in-process threads worker, concurrency "
+            f"{settings.celery.embedded_concurrency}):"
+        )
         asyncio.run(measure(CeleryJobClient(app), tiny_upload(registry), n, concurrency))
     finally:
         worker.stop()

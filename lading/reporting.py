@@ -192,9 +192,7 @@ def _scrub(result: Mapping[str, Any]) -> list[str]:
     missing = list(result.get("missing") or [])
     if corrupt:
         lines.append(f"  {_plural(len(corrupt), 'corrupt blob')} (stored bytes no longer match the digest):")
-        lines += _listed(
-            [f"{c['digest']} ({human_bytes(c.get('size', 0))}) - {_impact(c)}" for c in corrupt]
-        )
+        lines += _listed([f"{c['digest']} ({human_bytes(c.get('size', 0))}) - {_impact(c)}" for c in corrupt])
     if missing:
         lines.append(f"  {_plural(len(missing), 'missing blob')} (referenced but not stored):")
         lines += _listed([f"{m['digest']} - {_impact(m)}" for m in missing])

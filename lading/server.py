@@ -27,6 +27,7 @@ __all__ = ["serve", "uvicorn_config"]
 
 log = logging.getLogger("lading.server")
 
+
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     host, port = parse_addr(settings.http.addr)
     http = settings.http

@@ -247,4 +247,3 @@ class ResumableHash:
         ctx.md_len = spec.digest_size
         h._count = length
         return h
-

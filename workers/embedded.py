@@ -291,7 +291,6 @@ class EmbeddedWorker:
         if self._thread.is_alive():
             raise RuntimeError("embedded worker thread did not exit")
 
-
     def _wake(self) -> None:
         # The loop checks the flag between broker reads, and a read of the polled memory
         # transport lasts up to 2 s; a remote-control message ends a read at once. Two:

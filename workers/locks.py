@@ -125,7 +125,5 @@ def locks_for(settings: Settings) -> RepositoryLocks:
     if url is not None:
         return RedisLocks.from_url(url)
     if not settings.celery.embedded:
-        log.warning(
-            "no Redis configured: repository locks are per process, so run a single worker process"
-        )
+        log.warning("no Redis configured: repository locks are per process, so run a single worker process")
     return LocalLocks()

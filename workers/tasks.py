@@ -49,21 +49,36 @@ class JobPolicy:
 
 # A commit re-reads what the saved hash state has not covered and moves the data: a
 # multi-GB blob on slow storage takes minutes, so an hour is the bound, not the norm.
-_BIG_BLOB = JobPolicy(soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1,
-                      retry_backoff_max=30)
-_VERIFY_BLOB = JobPolicy(soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1,
-                         retry_backoff_max=60)
+_BIG_BLOB = JobPolicy(
+    soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1, retry_backoff_max=30
+)
+_VERIFY_BLOB = JobPolicy(
+    soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1, retry_backoff_max=60
+)
 # Bounded by the 4 MiB manifest and one stat per reference, but it may wait for the
 # repository lock behind other commits.
-_MANIFEST = JobPolicy(soft_time_limit=900, time_limit=960, max_retries=5, retry_backoff=1,
-                      retry_backoff_max=60)
+_MANIFEST = JobPolicy(
+    soft_time_limit=900, time_limit=960, max_retries=5, retry_backoff=1, retry_backoff_max=60
+)
 # Maintenance walks the whole store and is re-triggered by beat: acknowledged on receipt.
-_MAINTENANCE = JobPolicy(soft_time_limit=6 * HOUR, time_limit=6 * HOUR + 120, max_retries=3,
-                         retry_backoff=30, retry_backoff_max=600, acks_late=False)
+_MAINTENANCE = JobPolicy(
+    soft_time_limit=6 * HOUR,
+    time_limit=6 * HOUR + 120,
+    max_retries=3,
+    retry_backoff=30,
+    retry_backoff_max=600,
+    acks_late=False,
+)
 # One webhook delivery is one short HTTP request; an endpoint that is down is retried 15
 # times, countdowns 2 s doubling up to 10 min: ~75 min at most, ~40 min on average (jitter).
-_NOTIFY = JobPolicy(soft_time_limit=60, time_limit=90, max_retries=15, retry_backoff=2,
-                    retry_backoff_max=600, retry_for=(StorageUnavailable, DeliveryFailed))
+_NOTIFY = JobPolicy(
+    soft_time_limit=60,
+    time_limit=90,
+    max_retries=15,
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_for=(StorageUnavailable, DeliveryFailed),
+)
 
 POLICIES: dict[str, JobPolicy] = {
     jobs.COMMIT_BLOB: _BIG_BLOB,

@@ -42,8 +42,9 @@ async def test_inline_client_runs_a_commit() -> None:
     status = registry.uploads.create("a/b")
     registry.uploads.append("a/b", status.upload_id, b"bytes")
     client = InlineJobClient(registry)
-    value = await client.run(jobs.COMMIT_BLOB, 5, repository="a/b", upload_id=status.upload_id,
-                             digest=sha256(b"bytes"), size=5)
+    value = await client.run(
+        jobs.COMMIT_BLOB, 5, repository="a/b", upload_id=status.upload_id, digest=sha256(b"bytes"), size=5
+    )
     assert value == {"digest": sha256(b"bytes"), "size": 5}
     client.close()
 
@@ -53,8 +54,9 @@ async def test_inline_client_raises_the_jobs_domain_error() -> None:
     status = registry.uploads.create("a/b")
     registry.uploads.append("a/b", status.upload_id, b"bytes")
     client = InlineJobClient(registry)
-    job_id = client.send(jobs.COMMIT_BLOB, repository="a/b", upload_id=status.upload_id,
-                         digest=sha256(b"other"), size=None)
+    job_id = client.send(
+        jobs.COMMIT_BLOB, repository="a/b", upload_id=status.upload_id, digest=sha256(b"other"), size=None
+    )
     with pytest.raises(DigestInvalid):
         await client.wait(job_id, 5)
     client.close()
@@ -110,8 +112,11 @@ def test_a_success_envelope_is_unwrapped() -> None:
 
 
 def test_a_task_that_ran_out_of_storage_retries_is_storage_unavailable() -> None:
-    stored = {"exc_type": "StorageUnavailable", "exc_module": "pipeline.errors",
-              "exc_message": ["storage temporarily unavailable: SlowDown"]}
+    stored = {
+        "exc_type": "StorageUnavailable",
+        "exc_module": "pipeline.errors",
+        "exc_message": ["storage temporarily unavailable: SlowDown"],
+    }
     with pytest.raises(StorageUnavailable, match="SlowDown"):
         value_of("id", "FAILURE", stored)
     with pytest.raises(StorageUnavailable):
@@ -182,8 +187,9 @@ class PushBackend(BaseBackend):
 
 @pytest.fixture
 async def push() -> AsyncIterator[tuple[CeleryJobClient, PushBackend]]:
-    app = Celery("push-test", broker="memory://localhost/", backend=f"{__name__}:PushBackend",
-                 set_as_current=False)
+    app = Celery(
+        "push-test", broker="memory://localhost/", backend=f"{__name__}:PushBackend", set_as_current=False
+    )
     client = CeleryJobClient(app)
     backend = app.backend
     assert isinstance(backend, PushBackend) and not client.uses_pubsub

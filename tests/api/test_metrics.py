@@ -103,8 +103,16 @@ async def test_requests_are_labelled_by_route_template_not_raw_path() -> None:
         assert (await c.get("/nowhere/at/all")).status_code == 404
         text = (await c.get("/metrics")).text
     assert value(text, "lading_http_requests_total", method="GET", route="/items/{id}", status="200") == 3
-    assert value(text, "lading_http_request_duration_seconds_count", method="GET", route="/items/{id}",
-                 status="200") == 3
+    assert (
+        value(
+            text,
+            "lading_http_request_duration_seconds_count",
+            method="GET",
+            route="/items/{id}",
+            status="200",
+        )
+        == 3
+    )
     assert value(text, "lading_http_requests_total", method="GET", route="<unmatched>", status="404") == 1
     assert "/items/1" not in text and "/nowhere" not in text
 
@@ -182,8 +190,16 @@ async def test_metrics_path_and_disabling() -> None:
     async with client(app) as c:
         assert (await c.get("/metrics")).status_code == 404
         await c.get("/items/1")
-    assert value(metrics.exposition().decode(), "lading_http_requests_total", method="GET",
-                 route="/items/{id}", status="200") == 1
+    assert (
+        value(
+            metrics.exposition().decode(),
+            "lading_http_requests_total",
+            method="GET",
+            route="/items/{id}",
+            status="200",
+        )
+        == 1
+    )
 
 
 async def test_explicit_route_label_wins() -> None:

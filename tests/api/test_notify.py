@@ -170,7 +170,9 @@ async def test_push_by_digest_with_tags_reports_each_tag(hooked: Hooked) -> None
     digest = sha(body)
     hooked.clear()
     r = await hooked.client.put(
-        f"/v2/app/manifests/{digest}", params=[("tag", "a"), ("tag", "b")], content=body,
+        f"/v2/app/manifests/{digest}",
+        params=[("tag", "a"), ("tag", "b")],
+        content=body,
         headers={"Content-Type": OCI_MANIFEST},
     )
     assert r.status_code == 201, r.text
@@ -289,7 +291,9 @@ async def test_actor_is_the_authenticated_user(make_hooked: Callable[..., Any], 
     htpasswd = write_htpasswd(tmp_path / "htpasswd", {"alice": "s3cret"})
     hooked = await make_hooked(HOOK, settings=htpasswd_settings(htpasswd))
     r = await hooked.client.post(
-        "/v2/app/blobs/uploads/", params={"digest": sha(b"mine")}, content=b"mine",
+        "/v2/app/blobs/uploads/",
+        params={"digest": sha(b"mine")},
+        content=b"mine",
         headers={**basic("alice", "s3cret"), "X-Forwarded-For": "203.0.113.9, 10.0.0.1"},
     )
     assert r.status_code == 201, r.text

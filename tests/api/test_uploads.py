@@ -429,6 +429,7 @@ async def test_storage_failure_while_streaming_a_chunk_is_503_and_keeps_old_byte
         return writer
 
     monkeypatch.setattr(api.registry.uploads, "open_append", flaky_open)
+
     async def big() -> Any:  # streamed (no Content-Length), several buffers
         for _ in range(8):
             yield b"z" * (64 * 1024)

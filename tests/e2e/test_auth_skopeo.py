@@ -113,7 +113,9 @@ def assert_missing(ref: str) -> None:
 
 def refused_push(layout: Path, tag: str, dest: str, creds: str | None, expect: tuple[str, ...]) -> str:
     extra = [f"--dest-creds={creds}"] if creds else []
-    return refused(expect, "copy", "--dest-tls-verify=false", *extra, f"oci:{layout}:{tag}", f"docker://{dest}")
+    return refused(
+        expect, "copy", "--dest-tls-verify=false", *extra, f"oci:{layout}:{tag}", f"docker://{dest}"
+    )
 
 
 def refused_inspect(ref: str, creds: str | None, expect: tuple[str, ...]) -> str:

@@ -354,8 +354,10 @@ def test_concurrent_commits_of_one_digest_into_two_repositories(tmp_path: Path) 
         digest = sha256(data)
         sessions = [(repo, upload(registry, repo, data)) for repo in ("team/a", "team/b")]
         results = run_concurrently(
-            *(functools.partial(commit_blob, registry, repo, upload_id, digest, len(data))
-              for repo, upload_id in sessions)
+            *(
+                functools.partial(commit_blob, registry, repo, upload_id, digest, len(data))
+                for repo, upload_id in sessions
+            )
         )
         assert results == [{"digest": digest, "size": len(data)}] * 2
         for repo, upload_id in sessions:

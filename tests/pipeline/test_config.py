@@ -377,8 +377,12 @@ def test_s3_is_mapped_when_the_storage_settings_have_s3_fields(tmp_path: Path) -
     s = load_settings(path, {})
     assert s.storage.driver == "s3"
     assert getattr(s.storage, "s3_bucket") == "b"  # noqa: B009
-    for key, value in (("region", "us-east-1"), ("regionendpoint", "http://127.0.0.1:9000"),
-                       ("accesskey", "ak"), ("secretkey", "sk")):
+    for key, value in (
+        ("region", "us-east-1"),
+        ("regionendpoint", "http://127.0.0.1:9000"),
+        ("accesskey", "ak"),
+        ("secretkey", "sk"),
+    ):
         if f"s3_{key}" in fields:
             assert getattr(s.storage, f"s3_{key}") == value
 
@@ -388,8 +392,17 @@ def test_s3_is_mapped_when_the_storage_settings_have_s3_fields(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("168h", 604800.0), ("24h", 86400.0), ("10m30s", 630.0), ("1.5h", 5400.0), ("300ms", 0.3),
-     ("2h45m", 9900.0), ("0", 0.0), ("1us", 1e-6), ("-1s", -1.0)],
+    [
+        ("168h", 604800.0),
+        ("24h", 86400.0),
+        ("10m30s", 630.0),
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+        ("2h45m", 9900.0),
+        ("0", 0.0),
+        ("1us", 1e-6),
+        ("-1s", -1.0),
+    ],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)

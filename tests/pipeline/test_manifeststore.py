@@ -122,7 +122,10 @@ def test_foreign_layer_with_urls_need_not_exist(env: Env) -> None:
         "mediaType": DOCKER_MANIFEST,
         "config": desc(b"cfg", "application/vnd.docker.container.image.v1+json"),
         "layers": [
-            {**desc(b"foreign", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"), "urls": ["https://x/y"]}
+            {
+                **desc(b"foreign", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
+                "urls": ["https://x/y"],
+            }
         ],
     }
     env.manifests.verify(REPO, parse_manifest(json.dumps(doc).encode(), None))

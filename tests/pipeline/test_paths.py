@@ -100,4 +100,3 @@ def test_every_path_function_has_a_row() -> None:
 def test_sha512_blobs_fan_out_the_same_way() -> None:
     d = Digest.of(b"x", "sha512")
     assert paths.blob_data(d) == f"{V2}/blobs/sha512/{d.hex[:2]}/{d.hex}/data"
-

@@ -56,8 +56,15 @@ def test_in_memory_composes_every_store_on_one_checked_driver() -> None:
     assert isinstance(registry.driver, CheckedDriver)
     assert isinstance(registry.driver.inner, MemoryDriver)
     assert registry.settings.storage.driver == "inmemory"
-    for store in (registry.blobs, registry.repo_blobs, registry.uploads, registry.manifests, registry.tags,
-                  registry.referrers, registry.catalog):
+    for store in (
+        registry.blobs,
+        registry.repo_blobs,
+        registry.uploads,
+        registry.manifests,
+        registry.tags,
+        registry.referrers,
+        registry.catalog,
+    ):
         assert store.driver is registry.driver
     assert registry.repo_blobs.blobs is registry.blobs
     assert isinstance(registry.locks, LocalLocks)

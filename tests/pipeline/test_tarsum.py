@@ -186,9 +186,10 @@ def test_empty_archive_and_empty_stream() -> None:
     empty_tar = make_tar([])
     assert tarsum(io.BytesIO(empty_tar)) == f"tarsum.v1+sha256:{EMPTY_SHA256}"
     assert tarsum(io.BytesIO(b""), "v0") == f"tarsum+sha256:{EMPTY_SHA256}"
-    assert layer_sums(io.BytesIO(gzip.compress(empty_tar))).diff_id == "sha256:" + hashlib.sha256(
-        empty_tar
-    ).hexdigest()
+    assert (
+        layer_sums(io.BytesIO(gzip.compress(empty_tar))).diff_id
+        == "sha256:" + hashlib.sha256(empty_tar).hexdigest()
+    )
 
 
 def test_other_algorithms_and_bad_arguments() -> None:

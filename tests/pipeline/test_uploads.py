@@ -121,8 +121,18 @@ def test_any_replica_continues_a_session(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["", "not-a-uuid", "../../../blobs", "a/b", ".", "..", str(uuid.uuid4()).upper(), "x" * 300,
-     "0f2ee1e2-6ac4-4c5a-9a5d-6c2d3c5f0e0/..", "0f2ee1e2-6ac4-4c5a-9a5d-6c2d3c5f0e0"],
+    [
+        "",
+        "not-a-uuid",
+        "../../../blobs",
+        "a/b",
+        ".",
+        "..",
+        str(uuid.uuid4()).upper(),
+        "x" * 300,
+        "0f2ee1e2-6ac4-4c5a-9a5d-6c2d3c5f0e0/..",
+        "0f2ee1e2-6ac4-4c5a-9a5d-6c2d3c5f0e0",
+    ],
 )
 def test_malformed_upload_id_is_unknown(uploads: UploadStore, bad_id: str) -> None:
     uploads.create("repo")
@@ -191,9 +201,7 @@ def test_sessions_include_crash_leftovers(uploads: UploadStore, driver: StorageD
 
 def test_all_sessions_walks_every_repository(uploads: UploadStore, driver: StorageDriver) -> None:
     assert list(uploads.all_sessions()) == []
-    made = {
-        (repo, uploads.create(repo).upload_id) for repo in ("a", "a/b", "a/b/c", "library/alpine", "z")
-    }
+    made = {(repo, uploads.create(repo).upload_id) for repo in ("a", "a/b", "a/b/c", "library/alpine", "z")}
     # Other reserved directories are never mistaken for repositories or sessions.
     driver.put_content("/docker/registry/v2/repositories/a/_layers/sha256/" + "0" * 64 + "/link", b"x")
     driver.put_content("/docker/registry/v2/repositories/a/_manifests/tags/x/current/link", b"x")

@@ -122,13 +122,32 @@ class WorkerProcess:
         env = {**os.environ, "LADING_CONFIG": str(config), "PYTHONPATH": str(REPO_ROOT)}
         env.pop("REGISTRY_CELERY_BROKER_URL", None)
         command = [
-            sys.executable, "-m", "celery", "-A", "workers.main", "worker",
-            "-P", "prefork", "-c", str(concurrency), "-Q", ",".join(QUEUES), "-n", self.name,
-            "--without-mingle", "--without-gossip", "-l", "INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.main",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-Q",
+            ",".join(QUEUES),
+            "-n",
+            self.name,
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "INFO",
         ]
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._wait_ready(timeout=60)

@@ -148,8 +148,9 @@ def test_beat_schedule_follows_the_maintenance_settings() -> None:
 
     settings = Settings(
         storage=StorageSettings(upload_purging=UploadPurging(enabled=False)),
-        maintenance=MaintenanceSettings(scrub_enabled=False, gc_enabled=True, gc_interval_seconds=60,
-                                        reconcile_interval_seconds=30),
+        maintenance=MaintenanceSettings(
+            scrub_enabled=False, gc_enabled=True, gc_interval_seconds=60, reconcile_interval_seconds=30
+        ),
     )
     schedule = beat_schedule(settings)
     assert {e["task"]: e["schedule"] for e in schedule.values()} == {

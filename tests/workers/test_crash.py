@@ -50,9 +50,15 @@ def crash_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     base = tmp_path_factory.mktemp("crash")
     (base / "root").mkdir()
     config = write_config(
-        base / "config.yml", base / "root", REDIS_URL, REDIS_URL,
-        broker_transport_options={"visibility_timeout": 4, "unacked_restore_interval": 1,
-                                  "unacked_restore_throttle": 1},
+        base / "config.yml",
+        base / "root",
+        REDIS_URL,
+        REDIS_URL,
+        broker_transport_options={
+            "visibility_timeout": 4,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        },
     )
     yield config, base
     flush(REDIS_URL)
@@ -115,8 +121,9 @@ def test_commit_survives_its_pool_process_and_then_its_whole_worker_being_killed
     try:
         # 1. the pool process dies; the worker lives on and gets the job back at once
         upload_id, digest = big_upload(d, "crash/pool")
-        job_id = d.client.send(jobs.COMMIT_BLOB, repository="crash/pool", upload_id=upload_id, digest=digest,
-                               size=SIZE)
+        job_id = d.client.send(
+            jobs.COMMIT_BLOB, repository="crash/pool", upload_id=upload_id, digest=digest, size=SIZE
+        )
         kill_while_hashing(worker, "pool")
         assert_nothing_lost(d, "crash/pool", upload_id, digest)
         assert loop.run(d.client.wait(job_id, 120)) == {"digest": digest, "size": SIZE}
@@ -124,8 +131,9 @@ def test_commit_survives_its_pool_process_and_then_its_whole_worker_being_killed
 
         # 2. the whole worker dies; a new one takes the job over after the visibility timeout
         upload_id, digest = big_upload(d, "crash/worker")
-        job_id = d.client.send(jobs.COMMIT_BLOB, repository="crash/worker", upload_id=upload_id,
-                               digest=digest, size=SIZE)
+        job_id = d.client.send(
+            jobs.COMMIT_BLOB, repository="crash/worker", upload_id=upload_id, digest=digest, size=SIZE
+        )
         kill_while_hashing(worker, "worker")
         assert_nothing_lost(d, "crash/worker", upload_id, digest)
         replacement = WorkerProcess(config, base / "worker-2.log", concurrency=1)

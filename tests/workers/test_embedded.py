@@ -75,8 +75,16 @@ def test_a_commit_round_trip(loop: LoopThread, embedded: tuple[Embedded, Embedde
     assert not e.client.uses_pubsub
     data = b"embedded bytes"
     upload_id = upload(e.registry, "emb/app", data, chunks=2)
-    value = loop.run(e.client.run(jobs.COMMIT_BLOB, 30, repository="emb/app", upload_id=upload_id,
-                                  digest=sha256(data), size=len(data)))
+    value = loop.run(
+        e.client.run(
+            jobs.COMMIT_BLOB,
+            30,
+            repository="emb/app",
+            upload_id=upload_id,
+            digest=sha256(data),
+            size=len(data),
+        )
+    )
     assert value == {"digest": sha256(data), "size": len(data)}
     assert e.registry.repo_blobs.is_linked("emb/app", Digest.parse(sha256(data)))
 
@@ -87,8 +95,11 @@ def test_domain_errors_come_back_as_themselves(
     e, _ = embedded
     upload_id = upload(e.registry, "emb/app", b"abc")
     with pytest.raises(DigestInvalid):
-        loop.run(e.client.run(jobs.COMMIT_BLOB, 30, repository="emb/app", upload_id=upload_id,
-                              digest=sha256(b"abd"), size=3))
+        loop.run(
+            e.client.run(
+                jobs.COMMIT_BLOB, 30, repository="emb/app", upload_id=upload_id, digest=sha256(b"abd"), size=3
+            )
+        )
 
 
 def test_storage_unavailable_is_retried_until_it_succeeds(
@@ -98,8 +109,16 @@ def test_storage_unavailable_is_retried_until_it_succeeds(
     data = b"committed on the third try"
     upload_id = upload(e.registry, "emb/flaky", data)
     e.driver.failures = 2
-    value = loop.run(e.client.run(jobs.COMMIT_BLOB, 60, repository="emb/flaky", upload_id=upload_id,
-                                  digest=sha256(data), size=len(data)))
+    value = loop.run(
+        e.client.run(
+            jobs.COMMIT_BLOB,
+            60,
+            repository="emb/flaky",
+            upload_id=upload_id,
+            digest=sha256(data),
+            size=len(data),
+        )
+    )
     assert value["digest"] == sha256(data)
     assert e.driver.failures == 0
 
@@ -134,11 +153,19 @@ def test_concurrent_commits_each_get_their_own_result(
     uploads = [upload(e.registry, "emb/many", data) for data in blobs]
 
     async def commit_all() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(
-            e.client.run(jobs.COMMIT_BLOB, 60, repository="emb/many", upload_id=upload_id,
-                         digest=sha256(data), size=len(data))
-            for upload_id, data in zip(uploads, blobs, strict=True)
-        ))
+        return await asyncio.gather(
+            *(
+                e.client.run(
+                    jobs.COMMIT_BLOB,
+                    60,
+                    repository="emb/many",
+                    upload_id=upload_id,
+                    digest=sha256(data),
+                    size=len(data),
+                )
+                for upload_id, data in zip(uploads, blobs, strict=True)
+            )
+        )
 
     values = loop.run(commit_all())
     assert values == [{"digest": sha256(data), "size": len(data)} for data in blobs]
@@ -172,8 +199,9 @@ def test_a_result_that_landed_before_the_wait_is_found(
     e, _ = embedded
     data = b"done before anyone asked"
     upload_id = upload(e.registry, "emb/early", data)
-    job_id = e.client.send(jobs.COMMIT_BLOB, repository="emb/early", upload_id=upload_id,
-                           digest=sha256(data), size=len(data))
+    job_id = e.client.send(
+        jobs.COMMIT_BLOB, repository="emb/early", upload_id=upload_id, digest=sha256(data), size=len(data)
+    )
     deadline = time.monotonic() + 30
     while backend(e).get_task_meta(job_id, cache=False)["status"] != states.SUCCESS:
         assert time.monotonic() < deadline, "the job never finished"
@@ -186,8 +214,9 @@ def test_async_result_get_works_on_the_embedded_backend(embedded: tuple[Embedded
     e, _ = embedded
     data = b"awaited the Celery way"
     upload_id = upload(e.registry, "emb/get", data)
-    job_id = e.client.send(jobs.COMMIT_BLOB, repository="emb/get", upload_id=upload_id,
-                           digest=sha256(data), size=len(data))
+    job_id = e.client.send(
+        jobs.COMMIT_BLOB, repository="emb/get", upload_id=upload_id, digest=sha256(data), size=len(data)
+    )
     envelope = AsyncResult(job_id, app=e.app).get(timeout=30, disable_sync_subtasks=False)
     assert jobs.unwrap(envelope) == {"digest": sha256(data), "size": len(data)}
     with pytest.raises(CeleryTimeoutError):

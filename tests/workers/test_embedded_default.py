@@ -27,8 +27,16 @@ def test_embedded_worker_on_filesystem_storage(loop: LoopThread, tmp_path: Path)
         api_side = Registry.from_settings(settings)
         data = b"on disk"
         upload_id = upload(api_side, "emb/fs", data)
-        value = loop.run(client.run(jobs.COMMIT_BLOB, 30, repository="emb/fs", upload_id=upload_id,
-                                    digest=sha256(data), size=len(data)))
+        value = loop.run(
+            client.run(
+                jobs.COMMIT_BLOB,
+                30,
+                repository="emb/fs",
+                upload_id=upload_id,
+                digest=sha256(data),
+                size=len(data),
+            )
+        )
         assert value == {"digest": sha256(data), "size": len(data)}
         assert api_side.blobs.get(Digest.parse(sha256(data))) == data
     finally:

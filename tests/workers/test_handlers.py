@@ -24,8 +24,11 @@ def test_a_commit_returns_an_ok_envelope() -> None:
     status = registry.uploads.create("a/b")
     registry.uploads.append("a/b", status.upload_id, b"data")
     digest = "sha256:" + hashlib.sha256(b"data").hexdigest()
-    envelope = run_job(registry, jobs.COMMIT_BLOB, {"repository": "a/b", "upload_id": status.upload_id,
-                                                    "digest": digest, "size": 4})
+    envelope = run_job(
+        registry,
+        jobs.COMMIT_BLOB,
+        {"repository": "a/b", "upload_id": status.upload_id, "digest": digest, "size": 4},
+    )
     assert envelope == {"ok": True, "value": {"digest": digest, "size": 4}}
 
 
@@ -33,8 +36,11 @@ def test_a_registry_error_becomes_a_failed_envelope_the_api_can_rebuild() -> Non
     registry = Registry.in_memory()
     status = registry.uploads.create("a/b")
     registry.uploads.append("a/b", status.upload_id, b"data")
-    envelope = run_job(registry, jobs.COMMIT_BLOB, {"repository": "a/b", "upload_id": status.upload_id,
-                                                    "digest": "sha256:" + "0" * 64, "size": None})
+    envelope = run_job(
+        registry,
+        jobs.COMMIT_BLOB,
+        {"repository": "a/b", "upload_id": status.upload_id, "digest": "sha256:" + "0" * 64, "size": None},
+    )
     assert envelope["ok"] is False
     with pytest.raises(DigestInvalid):
         jobs.unwrap(envelope)
@@ -49,18 +55,32 @@ def test_storage_unavailable_propagates_for_the_task_to_retry(monkeypatch: pytes
 
     monkeypatch.setattr(type(registry.driver), "stat", unavailable)
     with pytest.raises(StorageUnavailable):
-        run_job(registry, jobs.COMMIT_BLOB, {"repository": "a/b", "upload_id": status.upload_id,
-                                             "digest": "sha256:" + "0" * 64, "size": None})
+        run_job(
+            registry,
+            jobs.COMMIT_BLOB,
+            {
+                "repository": "a/b",
+                "upload_id": status.upload_id,
+                "digest": "sha256:" + "0" * 64,
+                "size": None,
+            },
+        )
 
 
 def test_manifest_body_travels_as_base64() -> None:
-    envelope = run_job(Registry.in_memory(), jobs.COMMIT_MANIFEST,
-                       {"repository": "a/b", "reference": "v1", "media_type": None, "body_b64": "***"})
+    envelope = run_job(
+        Registry.in_memory(),
+        jobs.COMMIT_MANIFEST,
+        {"repository": "a/b", "reference": "v1", "media_type": None, "body_b64": "***"},
+    )
     with pytest.raises(ManifestInvalid):
         jobs.unwrap(envelope)
     body = base64.b64encode(b"not json").decode()
-    envelope = run_job(Registry.in_memory(), jobs.COMMIT_MANIFEST,
-                       {"repository": "a/b", "reference": "v1", "media_type": None, "body_b64": body})
+    envelope = run_job(
+        Registry.in_memory(),
+        jobs.COMMIT_MANIFEST,
+        {"repository": "a/b", "reference": "v1", "media_type": None, "body_b64": body},
+    )
     with pytest.raises(ManifestInvalid):
         jobs.unwrap(envelope)
 

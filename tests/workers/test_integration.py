@@ -55,8 +55,15 @@ def manifest(config: bytes, layers: list[bytes]) -> bytes:
 
 def push_blob(loop: LoopThread, d: Deployment, repository: str, data: bytes) -> None:
     upload_id = upload(d.registry, repository, data)
-    run(loop, d, jobs.COMMIT_BLOB, repository=repository, upload_id=upload_id, digest=sha256(data),
-        size=len(data))
+    run(
+        loop,
+        d,
+        jobs.COMMIT_BLOB,
+        repository=repository,
+        upload_id=upload_id,
+        digest=sha256(data),
+        size=len(data),
+    )
 
 
 def tar_layer(files: dict[str, bytes]) -> tuple[bytes, bytes]:
@@ -80,13 +87,21 @@ def test_commit_blob_after_chunks_and_an_advanced_digest(
     status = d.registry.uploads.create("e2e/commit")
     first = data[: 1024 * 1024]
     d.registry.uploads.append("e2e/commit", status.upload_id, first, offset=0)
-    advanced = run(loop, d, jobs.ADVANCE_DIGEST, repository="e2e/commit", upload_id=status.upload_id,
-                   algorithm="sha256")
+    advanced = run(
+        loop, d, jobs.ADVANCE_DIGEST, repository="e2e/commit", upload_id=status.upload_id, algorithm="sha256"
+    )
     assert advanced == {"offset": len(first) if resumable_available("sha256") else 0}
     d.registry.uploads.append("e2e/commit", status.upload_id, data[len(first) :], offset=len(first))
 
-    value = run(loop, d, jobs.COMMIT_BLOB, repository="e2e/commit", upload_id=status.upload_id,
-                digest=sha256(data), size=len(data))
+    value = run(
+        loop,
+        d,
+        jobs.COMMIT_BLOB,
+        repository="e2e/commit",
+        upload_id=status.upload_id,
+        digest=sha256(data),
+        size=len(data),
+    )
 
     assert value == {"digest": sha256(data), "size": len(data)}
     digest = Digest.parse(sha256(data))
@@ -103,8 +118,15 @@ def test_digest_mismatch_writes_no_blob_and_no_link(loop: LoopThread, redis_depl
     declared = sha256(b"something else entirely")
 
     with pytest.raises(DigestInvalid):
-        run(loop, d, jobs.COMMIT_BLOB, repository="e2e/mismatch", upload_id=upload_id, digest=declared,
-            size=len(data))
+        run(
+            loop,
+            d,
+            jobs.COMMIT_BLOB,
+            repository="e2e/mismatch",
+            upload_id=upload_id,
+            digest=declared,
+            size=len(data),
+        )
 
     for digest in (declared, sha256(data)):
         assert not d.registry.blobs.exists(Digest.parse(digest))
@@ -117,8 +139,15 @@ def test_size_mismatch_is_reported(loop: LoopThread, redis_deployment: Deploymen
     data = b"twelve bytes"
     upload_id = upload(d.registry, "e2e/size", data)
     with pytest.raises(SizeInvalid):
-        run(loop, d, jobs.COMMIT_BLOB, repository="e2e/size", upload_id=upload_id, digest=sha256(data),
-            size=len(data) + 1)
+        run(
+            loop,
+            d,
+            jobs.COMMIT_BLOB,
+            repository="e2e/size",
+            upload_id=upload_id,
+            digest=sha256(data),
+            size=len(data) + 1,
+        )
     assert not d.registry.blobs.exists(Digest.parse(sha256(data)))
 
 
@@ -127,13 +156,19 @@ def test_same_blob_committed_concurrently_from_two_uploads(
 ) -> None:
     d = redis_deployment
     data = os.urandom(2 * 1024 * 1024)
-    uploads = [("e2e/race-one", upload(d.registry, "e2e/race-one", data)),
-               ("e2e/race-two", upload(d.registry, "e2e/race-two", data, chunks=3))]
+    uploads = [
+        ("e2e/race-one", upload(d.registry, "e2e/race-one", data)),
+        ("e2e/race-two", upload(d.registry, "e2e/race-two", data, chunks=3)),
+    ]
 
     async def both() -> list[dict[str, Any]]:
         return await asyncio.gather(
-            *(d.client.run(jobs.COMMIT_BLOB, 60, repository=repo, upload_id=uid, digest=sha256(data),
-                           size=len(data)) for repo, uid in uploads)
+            *(
+                d.client.run(
+                    jobs.COMMIT_BLOB, 60, repository=repo, upload_id=uid, digest=sha256(data), size=len(data)
+                )
+                for repo, uid in uploads
+            )
         )
 
     values = loop.run(both())
@@ -155,8 +190,15 @@ def test_manifest_with_three_missing_blobs_lists_all_three(
     body = manifest(config, [layer_a, layer_b])
 
     with pytest.raises(ManifestBlobUnknown) as caught:
-        run(loop, d, jobs.COMMIT_MANIFEST, repository="e2e/missing", reference="v1", media_type=OCI_MANIFEST,
-            body_b64=base64.b64encode(body).decode())
+        run(
+            loop,
+            d,
+            jobs.COMMIT_MANIFEST,
+            repository="e2e/missing",
+            reference="v1",
+            media_type=OCI_MANIFEST,
+            body_b64=base64.b64encode(body).decode(),
+        )
 
     assert sorted(caught.value.digests) == sorted(sha256(b) for b in (config, layer_a, layer_b))
     assert not d.registry.manifests.exists("e2e/missing", Digest.parse(sha256(body)))
@@ -167,14 +209,22 @@ def test_manifest_with_three_missing_blobs_lists_all_three(
 def test_manifest_commit_tags_and_deep_verification(loop: LoopThread, redis_deployment: Deployment) -> None:
     d = redis_deployment
     raw, layer = tar_layer({"etc/hello.txt": b"hello from a layer\n"})
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [sha256(raw)]}}).encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256(raw)]}}
+    ).encode()
     for blob in (config, layer):
         push_blob(loop, d, "e2e/image", blob)
     body = manifest(config, [layer])
 
-    value = run(loop, d, jobs.COMMIT_MANIFEST, repository="e2e/image", reference="latest",
-                media_type=OCI_MANIFEST, body_b64=base64.b64encode(body).decode())
+    value = run(
+        loop,
+        d,
+        jobs.COMMIT_MANIFEST,
+        repository="e2e/image",
+        reference="latest",
+        media_type=OCI_MANIFEST,
+        body_b64=base64.b64encode(body).decode(),
+    )
 
     assert value["digest"] == sha256(body)
     assert value["subject"] is None
@@ -195,8 +245,15 @@ def test_deep_verification_rejects_a_layer_that_lies(loop: LoopThread, redis_dep
     for blob in (config, layer):
         push_blob(loop, d, "e2e/liar", blob)
     body = manifest(config, [layer])
-    run(loop, d, jobs.COMMIT_MANIFEST, repository="e2e/liar", reference="v1", media_type=OCI_MANIFEST,
-        body_b64=base64.b64encode(body).decode())
+    run(
+        loop,
+        d,
+        jobs.COMMIT_MANIFEST,
+        repository="e2e/liar",
+        reference="v1",
+        media_type=OCI_MANIFEST,
+        body_b64=base64.b64encode(body).decode(),
+    )
 
     with pytest.raises(ManifestInvalid) as caught:
         run(loop, d, jobs.DEEP_VERIFY, repository="e2e/liar", digest=sha256(body), policy="reject")
@@ -246,8 +303,9 @@ def test_wait_after_send_sees_a_result_that_already_landed(
     d = redis_deployment
     data = b"sent now, awaited later"
     upload_id = upload(d.registry, "e2e/later", data)
-    job_id = d.client.send(jobs.COMMIT_BLOB, repository="e2e/later", upload_id=upload_id, digest=sha256(data),
-                           size=len(data))
+    job_id = d.client.send(
+        jobs.COMMIT_BLOB, repository="e2e/later", upload_id=upload_id, digest=sha256(data), size=len(data)
+    )
     key = f"celery-task-meta-{job_id}"
     r = redis.Redis.from_url(d.settings.celery.result_backend or "")
     for _ in range(600):  # until the worker stored it (bounded: 60 s)
@@ -262,8 +320,17 @@ def test_many_concurrent_waiters_on_one_listener(loop: LoopThread, redis_deploym
 
     async def many() -> list[Any]:
         return await asyncio.gather(
-            *(d.client.run(jobs.COMMIT_BLOB, 60, repository="e2e/many", upload_id=str(uuid.uuid4()),
-                           digest=sha256(b"x"), size=1) for _ in range(40)),
+            *(
+                d.client.run(
+                    jobs.COMMIT_BLOB,
+                    60,
+                    repository="e2e/many",
+                    upload_id=str(uuid.uuid4()),
+                    digest=sha256(b"x"),
+                    size=1,
+                )
+                for _ in range(40)
+            ),
             return_exceptions=True,
         )
 

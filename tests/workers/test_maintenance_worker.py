@@ -86,8 +86,15 @@ def push_blob(loop: LoopThread, d: Deployment, repo: str, data: bytes) -> None:
     """What the API does for a monolithic upload: bytes into a session, then COMMIT_BLOB."""
     session = d.registry.uploads.create(repo)
     d.registry.uploads.append(repo, session.upload_id, data)
-    run(loop, d, jobs.COMMIT_BLOB, repository=repo, upload_id=session.upload_id, digest=sha256(data),
-        size=len(data))
+    run(
+        loop,
+        d,
+        jobs.COMMIT_BLOB,
+        repository=repo,
+        upload_id=session.upload_id,
+        digest=sha256(data),
+        size=len(data),
+    )
 
 
 def manifest(config: bytes, layers: list[bytes]) -> bytes:
@@ -102,8 +109,15 @@ def manifest(config: bytes, layers: list[bytes]) -> bytes:
 
 
 def commit_manifest(loop: LoopThread, d: Deployment, repo: str, tag: str, body: bytes) -> dict[str, Any]:
-    return run(loop, d, jobs.COMMIT_MANIFEST, repository=repo, reference=tag, media_type=OCI_MANIFEST,
-               body_b64=base64.b64encode(body).decode())
+    return run(
+        loop,
+        d,
+        jobs.COMMIT_MANIFEST,
+        repository=repo,
+        reference=tag,
+        media_type=OCI_MANIFEST,
+        body_b64=base64.b64encode(body).decode(),
+    )
 
 
 def visible(d: Deployment, repo: str, data: bytes) -> bool:
@@ -141,8 +155,10 @@ def test_scrub_job_reports_a_flipped_byte_with_its_repository_and_tag(
     assert corrupt[str(digest)]["repositories"] == ["scrub/app"]
     assert corrupt[str(digest)]["tags"] == ["scrub/app:v1"]
     assert summary["complete"] and summary["checked"] >= 3
-    print(f"\nscrub: {summary['checked']} blobs, {summary['bytes']} bytes in {summary['seconds']} s "
-          f"= {summary['blobs_per_s']} blobs/s")
+    print(
+        f"\nscrub: {summary['checked']} blobs, {summary['bytes']} bytes in {summary['seconds']} s "
+        f"= {summary['blobs_per_s']} blobs/s"
+    )
     # The API process refuses to serve it from now on.
     with pytest.raises(BlobCorrupt):
         d.registry.blobs.open(digest)

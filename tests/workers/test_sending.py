@@ -61,8 +61,11 @@ def test_the_client_publishes_what_send_task_publishes(app: Celery) -> None:
         k: v for k, v in celery.headers.items() if k not in VARYING
     }
     assert mine.headers["ignore_result"] is False  # the client waits for it: always stored
-    assert json.loads(mine.body) == json.loads(celery.body) == [[], KWARGS, {
-        "callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    assert (
+        json.loads(mine.body)
+        == json.loads(celery.body)
+        == [[], KWARGS, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
     assert (mine.content_type, mine.content_encoding) == (celery.content_type, celery.content_encoding)
     assert mine.delivery_info["routing_key"] == jobs.INGEST
     assert "send/app" in mine.headers["kwargsrepr"]
@@ -71,8 +74,13 @@ def test_the_client_publishes_what_send_task_publishes(app: Celery) -> None:
 def test_each_job_goes_to_its_queue_and_long_arguments_are_shown_truncated(app: Celery) -> None:
     client = CeleryJobClient(app)
     body = "A" * 100_000
-    job_id = client.send(jobs.COMMIT_MANIFEST, repository="send/app", reference="v1",
-                         media_type="application/vnd.oci.image.manifest.v1+json", body_b64=body)
+    job_id = client.send(
+        jobs.COMMIT_MANIFEST,
+        repository="send/app",
+        reference="v1",
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        body_b64=body,
+    )
     with app.connection_for_write() as conn:
         assert drain(conn, jobs.INGEST) == []
         (message,) = drain(conn, jobs.VERIFY)
@@ -113,8 +121,10 @@ def test_unknown_jobs_are_refused_and_an_unreachable_broker_is_storage_unavailab
         storage=StorageSettings(driver="inmemory"),
         celery=CelerySettings(
             broker_url="redis://127.0.0.1:1/0",
-            extra={"broker_transport_options": {"max_retries": 1, "interval_start": 0, "interval_step": 0},
-                   "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0}},
+            extra={
+                "broker_transport_options": {"max_retries": 1, "interval_start": 0, "interval_step": 0},
+                "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0},
+            },
         ),
     )
     client = CeleryJobClient(create_app(settings))

@@ -20,8 +20,13 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 def target(media_type: str = MANIFEST, **extra: object) -> dict[str, object]:
-    return {"mediaType": media_type, "digest": DIGEST, "size": 528, "url": f"http://r/v2/app/manifests/{DIGEST}",
-            **extra}
+    return {
+        "mediaType": media_type,
+        "digest": DIGEST,
+        "size": 528,
+        "url": f"http://r/v2/app/manifests/{DIGEST}",
+        **extra,
+    }
 
 
 @pytest.fixture

@@ -38,8 +38,12 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.arrived:
                     receiver.requests.append(
-                        {"path": self.path, "headers": dict(self.headers.items()), "body": json.loads(body),
-                         "status": receiver.status}
+                        {
+                            "path": self.path,
+                            "headers": dict(self.headers.items()),
+                            "body": json.loads(body),
+                            "status": receiver.status,
+                        }
                     )
                     receiver.arrived.notify_all()
                 self.send_response(receiver.status)
