@@ -6,6 +6,9 @@ JSON line per request), no `Server: uvicorn` header, and a graceful shutdown: on
 or SIGINT uvicorn stops accepting, lets in-flight requests finish for up to
 `http.drain_timeout_seconds`, runs the app's lifespan shutdown, and `serve` returns
 normally so the caller can stop what it started (the embedded worker).
+
+With `http.tls` the listener speaks HTTPS only (`pipeline.tls` builds the context): a TLS
+setting that cannot be honoured stops start-up, never falls back to plain HTTP.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import importlib.util
 import logging
 import math
 import signal
+import ssl
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -21,11 +26,26 @@ from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
 from pipeline.config import parse_addr
-from pipeline.settings import Settings
+from pipeline.settings import Settings, TlsSettings
+from pipeline.tls import server_context
 
 __all__ = ["serve", "uvicorn_config"]
 
 log = logging.getLogger("lading.server")
+
+
+_ContextFactory = Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]
+
+
+def _tls_factory(tls: TlsSettings) -> _ContextFactory:
+    """uvicorn's `ssl_context_factory` for `http.tls`: the whole context is ours (uvicorn's
+    own options cannot set a minimum version), so the default factory is never called."""
+    context = server_context(tls)  # built now: a bad file stops start-up before binding
+
+    def factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return context
+
+    return factory
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
@@ -44,6 +64,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         server_header=False,
         timeout_keep_alive=max(1, math.ceil(http.keepalive_seconds)),
         timeout_graceful_shutdown=max(1, math.ceil(http.drain_timeout_seconds)),
+        ssl_context_factory=_tls_factory(http.tls) if http.tls is not None else None,
     )
 
 

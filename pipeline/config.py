@@ -36,6 +36,10 @@ lading:
   health: {path: /healthz}
 ```
 
+distribution's `http.tls` (certificate, key, clientcas, clientauth, minimumtls tls1.2/tls1.3,
+ciphersuites) is honoured; any other TLS key (letsencrypt) or value Lading cannot honour is
+an error, never a plain-HTTP fallback.
+
 Environment variables follow distribution's convention: `REGISTRY_` then the key path with
 `_` for each level (`REGISTRY_STORAGE_DELETE_ENABLED=true`, `REGISTRY_CELERY_BROKER_URL=…`,
 `REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL=…`). Keys that themselves contain `_` (Lading's
@@ -66,9 +70,11 @@ from pipeline.settings import (
     NotificationEndpoint,
     Settings,
     StorageSettings,
+    TlsSettings,
     TokenAuth,
     UploadPurging,
 )
+from pipeline.tls import TLS_VERSIONS, openssl_ciphers
 
 __all__ = ["load_settings", "parse_addr", "parse_duration", "parse_size"]
 
@@ -237,8 +243,22 @@ SCHEMA = _s(
                 "debug": _s(
                     {"addr": STR, "prometheus": _s({"enabled": BOOL, "path": STR})},
                 ),
+                # Ignoring a TLS key would serve plain HTTP or weaker TLS: refuse instead.
+                "tls": _s(
+                    {
+                        "certificate": STR,
+                        "key": STR,
+                        "clientcas": STRLIST,
+                        "clientauth": STR,
+                        "minimumtls": STR,
+                        "ciphersuites": STRLIST,
+                    },
+                    unknown="error",
+                    unknown_hint="not supported by Lading (it would not be honoured); remove it "
+                    "or terminate TLS in front of Lading",
+                ),
             },
-            ignored=("net", "relativeurls", "tls", "headers", "http2", "h2c"),
+            ignored=("net", "relativeurls", "headers", "http2", "h2c"),
         ),
         "auth": _s(
             {
@@ -825,7 +845,42 @@ def _http(t: Mapping[str, Any]) -> HttpSettings:
             health_path=health_path,
             drain_timeout_seconds=h.get("draintimeout"),
             keepalive_seconds=_get(t, "lading", "http", "keepalive"),
+            tls=_tls(h.get("tls")),
         )
+    )
+
+
+_CLIENTAUTH = {
+    "require-and-verify-client-cert": "require",
+    "verify-client-cert-if-given": "verify-if-given",
+}
+
+
+def _tls(t: Mapping[str, Any] | None) -> TlsSettings | None:
+    """distribution's `http.tls` (None when absent). Every key is honoured or refused."""
+    if not t:
+        return None
+    certificate, key = t.get("certificate"), t.get("key")
+    if not certificate or not key:
+        raise ConfigurationError("http.tls: certificate and key are both required to serve HTTPS")
+    minimum = (t.get("minimumtls") or "tls1.2").lower()
+    if minimum not in TLS_VERSIONS:
+        raise ConfigurationError(
+            f"http.tls.minimumtls: Lading serves tls1.2 or tls1.3, got {t.get('minimumtls')!r}"
+        )
+    clientauth = t.get("clientauth") or "require-and-verify-client-cert"
+    if clientauth not in _CLIENTAUTH:
+        expected = ", ".join(_CLIENTAUTH)
+        raise ConfigurationError(f"http.tls.clientauth: expected one of {expected}, got {clientauth!r}")
+    suites = t.get("ciphersuites") or ()
+    openssl_ciphers(suites)  # refuses unknown names now, not at the first connection
+    return TlsSettings(
+        certificate=certificate,
+        key=key,
+        clientcas=t.get("clientcas") or (),
+        clientauth=_CLIENTAUTH[clientauth],  # type: ignore[arg-type]
+        minimum_version=minimum,  # type: ignore[arg-type]
+        ciphersuites=suites,
     )
 
 

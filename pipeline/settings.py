@@ -43,6 +43,24 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """distribution's `http.tls`: serve HTTPS with `certificate`/`key` (PEM files).
+
+    `clientcas` (PEM files) turns on mutual TLS: with `clientauth` "require" a client must
+    present a certificate issued by one of them ("verify-if-given": only checked when sent).
+    `minimum_version` is "tls1.2" or "tls1.3"; `ciphersuites` are OpenSSL names of the
+    TLS 1.2 suites allowed (empty: OpenSSL's defaults; TLS 1.3 suites are always on, as in Go).
+    """
+
+    certificate: str
+    key: str
+    clientcas: tuple[str, ...] = ()
+    clientauth: Literal["require", "verify-if-given"] = "require"
+    minimum_version: Literal["tls1.2", "tls1.3"] = "tls1.2"
+    ciphersuites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     addr: str = "127.0.0.1:5000"
     prefix: str = ""
@@ -55,6 +73,7 @@ class HttpSettings:
     health_path: str = "/healthz"
     keepalive_seconds: float = 30.0  # idle keep-alive of client connections (lading.http.keepalive)
     drain_timeout_seconds: float = 30.0  # graceful shutdown wait for in-flight requests (http.draintimeout)
+    tls: TlsSettings | None = None  # http.tls; None → plain HTTP
 
 
 @dataclass(frozen=True)

@@ -258,9 +258,9 @@ def test_environment_swaps_storage_driver(tmp_path: Path) -> None:
 
 def test_unknown_environment_variables_are_warnings_not_failures() -> None:
     # Kubernetes injects REGISTRY_PORT etc. for a service called "registry".
-    s = load_settings(None, {"REGISTRY_PORT": "tcp://10.0.0.1:5000", "REGISTRY_HTTP_TLS_CERTIFICATE": "/c"})
+    s = load_settings(None, {"REGISTRY_PORT": "tcp://10.0.0.1:5000", "REGISTRY_HTTP_TLS_FOO": "/c"})
     assert any(w.startswith("REGISTRY_PORT:") for w in s.warnings)
-    assert any(w.startswith("REGISTRY_HTTP_TLS_CERTIFICATE:") for w in s.warnings)
+    assert any(w.startswith("REGISTRY_HTTP_TLS_FOO:") for w in s.warnings)
 
 
 def test_config_path_variable_is_not_an_override() -> None:
@@ -333,7 +333,7 @@ log: {formatter: json}
 storage:
   filesystem: {rootdirectory: /a, maxthreads: 100}
   maintenance: {readonly: {enabled: false}}
-http: {addr: ':5000', tls: {certificate: /c, key: /k}, relativeurls: true}
+http: {addr: ':5000', relativeurls: true}
 redis: {addr: 'localhost:6379'}
 proxy: {remoteurl: 'https://registry-1.docker.io'}
 middleware: {registry: []}
@@ -348,7 +348,6 @@ made_up_key: 1
         "log.formatter",
         "storage.filesystem.maxthreads",
         "storage.maintenance.readonly",
-        "http.tls",
         "http.relativeurls",
         "redis",
         "proxy",
@@ -357,6 +356,47 @@ made_up_key: 1
         "notifications.events",
         "made_up_key",
     }
+
+
+def test_http_tls_is_read_as_distribution_writes_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+http:
+  tls:
+    certificate: /c.pem
+    key: /k.pem
+    clientcas: [/ca1.pem, /ca2.pem]
+    minimumtls: tls1.3
+    ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]
+""",
+    )
+    s = load_settings(path, {})
+    tls = s.http.tls
+    assert tls is not None
+    assert (tls.certificate, tls.key, tls.clientcas) == ("/c.pem", "/k.pem", ("/ca1.pem", "/ca2.pem"))
+    assert (tls.minimum_version, tls.clientauth) == ("tls1.3", "require")
+    assert "http.tls" not in {w.split(":", 1)[0] for w in s.warnings}
+    assert load_settings(None, {}).http.tls is None
+    from_env = load_settings(None, {"REGISTRY_HTTP_TLS_CERTIFICATE": "/c", "REGISTRY_HTTP_TLS_KEY": "/k"})
+    assert from_env.http.tls is not None and from_env.http.tls.key == "/k"
+    with pytest.raises(ConfigurationError, match="certificate and key"):
+        load_settings(None, {"REGISTRY_HTTP_TLS_CERTIFICATE": "/c"})
+
+
+@pytest.mark.parametrize(
+    ("tls", "key"),
+    [
+        ("{certificate: /c}", "http.tls"),
+        ("{certificate: /c, key: /k, letsencrypt: {email: a@b.c}}", "http.tls.letsencrypt"),
+        ("{certificate: /c, key: /k, minimumtls: tls1.1}", "http.tls.minimumtls"),
+        ("{certificate: /c, key: /k, ciphersuites: [TLS_MADE_UP]}", "http.tls.ciphersuites"),
+        ("{certificate: /c, key: /k, clientauth: request-client-cert}", "http.tls.clientauth"),
+    ],
+)
+def test_http_tls_keys_lading_cannot_honour_are_errors(tmp_path: Path, tls: str, key: str) -> None:
+    with pytest.raises(ConfigurationError, match=key.replace(".", r"\.")):
+        load_settings(write(tmp_path, f"http: {{tls: {tls}}}\n"), {})
 
 
 def test_s3_is_mapped_when_the_storage_settings_have_s3_fields(tmp_path: Path) -> None:
