@@ -31,6 +31,7 @@ lading:
       signing_key: /etc/lading/token.pem
       expiration: 5m
       path: /auth/token
+  beat: {schedule: /var/lib/lading/beat/schedule}   # beat's state (default: <rootdirectory>/lading-beat/)
   http: {keepalive: 30s}       # idle keep-alive of client connections
   metrics: {protected: false}   # true: /metrics needs credentials the registry accepts (as GET /v2/)
   health: {path: /healthz}
@@ -54,7 +55,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -76,7 +77,15 @@ from pipeline.settings import (
 )
 from pipeline.tls import TLS_VERSIONS, openssl_ciphers
 
-__all__ = ["load_settings", "parse_addr", "parse_duration", "parse_size"]
+__all__ = [
+    "CELERY_SECTION_KEYS",
+    "UNIMPLEMENTED",
+    "load_settings",
+    "misspelling_of",
+    "parse_addr",
+    "parse_duration",
+    "parse_size",
+]
 
 ENV_PREFIX = "REGISTRY_"
 # distribution reads the config path from this variable; it is not a key override.
@@ -140,6 +149,76 @@ def _parse_bool_text(text: str) -> bool:
     if lowered in ("false", "f", "no", "n", "off", "0"):
         return False
     raise ValueError(f"expected true or false, got {text!r}")
+
+
+# --- sections Lading does not implement and must not ignore ------------------------------
+
+# A distribution section whose meaning Lading does not implement and whose absence changes
+# security or behaviour stops start-up: serving without it would not be what the operator
+# configured. One row per dotted key path; whoever implements a section deletes its row.
+# A section written but switched off (empty, `enabled: false`, `disabled: true`) is inert.
+UNIMPLEMENTED: dict[str, str] = {
+    "proxy": "pull-through cache (proxy mode) is not implemented: Lading would run as a plain "
+    "registry that accepts pushes; remove the section or run distribution for the mirror",
+    "validation": "manifest validation rules (manifests.urls allow/deny, indexes) are not "
+    "implemented: manifests they forbid would be accepted; remove the section",
+    "storage.maintenance.readonly": "read-only mode is not implemented: Lading would accept "
+    "pushes and deletes; remove it or set enabled: false",
+}
+
+
+# Why a distribution key Lading accepts and ignores is harmless to ignore, where the generic
+# "not supported by Lading" would leave the operator wondering.
+_IGNORED_BECAUSE = {
+    "http.secret": "not needed: Lading signs no upload state (upload sessions live in storage, "
+    "so any replica continues any upload without a shared secret)",
+}
+
+
+def _in_force(value: Any) -> bool:
+    """False for a section written but switched off (absent, empty, disabled)."""
+    if value in (None, "", {}, False):
+        return False
+    return not (
+        isinstance(value, Mapping) and (value.get("enabled") is False or value.get("disabled") is True)
+    )
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and swaps
+    of two neighbouring characters (`directroy` is one edit from `directory`)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]
+
+
+# Spelled-out forms operators write for distribution's abbreviated keys.
+_SPELLED_OUT = {"addr": ("address",), "rootdirectory": ("rootdir", "root_directory")}
+
+
+def misspelling_of(name: str, known: Iterable[str]) -> str | None:
+    """The known key `name` is most likely a misspelling of: one edit away (a letter added,
+    missing, wrong or two swapped), a different case, or a spelled-out form (`address` for
+    `addr`). None when nothing is that close: then `name` is a key of its own."""
+    lowered = name.lower()
+    best: tuple[int, str] | None = None
+    for key in sorted(set(known)):
+        if key == name:
+            return None
+        forms = (key.lower(), *_SPELLED_OUT.get(key, ()))
+        distance = min(_edits(lowered, form) for form in forms)
+        limit = 1 if len(key) >= 3 else 0  # `s3` is not a misspelling of `s4`'s neighbour
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, key)
+    return best[1] if best else None
 
 
 # --- the schema of supported keys -------------------------------------------------------
@@ -237,7 +316,6 @@ SCHEMA = _s(
             {
                 "addr": STR,
                 "prefix": STR,
-                "secret": STR,
                 "host": STR,
                 "draintimeout": DURATION,
                 "debug": _s(
@@ -258,7 +336,7 @@ SCHEMA = _s(
                     "or terminate TLS in front of Lading",
                 ),
             },
-            ignored=("net", "relativeurls", "headers", "http2", "h2c"),
+            ignored=("secret", "net", "relativeurls", "headers", "http2", "h2c"),
         ),
         "auth": _s(
             {
@@ -330,6 +408,7 @@ SCHEMA = _s(
                     }
                 ),
                 "http": _s({"keepalive": SECONDS}),
+                "beat": _s({"schedule": STR}),
                 "metrics": _s({"protected": BOOL}),
                 "health": _s({"path": STR}),
             }
@@ -337,6 +416,13 @@ SCHEMA = _s(
     },
     ignored=("middleware", "redis", "health", "proxy", "validation", "reporting", "compatibility", "catalog"),
 )
+
+
+# Lading's own keys of the `celery:` section; any other key there must be a Celery
+# setting (workers.app checks it against Celery's own table, which pipeline cannot import).
+_CELERY_SECTION = SCHEMA.keys["celery"]
+assert isinstance(_CELERY_SECTION, _Section)
+CELERY_SECTION_KEYS = frozenset(_CELERY_SECTION.keys)
 
 
 # --- validation: raw tree → typed tree ---------------------------------------------------
@@ -363,17 +449,35 @@ class _Checker:
             name = str(key)
             here = (*path, name)
             child = node.keys.get(name)
+            reason = UNIMPLEMENTED.get(_dotted(here))
+            if reason is not None and _in_force(value):
+                raise ConfigurationError(f"{_dotted(here)}: {reason}")
             if child is not None:
                 out[name] = self.node(child, value, here)
             elif name in node.ignored:
-                self.warnings.append(f"{_dotted(here)}: not supported by Lading; ignored")
+                why = _IGNORED_BECAUSE.get(_dotted(here), "not supported by Lading")
+                self.warnings.append(f"{_dotted(here)}: {why}; ignored")
+            elif reason is not None:
+                continue  # an unimplemented section written but switched off
             elif node.unknown == "extra":
                 out[name] = _env_yaml(self.from_env[here]) if here in self.from_env else value
+            elif (meant := misspelling_of(name, self.names(node, path))) is not None:
+                source = f" (from {_env_name(here)})" if here in self.from_env else ""
+                raise ConfigurationError(
+                    f"{_dotted(here)}{source}: unknown key; did you mean {_dotted((*path, meant))}?"
+                )
             elif node.unknown == "error":
                 raise ConfigurationError(f"{_dotted(here)}: {node.unknown_hint}")
             else:
                 self.warnings.append(f"{_dotted(here)}: {node.unknown_hint}; ignored")
         return out
+
+    @staticmethod
+    def names(node: _Section, path: tuple[str, ...]) -> set[str]:
+        """Every key distribution or Lading knows at `path`."""
+        prefix = _dotted(path) + "." if path else ""
+        rows = {k[len(prefix) :] for k in UNIMPLEMENTED if k.startswith(prefix)}
+        return {*node.keys, *node.ignored, *(r for r in rows if "." not in r)}
 
     def node(self, node: _Node, value: Any, path: tuple[str, ...]) -> Any:
         if isinstance(node, _Section):
@@ -582,6 +686,27 @@ def _resolve_env(tokens: list[str]) -> tuple[str, ...] | None:
     return tuple(path) if isinstance(node, _Leaf) else None
 
 
+def _misspelled_env(tokens: list[str]) -> tuple[str, ...] | None:
+    """The key path a `REGISTRY_…` variable that names nothing was most likely meant to
+    name: its last tokens one edit from a key of the section the others reach."""
+    node: _Node = SCHEMA
+    path: list[str] = []
+    i = 0
+    while i < len(tokens) and isinstance(node, _Section):
+        for j in range(len(tokens), i, -1):
+            if "_".join(tokens[i:j]) in node.keys:
+                path.append("_".join(tokens[i:j]))
+                node = node.keys[path[-1]]
+                i = j
+                break
+        else:
+            meant = misspelling_of("_".join(tokens[i:]), node.keys)
+            if meant is None or node.unknown == "extra":
+                return None
+            return (*path, meant)
+    return None
+
+
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node: Any = tree
     for depth, key in enumerate(path[:-1]):
@@ -626,6 +751,10 @@ def _apply_env(
             _swap_storage_driver(tree, value.strip().lower())
             continue
         path = _resolve_env(tokens)
+        if path is None and (meant := _misspelled_env(tokens)) is not None:
+            raise ConfigurationError(
+                f"{name}: names no setting; did you mean {_env_name(meant)} ({_dotted(meant)})?"
+            )
         if path is None:
             warnings.append(f"{name}: names no setting Lading supports; ignored")
             continue
@@ -722,7 +851,9 @@ def _build(t: Mapping[str, Any], warnings: list[str]) -> Settings:
         notifications=tuple(
             _endpoint(e, i) for i, e in enumerate(_get(t, "notifications", "endpoints") or [])
         ),
-        maintenance=_maintenance(_get(t, "lading", "maintenance") or {}),
+        maintenance=_maintenance(
+            _get(t, "lading", "maintenance") or {}, _get(t, "lading", "beat", "schedule")
+        ),
     )
 
 
@@ -836,7 +967,6 @@ def _http(t: Mapping[str, Any]) -> HttpSettings:
         **_pick(
             addr=_check_addr(addr, "http.addr") if addr is not None else None,
             prefix=prefix,
-            secret=h.get("secret"),
             host=h.get("host"),
             metrics_enabled=_get(h, "debug", "prometheus", "enabled"),
             metrics_path=metrics_path,
@@ -970,7 +1100,7 @@ def _endpoint(e: Mapping[str, Any], index: int) -> NotificationEndpoint:
     )
 
 
-def _maintenance(m: Mapping[str, Any]) -> MaintenanceSettings:
+def _maintenance(m: Mapping[str, Any], beat_schedule: str | None = None) -> MaintenanceSettings:
     scrub = m.get("scrub") or {}
     gc = m.get("gc") or {}
     if scrub.get("rate") is not None and scrub["rate"] < 0:
@@ -986,5 +1116,6 @@ def _maintenance(m: Mapping[str, Any]) -> MaintenanceSettings:
             gc_grace_seconds=gc.get("grace"),
             gc_remove_untagged=gc.get("remove_untagged"),
             reconcile_interval_seconds=_get(m, "reconcile", "interval"),
+            beat_schedule_path=beat_schedule,
         )
     )

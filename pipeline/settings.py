@@ -64,7 +64,6 @@ class TlsSettings:
 class HttpSettings:
     addr: str = "127.0.0.1:5000"
     prefix: str = ""
-    secret: str = ""
     host: str = ""  # externally visible base URL, if behind a proxy
     metrics_enabled: bool = True
     metrics_path: str = "/metrics"
@@ -144,6 +143,7 @@ class MaintenanceSettings:
     gc_grace_seconds: float = 3600.0
     gc_remove_untagged: bool = False
     reconcile_interval_seconds: float = 300.0
+    beat_schedule_path: str = ""  # lading.beat.schedule; "" → under the data directory
 
 
 @dataclass(frozen=True)

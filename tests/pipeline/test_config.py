@@ -125,12 +125,12 @@ lading:
     p = s.storage.upload_purging
     assert (p.enabled, p.age_seconds, p.interval_seconds, p.dryrun) == (False, 630.0, 5400.0, True)
     h = s.http
-    assert (h.addr, h.prefix, h.secret, h.host) == (
+    assert (h.addr, h.prefix, h.host) == (
         "127.0.0.1:5001",
         "/my/nested/registry",
-        "s3cret",
         "https://registry.example.com",
     )
+    assert any(w.startswith("http.secret: not needed") for w in s.warnings)
     assert (h.metrics_addr, h.metrics_path, h.metrics_protected, h.health_path) == (
         "127.0.0.1:5002",
         "/m",
@@ -182,7 +182,7 @@ lading:
         True,
     )
     assert m.reconcile_interval_seconds == 60.0
-    assert s.warnings == ()
+    assert [w.split(":", 1)[0] for w in s.warnings] == ["http.secret"]
 
 
 def test_no_file_gives_the_embedded_defaults() -> None:
@@ -335,7 +335,6 @@ storage:
   maintenance: {readonly: {enabled: false}}
 http: {addr: ':5000', relativeurls: true}
 redis: {addr: 'localhost:6379'}
-proxy: {remoteurl: 'https://registry-1.docker.io'}
 middleware: {registry: []}
 validation: {disabled: true}
 notifications: {events: {includereferences: true}}
@@ -350,7 +349,6 @@ made_up_key: 1
         "storage.maintenance.readonly",
         "http.relativeurls",
         "redis",
-        "proxy",
         "middleware",
         "validation",
         "notifications.events",
@@ -397,6 +395,72 @@ http:
 def test_http_tls_keys_lading_cannot_honour_are_errors(tmp_path: Path, tls: str, key: str) -> None:
     with pytest.raises(ConfigurationError, match=key.replace(".", r"\.")):
         load_settings(write(tmp_path, f"http: {{tls: {tls}}}\n"), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("storage: {filesystem: {rootdirectroy: /srv}}\n", "storage.filesystem.rootdirectory"),
+        ("http: {adress: ':5000'}\n", "http.addr"),
+        ("http: {address: ':5000'}\n", "http.addr"),
+        ("http: {Addr: ':5000'}\n", "http.addr"),
+        ("storage: {delet: {enabled: true}}\n", "storage.delete"),
+        ("auth: {htpaswd: {realm: r, path: /p}}\n", "auth.htpasswd"),
+        (
+            "notifications: {endpoints: [{name: a, url: u, treshold: 3}]}\n",
+            "notifications.endpoints.0.threshold",
+        ),
+        ("lading: {maintenance: {gc: {grase: 1h}}}\n", "lading.maintenance.gc.grace"),
+        ("middlware: {}\n", "middleware"),
+        ("proxi: {remoteurl: x}\n", "proxy"),
+    ],
+)
+def test_a_key_one_edit_from_a_known_key_is_an_error_with_a_hint(
+    tmp_path: Path, text: str, error: str
+) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        load_settings(write(tmp_path, text), {})
+    assert f"did you mean {error}?" in error_text(exc)
+
+
+def test_a_misspelled_environment_override_names_the_variable_and_the_key() -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        load_settings(None, {"REGISTRY_HTTP_ADRESS": ":5000"})
+    assert (
+        "REGISTRY_HTTP_ADRESS: names no setting; did you mean REGISTRY_HTTP_ADDR (http.addr)?"
+        in error_text(exc)
+    )
+
+
+def test_keys_far_from_every_known_key_stay_warnings(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "http: {net: tcp}\nmade_up_key: 1\n"), {})
+    assert {w.split(":", 1)[0] for w in s.warnings} == {"http.net", "made_up_key"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("proxy: {remoteurl: 'https://registry-1.docker.io'}\n", "proxy", "pull-through"),
+        ("validation: {manifests: {urls: {deny: ['^https?://']}}}\n", "validation", "deny"),
+        (
+            "storage: {maintenance: {readonly: {enabled: true}}}\n",
+            "storage.maintenance.readonly",
+            "read-only",
+        ),
+    ],
+)
+def test_an_unimplemented_section_that_changes_behaviour_stops_start_up(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        load_settings(write(tmp_path, text), {})
+    assert f"configuration: {key}: " in error_text(exc) and words in error_text(exc)
+
+
+def test_an_unimplemented_section_switched_off_is_only_a_warning(tmp_path: Path) -> None:
+    text = "storage: {maintenance: {readonly: {enabled: false}}}\nvalidation: {disabled: true}\n"
+    s = load_settings(write(tmp_path, text), {})
+    assert {w.split(":", 1)[0] for w in s.warnings} == {"storage.maintenance.readonly", "validation"}
 
 
 def test_s3_is_mapped_when_the_storage_settings_have_s3_fields(tmp_path: Path) -> None:
