@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline.config import parse_addr
 from pipeline.errors import ConfigurationError, LadingError
 from pipeline.jobs import QUEUES
 from pipeline.settings import Settings
@@ -103,11 +104,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load(args)
     setup_logging(settings, quiet_celery=True)
     assembly = assemble(settings)
+    host, port = parse_addr(settings.http.addr)
+    log.info(
+        "lading %s: data in %s; listening on http://%s:%d", version(), data_location(settings), host, port
+    )
     try:
         serve(assembly.app, settings, metrics_registry=assembly.metrics.registry)
     finally:
         assembly.close()
     return 0
+
+
+def data_location(settings: Settings) -> str:
+    """Where the registry's data lives, for the start-up line."""
+    storage = settings.storage
+    if storage.driver == "filesystem":
+        return f"{os.path.abspath(storage.root)} (filesystem)"
+    if storage.driver == "inmemory":
+        return "memory (lost when the process stops)"
+    bucket = getattr(storage, f"{storage.driver}_bucket", "")
+    prefix = getattr(storage, f"{storage.driver}_rootdirectory", "") or storage.root
+    return f"{storage.driver}://{bucket}/{prefix.strip('/')}" if bucket else storage.driver
+
+
+def beat_schedule_file(args: argparse.Namespace, settings: Settings) -> str:
+    """Beat's state file: --schedule, else lading.beat.schedule, else under the data
+    directory (a filesystem driver) or the user's state directory; never the CWD."""
+    path = args.schedule or settings.maintenance.beat_schedule_path
+    if not path:
+        if settings.storage.driver == "filesystem":
+            base = os.path.join(os.path.abspath(settings.storage.root), "lading-beat")
+        else:
+            state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".local", "state"
+            )
+            base = os.path.join(state, "lading")
+        path = os.path.join(base, "celerybeat-schedule")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
 
 
 def worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
@@ -142,10 +176,9 @@ def cmd_beat(args: argparse.Namespace) -> int:
     setup_logging(settings)
     _require_broker(settings, "beat")
     app = create_app(settings)
-    argv = ["beat", "--loglevel", settings.log_level.upper()]
-    if args.schedule:
-        argv += ["--schedule", args.schedule]
-    app.start(argv=argv)
+    schedule = beat_schedule_file(args, settings)
+    log.info("beat schedule state in %s", schedule)
+    app.start(argv=["beat", "--loglevel", settings.log_level.upper(), "--schedule", schedule])
     return 0
 
 
@@ -160,7 +193,11 @@ def cmd_tarsum(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from lading.embedded import assemble
+
     settings = load(args)
+    # Everything `lading serve` builds at start, started nothing: the same checks, one path.
+    assemble(settings, start=False).close()
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     mode = "embedded worker" if settings.celery.embedded else "broker"
@@ -261,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         "beat", help="schedule maintenance jobs (run exactly one)", description="Run Celery beat."
     )
     _add_config(p)
-    p.add_argument("--schedule", "-s", metavar="FILE", help="beat's schedule state file")
+    p.add_argument(
+        "--schedule",
+        "-s",
+        metavar="FILE",
+        help="beat's schedule state file (default: lading.beat.schedule, else <rootdirectory>/lading-beat/)",
+    )
     p.set_defaults(run=cmd_beat)
 
     p = sub.add_parser(

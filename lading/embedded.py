@@ -56,8 +56,12 @@ class Assembly:
                 log.exception("error while shutting down")
 
 
-def assemble(settings: Settings) -> Assembly:
-    """Build (and in embedded mode start) everything `lading serve` needs."""
+def assemble(settings: Settings, *, start: bool = True) -> Assembly:
+    """Build (and in embedded mode start) everything `lading serve` needs.
+
+    `start=False` builds the same things and starts nothing: `lading check-config` runs
+    every check `lading serve` runs at start (htpasswd, policy, keys, storage, Celery
+    settings) by calling this, so the two cannot disagree."""
     from api.app import create_app as create_api
     from api.jobclient import CeleryJobClient
     from workers.app import create_app as create_celery
@@ -70,9 +74,10 @@ def assemble(settings: Settings) -> Assembly:
         from workers.embedded import start_embedded_worker
 
         celery_app = create_celery(settings, registry=registry)
-        worker = start_embedded_worker(celery_app, settings.celery.embedded_concurrency, beat=True)
-        closers.append(worker.stop)
-        closers.append(_count_retries(celery_app, metrics))
+        if start:
+            worker = start_embedded_worker(celery_app, settings.celery.embedded_concurrency, beat=True)
+            closers.append(worker.stop)
+            closers.append(_count_retries(celery_app, metrics))
         jobs: Any = CeleryJobClient(celery_app)  # results awaited from the in-process backend
         log.info(
             "embedded mode: in-process worker (concurrency %d) on the in-memory broker",

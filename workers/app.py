@@ -31,6 +31,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from pipeline import jobs
+from pipeline.config import CELERY_SECTION_KEYS, misspelling_of
 from pipeline.errors import ConfigurationError
 from pipeline.registry import Registry
 from pipeline.settings import Settings
@@ -104,6 +105,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def celery_setting_names() -> frozenset[str]:
+    """Every setting name Celery reads, from its documented settings table
+    (`celery.app.defaults.NAMESPACES`, flattened to the lowercase names of its docs)."""
+    from celery.app.defaults import NAMESPACES, flatten
+
+    return frozenset(name for name, _option in flatten(NAMESPACES))
+
+
+def check_extra(extra: dict[str, Any]) -> None:
+    """ConfigurationError for a `celery:` key that is neither Lading's nor a Celery setting:
+    `app.conf` would take it silently and nothing would read it (`broker_ur` would leave
+    the registry in embedded mode without a word)."""
+    names = celery_setting_names()
+    for key in extra:
+        if key in names:
+            continue
+        meant = misspelling_of(key, names | CELERY_SECTION_KEYS)
+        hint = f"did you mean celery.{meant}?" if meant else "see Celery's configuration reference"
+        raise ConfigurationError(f"celery.{key}", f"celery.{key}: not a Celery setting; {hint}")
+
+
 def apply_extra(config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`config` with `extra` on top; transport option dicts are merged, not replaced."""
     merged = dict(config)
@@ -121,6 +143,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None, main: st
     `registry`: the Registry the tasks use (embedded mode shares the API's, which an
     in-memory storage driver requires); by default each worker process builds its own from
     `settings` on its first job, with Redis repository locks when Redis is configured."""
+    check_extra(dict(settings.celery.extra))
     app = Celery(main, set_as_current=False)
     app.conf.update(apply_extra(celery_config(settings), dict(settings.celery.extra)))
     register_tasks(app, settings, registry=registry)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import types
 import urllib.error
 import urllib.request
@@ -242,3 +243,115 @@ def test_serve_embedded_answers_health_and_metrics_and_stops_cleanly(tmp_path: P
     assert any(e["request_id"] == "cli-test-1" and e["route"] == "/v2/" for e in access)
     assert not (tmp_path / "lading-data").exists()  # used the configured root, not the default
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+# --- check-config and serve: one validation path ------------------------------------------
+
+
+def _serve_once(config: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`lading serve CONFIG` as a process; a config that cannot run ends it at once."""
+    env = process_env(REGISTRY_HTTP_ADDR=f"127.0.0.1:{free_port()}")
+    return subprocess.run(
+        [*lading_command(), "serve", str(config)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "error"),
+    [
+        ("auth: {htpasswd: {realm: r, path: MISSING}}\n", "auth.htpasswd.path"),
+        ("auth: {htpasswd: {realm: r, path: MISSING}}\nlading: {auth: {policy: MISSING}}\n", "lading.auth.policy"),
+        ("celery: {broker_ur: 'redis://127.0.0.1:1/0'}\n", "did you mean celery.broker_url?"),
+        ("proxy: {remoteurl: 'https://registry-1.docker.io'}\n", "proxy: pull-through"),
+        ("http: {adress: ':5000'}\n", "did you mean http.addr?"),
+    ],
+)
+def test_check_config_fails_exactly_where_serve_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, section: str, error: str
+) -> None:
+    config = tmp_path / "config.yml"
+    missing = str(tmp_path / "no-such-file")
+    config.write_text(
+        f"storage: {{filesystem: {{rootdirectory: '{tmp_path / 'data'}'}}}}\n"
+        + section.replace("MISSING", missing)
+    )
+    code, out, err = run_main(capsys, "check-config", str(config))
+    assert code == 1 and "configuration OK" not in out and error in err
+    served = _serve_once(config, tmp_path)
+    assert served.returncode == 1 and error in served.stderr, served.stderr
+
+
+def test_check_config_passes_what_serve_starts_with(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:$2y$05$abcdefghijklmnopqrstuu5Vq7Cz1Ed8zMTqv3lqS4G8hKP.qvYrW\n")
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"storage: {{filesystem: {{rootdirectory: '{tmp_path / 'data'}'}}}}\n"
+        f"auth: {{htpasswd: {{realm: r, path: '{htpasswd}'}}}}\n"
+        "celery: {worker_prefetch_multiplier: 1}\n"
+    )
+    code, out, _ = run_main(capsys, "check-config", str(config))
+    assert code == 0 and "configuration OK" in out
+
+
+def test_serve_says_where_the_data_lives_and_where_it_listens(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    env = process_env(
+        REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}", REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=str(data)
+    )
+    with running([*lading_command(), "serve"], env, cwd=tmp_path) as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", timeout=60, proc=proc.proc)
+        assert proc.stop() == 0, proc.output
+    lines = [json.loads(line) for line in proc.output.splitlines() if line.startswith("{")]
+    start = [e["msg"] for e in lines if "listening on" in e["msg"]]
+    assert start == [
+        f"lading {cli.version()}: data in {data} (filesystem); listening on http://127.0.0.1:{port}"
+    ]
+
+
+def test_beat_keeps_its_schedule_under_the_data_directory(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(["beat"])
+    settings = cli.Settings(storage=cli.Settings().storage.__class__(root=str(tmp_path / "data")))
+    path = cli.beat_schedule_file(args, settings)
+    assert path == str(tmp_path / "data" / "lading-beat" / "celerybeat-schedule")
+    assert (tmp_path / "data" / "lading-beat").is_dir()
+
+
+def test_beat_schedule_from_the_configuration_or_the_command_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(f"lading: {{beat: {{schedule: '{tmp_path}/state/beat'}}}}\n")
+    from pipeline.config import load_settings
+
+    settings = load_settings(str(config), {})
+    assert (
+        cli.beat_schedule_file(cli.build_parser().parse_args(["beat"]), settings) == f"{tmp_path}/state/beat"
+    )
+    explicit = cli.build_parser().parse_args(["beat", "--schedule", str(tmp_path / "x" / "s")])
+    assert cli.beat_schedule_file(explicit, settings) == str(tmp_path / "x" / "s")
+
+
+def test_a_real_beat_writes_no_state_into_the_working_directory(tmp_path: Path) -> None:
+    from tests.support import redis_server
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = process_env(
+        REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=str(tmp_path / "data"),
+        REGISTRY_CELERY_BROKER_URL=redis_server.url(16),
+    )
+    state = tmp_path / "data" / "lading-beat"
+    with running([*lading_command(), "beat"], env, cwd=cwd) as proc:
+        deadline = time.monotonic() + 60
+        while not any(state.glob("celerybeat-schedule*")):
+            assert proc.proc.poll() is None and time.monotonic() < deadline, proc.output
+            time.sleep(0.05)
+        proc.stop()
+    assert list(cwd.iterdir()) == []

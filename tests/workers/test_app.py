@@ -158,3 +158,48 @@ def test_beat_schedule_follows_the_maintenance_settings() -> None:
         jobs.RECONCILE: 30.0,
     }
     assert create_app(settings).conf.beat_schedule == schedule
+
+
+# --- the celery: section is held to Celery's own setting names ---------------------------
+
+
+def test_celery_setting_names_come_from_celerys_documented_settings_table() -> None:
+    # workers.app.celery_setting_names reads celery.app.defaults (NAMESPACES, flatten), the
+    # table Celery documents as "Configuration introspection and defaults". This fails the
+    # day that table moves or changes shape, instead of every key becoming "unknown".
+    from celery.app.defaults import NAMESPACES, flatten
+
+    from workers.app import celery_setting_names
+
+    names = celery_setting_names()
+    assert names == {name for name, _ in flatten(NAMESPACES)}
+    assert len(names) > 150
+    assert {
+        "broker_url",
+        "result_backend",
+        "broker_transport_options",
+        "worker_prefetch_multiplier",
+        "task_acks_late",
+        "worker_send_task_events",
+        "beat_schedule",
+        "worker_hijack_root_logger",
+    } <= names
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"broker_ur": "x"}, "celery.broker_ur: not a Celery setting; did you mean celery.broker_url?"),
+        ({"worker_prefetch_multiplyer": 1}, "did you mean celery.worker_prefetch_multiplier?"),
+        ({"commit_timout": 5}, "did you mean celery.commit_timeout?"),
+        ({"my_own_thing": 1}, "celery.my_own_thing: not a Celery setting"),
+    ],
+)
+def test_a_celery_key_celery_does_not_know_stops_the_app(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("?", r"\?").replace(".", r"\.")):
+        create_app(redis_settings(**extra))
+
+
+def test_every_real_celery_setting_is_accepted() -> None:
+    app = create_app(redis_settings(worker_prefetch_multiplier=4, task_time_limit=60))
+    assert app.conf.worker_prefetch_multiplier == 4 and app.conf.task_time_limit == 60
