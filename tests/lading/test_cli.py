@@ -265,7 +265,7 @@ def _serve_once(config: Path, tmp_path: Path) -> subprocess.CompletedProcess[str
     ("section", "error"),
     [
         ("auth: {htpasswd: {realm: r, path: MISSING}}\n", "auth.htpasswd.path"),
-        ("auth: {htpasswd: {realm: r, path: MISSING}}\nlading: {auth: {policy: MISSING}}\n", "lading.auth.policy"),
+        ("auth: {htpasswd: {realm: r, path: MISSING}}\nlading: {auth: {policy: MISSING}}\n", "auth.policy"),
         ("celery: {broker_ur: 'redis://127.0.0.1:1/0'}\n", "did you mean celery.broker_url?"),
         ("proxy: {remoteurl: 'https://registry-1.docker.io'}\n", "proxy: pull-through"),
         ("http: {adress: ':5000'}\n", "did you mean http.addr?"),
