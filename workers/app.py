@@ -10,17 +10,17 @@ store per app object: the API's job client and the embedded worker must share th
 goes on top of it (dict-valued transport options are merged key by key, so overriding one
 option keeps the rest).
 
-Task events (`worker_send_task_events`, `task_send_sent_event`) are on with a broker, so
-Flower shows every job from its first, and off in embedded mode, where nothing outside the
-process can attach to the in-memory broker. They are not free: each job then publishes
-one `task-sent` event from the API and received/started/succeeded events from the worker.
-`python -m bench` measured, in scaled mode, small-blob push at 116 blobs/s with
-events and 191 without, and the CI batch at 24 images/s with and 36 without. An operator
-who does not run Flower can turn them off in config.yml:
+Task events (`worker_send_task_events`, `task_send_sent_event`) are off by default: each job
+would publish one `task-sent` event from the API and received/started/succeeded events from
+the worker, which `python -m bench` measured at ~40% of scaled small-blob throughput. Flower
+turns worker events on itself: its `enable_events` option (on by default) broadcasts
+`enable_events` every 5 s, so monitoring costs CPU only while someone runs Flower, and a
+worker started after Flower is covered within seconds. An operator who wants them always
+(e.g. another event consumer) sets, in config.yml:
 
     celery:
-      worker_send_task_events: false
-      task_send_sent_event: false
+      worker_send_task_events: true
+      task_send_sent_event: true
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Jobs are idempotent: a commit already running survives a broker blip and its
         # redelivery finds the work done, instead of being cancelled half-way.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # Flower's view of every job (see the module docstring for what it costs).
-        "worker_send_task_events": not cfg.embedded,
-        "task_send_sent_event": not cfg.embedded,
+        # Off: Flower enables worker events while it runs (see the module docstring).
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "task_track_started": False,
         "worker_disable_rate_limits": True,
         "task_serializer": "json",

@@ -1,10 +1,12 @@
 """Watching a push in Flower and in the registry's metrics, scaled out on a real Redis.
 
 `lading serve CONFIG` (API only, Redis broker), a separate `lading worker` and
-`celery -A lading.celery_app flower` all read the same config file (LADING_CONFIG). Flower is
-up and sees the worker before skopeo pushes, so it records every job of the push: one
-`lading.commit_blob` per layer and config digest and one `lading.commit_manifest`, all
-SUCCESS. The registry's `/metrics` counts at least the image's bytes as pushed.
+`celery -A lading.celery_app flower` all read the same config file (LADING_CONFIG). Task
+events are off by default; Flower, started AFTER the worker, turns them on by broadcasting
+`enable_events` (the worker logs it). Once it has, skopeo pushes and Flower records every job
+of the push: one `lading.commit_blob` per layer and config digest and one
+`lading.commit_manifest`, all SUCCESS. The registry's `/metrics` counts at least the image's
+bytes as pushed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tests.support.net import free_port, wait_http
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 12  # this test's own database on the shared Redis, flushed first
+REDIS_DB = 26  # this test's own database on the shared Redis, flushed first
 BROKER = redis_server.url(REDIS_DB)
 FLOWER_AUTH = ("flower-user", "flower-pass")
 
@@ -98,12 +100,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         f"--basic-auth={':'.join(FLOWER_AUTH)}",
     ]
     with ExitStack() as stack:
-        flower_proc = stack.enter_context(running(flower_args, env, cwd=tmp))
         worker_args = [*lading_command(), "worker", "--concurrency", "2", "--hostname", "e2e-flower@%h"]
         worker = stack.enter_context(running(worker_args, env, cwd=tmp))
         server = stack.enter_context(running([*lading_command(), "serve", str(config)], env, cwd=tmp))
-        wait_http(f"{flower}/healthcheck", timeout=60, proc=flower_proc.proc)
+        worker.wait_for(r"ready\.", timeout=60)
         wait_http(f"http://127.0.0.1:{port}/v2/", timeout=60, proc=server.proc)
+        # Flower comes last: the worker runs with task events off until Flower enables them.
+        assert "enabled by remote" not in worker.output
+        flower_proc = stack.enter_context(running(flower_args, env, cwd=tmp))
+        wait_http(f"{flower}/healthcheck", timeout=60, proc=flower_proc.proc)
+        # Celery logs "Events of group {task} enabled by remote." on Flower's broadcast.
+        worker.wait_for(r"Events of group \{task\} enabled by remote", timeout=60)
         # Flower only records the tasks of workers it is already listening to.
         poll(
             "worker online in Flower",

@@ -66,7 +66,8 @@ def test_production_settings_from_the_notes() -> None:
     conf = create_app(redis_settings()).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    # Off: Flower enables worker events while it runs (tests/e2e/test_flower.py).
+    assert not conf.worker_send_task_events and not conf.task_send_sent_event
     assert conf.task_serializer == conf.result_serializer == "json"
     assert conf.accept_content == ["json"]
     assert conf.broker_connection_retry_on_startup
@@ -92,15 +93,15 @@ def test_task_events_are_off_in_embedded_mode_unless_asked_for() -> None:
     assert conf.worker_send_task_events and conf.task_send_sent_event
 
 
-def test_an_operator_can_turn_task_events_off_in_config_yml(tmp_path: Path) -> None:
+def test_an_operator_can_turn_task_events_on_in_config_yml(tmp_path: Path) -> None:
     config = tmp_path / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "storage: {inmemory: {}}\n"
-        f"celery: {{broker_url: '{REDIS}', worker_send_task_events: false, task_send_sent_event: false}}\n"
+        f"celery: {{broker_url: '{REDIS}', worker_send_task_events: true, task_send_sent_event: true}}\n"
     )
     conf = create_app(load_settings(str(config), {})).conf
-    assert conf.worker_send_task_events is False and conf.task_send_sent_event is False
+    assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
     assert conf.broker_url == REDIS
 
 
