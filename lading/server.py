@@ -1,9 +1,10 @@
 """Running an ASGI app under uvicorn the way Lading wants it.
 
-httptools for HTTP/1.1 parsing, uvloop when installed, a keep-alive long enough for
-clients that reuse connections across a push, no uvicorn access log (api.logs writes one
-JSON line per request), no `Server: uvicorn` header, and a graceful shutdown: on SIGTERM
-or SIGINT uvicorn stops accepting, lets in-flight requests finish for up to
+httptools for HTTP/1.1 parsing, with bounds on each request's head (size, header count,
+read time: `lading.http_limits`) and on concurrent connections, uvloop when installed, a
+keep-alive long enough for clients that reuse connections across a push, no uvicorn access
+log (api.logs writes one JSON line per request), no `Server: uvicorn` header, and a
+graceful shutdown: on SIGTERM or SIGINT uvicorn stops accepting, lets in-flight requests finish for up to
 `http.drain_timeout_seconds`, runs the app's lifespan shutdown, and `serve` returns
 normally so the caller can stop what it started (the embedded worker).
 
@@ -25,6 +26,7 @@ import uvicorn
 from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
+from lading.http_limits import HeadLimits, limited_protocol
 from pipeline.config import parse_addr
 from pipeline.settings import Settings, TlsSettings
 from pipeline.tls import server_context
@@ -56,7 +58,10 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=limited_protocol(
+            HeadLimits(http.max_header_bytes, http.max_headers, http.header_timeout_seconds)
+        ),
+        limit_concurrency=http.max_connections or None,
         ws="none",
         lifespan="auto",
         log_config=None,  # the process configured JSON logging already

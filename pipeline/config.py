@@ -32,7 +32,12 @@ lading:
       expiration: 5m
       path: /auth/token
   beat: {schedule: /var/lib/lading/beat/schedule}   # beat's state (default: <rootdirectory>/lading-beat/)
-  http: {keepalive: 30s}       # idle keep-alive of client connections
+  http:
+    keepalive: 30s            # idle keep-alive of client connections
+    maxheaderbytes: 1MiB      # request line + headers, else 431 (Go's MaxHeaderBytes)
+    maxheaders: 100           # header fields per request, else 431
+    headertimeout: 30s        # a request head must arrive within this (slowloris)
+    maxconnections: 1000      # concurrent connections; beyond → 503 (0: unlimited)
   metrics: {protected: false}   # true: /metrics needs credentials the registry accepts (as GET /v2/)
   health: {path: /healthz}
 ```
@@ -407,8 +412,16 @@ SCHEMA = _s(
                         ),
                     }
                 ),
-                "http": _s({"keepalive": SECONDS}),
                 "beat": _s({"schedule": STR}),
+                "http": _s(
+                    {
+                        "keepalive": SECONDS,
+                        "maxheaderbytes": SIZE,
+                        "maxheaders": INT,
+                        "headertimeout": SECONDS,
+                        "maxconnections": INT,
+                    }
+                ),
                 "metrics": _s({"protected": BOOL}),
                 "health": _s({"path": STR}),
             }
@@ -976,7 +989,22 @@ def _http(t: Mapping[str, Any]) -> HttpSettings:
             drain_timeout_seconds=h.get("draintimeout"),
             keepalive_seconds=_get(t, "lading", "http", "keepalive"),
             tls=_tls(h.get("tls")),
+            **_head_limits(_get(t, "lading", "http") or {}),
         )
+    )
+
+
+def _head_limits(lh: Mapping[str, Any]) -> dict[str, Any]:
+    for key, least in (("maxheaderbytes", 1024), ("maxheaders", 1), ("maxconnections", 0)):
+        if lh.get(key) is not None and lh[key] < least:
+            raise ConfigurationError(f"lading.http.{key}: must be at least {least}, got {lh[key]}")
+    if lh.get("headertimeout") is not None and lh["headertimeout"] <= 0:
+        raise ConfigurationError(f"lading.http.headertimeout: must be positive, got {lh['headertimeout']}")
+    return _pick(
+        max_header_bytes=lh.get("maxheaderbytes"),
+        max_headers=lh.get("maxheaders"),
+        header_timeout_seconds=lh.get("headertimeout"),
+        max_connections=lh.get("maxconnections"),
     )
 
 

@@ -73,6 +73,11 @@ class HttpSettings:
     keepalive_seconds: float = 30.0  # idle keep-alive of client connections (lading.http.keepalive)
     drain_timeout_seconds: float = 30.0  # graceful shutdown wait for in-flight requests (http.draintimeout)
     tls: TlsSettings | None = None  # http.tls; None → plain HTTP
+    # Bounds on a request's head, checked before any parsing or auth (lading.http.*):
+    max_header_bytes: int = 1024 * 1024  # request line + headers; Go's MaxHeaderBytes → 431
+    max_headers: int = 100  # header fields per request (Apache's LimitRequestFields) → 431
+    header_timeout_seconds: float = 30.0  # whole head must arrive in this time (Go's ReadHeaderTimeout)
+    max_connections: int = 1000  # concurrent connections/requests; beyond → 503 (0 = no limit)
 
 
 @dataclass(frozen=True)

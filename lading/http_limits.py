@@ -1,0 +1,161 @@
+"""Bounds on request heads, enforced where the bytes arrive: before parsing finishes, before
+any route or auth code runs.
+
+uvicorn's httptools protocol has no limit on the request line and header block: llhttp
+hands httptools each header in pieces and httptools concatenates them until the header
+ends, so an unterminated 128 MiB header is 128 MiB (and quadratic copying) per connection,
+and a connection that dribbles one byte a minute is kept forever. Go's net/http, under
+distribution, stops reading at `MaxHeaderBytes` (1 MiB) and answers 431.
+
+`limited_protocol(limits)` is uvicorn's httptools protocol with three guards:
+
+- **size**: at most `max_header_bytes` from the start of a request to the end of its
+  headers. A read that would cross the limit is fed only up to it; if the parser has not
+  seen the end of the headers by then, the client gets `431 Request Header Fields Too
+  Large` and the connection is closed. (Bytes of a pipelined request that arrive in the
+  same read as the end of the previous one are not counted: at most one socket read, 256 KiB
+  under uvloop.)
+- **count**: more than `max_headers` header fields → 431.
+- **time**: the head must be complete within `header_timeout` seconds of the connection
+  opening, or of its first byte for later requests on a keep-alive connection (Go's
+  `ReadHeaderTimeout`); otherwise the connection is closed. Idle keep-alive time between
+  requests is uvicorn's `timeout_keep_alive`.
+
+It subclasses `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol` (uvicorn's `http`
+option accepts a protocol class) and relies on its parser callbacks `on_message_begin`,
+`on_header`, `on_headers_complete`, `on_message_complete` and on `send_400_response` for a
+parser error; tests/lading/test_http_limits.py fails if those change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["HeadLimits", "limited_protocol"]
+
+log = logging.getLogger("lading.server")
+
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 35\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b"431 Request Header Fields Too Large"
+)
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    max_header_bytes: int
+    max_headers: int
+    header_timeout: float
+
+
+class _TooManyHeaders(Exception):
+    pass
+
+
+class _LimitedHttpToolsProtocol(HttpToolsProtocol):
+    limits: HeadLimits  # set on the subclass limited_protocol makes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._too_large = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # --- the timer ---------------------------------------------------------------------
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            log.info("closing a connection whose request head took over %gs", self.limits.header_timeout)
+            self.transport.close()
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_head:
+            super().data_received(data)
+            return
+        self._start_head_timer()
+        room = self.limits.max_header_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            super().data_received(data)
+            return
+        # Feed only what fits; the rest is accepted only if the head ended within it.
+        self._head_bytes += room
+        if room > 0:
+            super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._reject(f"header block over {self.limits.max_header_bytes} bytes")
+            return
+        super().data_received(data[room:])
+
+    # --- parser callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._header_count = 0
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            self._too_large = True
+            raise _TooManyHeaders  # httptools aborts the parse; uvicorn calls send_400_response
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._reject(f"more than {self.limits.max_headers} header fields")
+        else:
+            super().send_400_response(msg)
+
+    def _reject(self, why: str) -> None:
+        log.info("431 to %s: %s", self.client, why)
+        self._stop_head_timer()
+        self.transport.write(_431)
+        self.transport.close()
+
+
+def limited_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol class bounded by `limits` (pass as `Config(http=...)`)."""
+    return type("LimitedHttpToolsProtocol", (_LimitedHttpToolsProtocol,), {"limits": limits})
