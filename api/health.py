@@ -10,7 +10,7 @@ Answers 200 `{"status": "ok", "checks": {...}}` or 503 `{"status": "unavailable"
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.coordination import celery_url, redis_target
 from pipeline.errors import PathNotFound
 from pipeline.settings import Settings
 from pipeline.storage.driver import StorageDriver
@@ -29,14 +30,14 @@ CHECK_TIMEOUT = 2.0
 BrokerPing = Callable[[], Awaitable[None]]
 
 
-def broker_ping(broker_url: str, timeout: float = CHECK_TIMEOUT) -> BrokerPing:
-    """An async callable raising if the broker at `broker_url` does not answer."""
-    if broker_url.startswith(("redis://", "rediss://", "unix://")):
-        import redis.asyncio
-
-        client = redis.asyncio.Redis.from_url(
-            broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+def broker_ping(
+    broker_url: str, timeout: float = CHECK_TIMEOUT, transport_options: Mapping[str, Any] | None = None
+) -> BrokerPing:
+    """An async callable raising if the broker at `broker_url` does not answer (a Redis,
+    Sentinel-managed or not, is PINGed; any other broker is connected to by kombu)."""
+    target = redis_target(broker_url, transport_options)
+    if target is not None:
+        client = target.async_client(timeout)
 
         async def ping_redis() -> None:
             await client.ping()
@@ -46,7 +47,7 @@ def broker_ping(broker_url: str, timeout: float = CHECK_TIMEOUT) -> BrokerPing:
     def connect() -> None:
         from kombu import Connection
 
-        with Connection(broker_url, connect_timeout=timeout) as conn:
+        with Connection(celery_url(broker_url), connect_timeout=timeout) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
 
     async def ping_other() -> None:
@@ -71,7 +72,10 @@ class HealthCheck:
         self.timeout = timeout
         self.embedded_alive = embedded_alive
         broker = settings.celery.broker_url
-        self.ping = ping if ping is not None else (broker_ping(broker, timeout) if broker else None)
+        options = settings.celery.extra.get("broker_transport_options")
+        if ping is None and broker:
+            ping = broker_ping(broker, timeout, options if isinstance(options, Mapping) else None)
+        self.ping = ping
 
     async def check_storage(self) -> dict[str, Any]:
         def stat_root() -> None:

@@ -43,7 +43,6 @@ from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
@@ -52,6 +51,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from pipeline import errors, jobs
+from pipeline.coordination import RedisTarget, redis_target
 from pipeline.errors import JobTimeout, LadingError, StorageUnavailable
 from pipeline.handlers import run_job
 
@@ -100,20 +100,21 @@ def _value(job_id: str, status: str, result: Any) -> dict[str, Any]:
     raise LadingError({"job_id": job_id, "state": status}, "job did not complete")
 
 
-def _redis_backend_url(app: Celery) -> str | None:
+def _redis_backend_url(app: Celery) -> RedisTarget | None:
     url = app.conf.result_backend
-    if not isinstance(url, str) or url.split("://", 1)[0] not in ("redis", "rediss"):
+    target = redis_target(url, app.conf.result_backend_transport_options) if isinstance(url, str) else None
+    if target is None:
         return None
     if app.conf.result_serializer != "json" or app.conf.result_compression:
         return None  # the listener reads raw JSON metadata
-    return url
+    return target
 
 
 class _ResultListener:
     """One pub/sub connection and one reader task, bound to one event loop."""
 
-    def __init__(self, url: str, key_prefix: str) -> None:
-        self._client = aioredis.Redis.from_url(url)
+    def __init__(self, target: RedisTarget, key_prefix: str) -> None:
+        self._client = target.async_client(timeout=None)
         self._pubsub = self._client.pubsub()
         self._prefix = key_prefix + META_PREFIX
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -313,7 +314,7 @@ class CeleryJobClient:
 
     def __init__(self, app: Celery, redis_url: str | None = None, *, max_blocking_waiters: int = 64) -> None:
         self._app = app
-        self._redis_url = redis_url or _redis_backend_url(app)
+        self._redis_url = redis_target(redis_url) if redis_url else _redis_backend_url(app)
         options = app.conf.result_backend_transport_options or {}
         self._key_prefix = str(options.get("global_keyprefix") or "")
         self._listener: _ResultListener | None = None

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.middleware import RequestMiddleware, route_of
 from pipeline import events
+from pipeline.coordination import RedisTarget, coordination_for, redis_target
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, JobClient
 from pipeline.maintenance import stats as maintenance_stats
@@ -233,11 +234,12 @@ class RedisQueueDepth(Collector):
     """`lading_queue_depth{queue=…}`: messages waiting in each queue of a Redis broker,
     read on every scrape (a failed read exports nothing rather than a stale number)."""
 
-    def __init__(self, broker_url: str, queues: Iterable[str] = QUEUES) -> None:
-        import redis  # only needed with a Redis broker
-
+    def __init__(self, broker: RedisTarget | str, queues: Iterable[str] = QUEUES) -> None:
+        target = broker if isinstance(broker, RedisTarget) else redis_target(broker)
+        if target is None:
+            raise ValueError(f"not a Redis broker: {broker!r}")
         self.queues = tuple(queues)
-        self.client = redis.Redis.from_url(broker_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.client = target.client(timeout=1.0)
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("lading_queue_depth", "Jobs waiting in the broker queue", labels=["queue"])
@@ -330,6 +332,15 @@ class InstrumentedJobs:
         return getattr(self.inner, name)
 
 
+def add_queue_depth(settings: Settings, metrics: Metrics) -> None:
+    """Register `lading_queue_depth` when metrics are on and the broker is a Redis."""
+    if not settings.http.metrics_enabled or settings.celery.embedded:
+        return
+    broker = coordination_for(settings).redis
+    if broker is not None and broker.url == settings.celery.broker_url:
+        metrics.registry.register(RedisQueueDepth(broker))
+
+
 def instrument(app: Starlette, settings: Settings, metrics: Metrics | None = None) -> Metrics:
     """Add MetricsMiddleware to `app` and return its Metrics (also on app.state.metrics).
 
@@ -345,9 +356,7 @@ def instrument(app: Starlette, settings: Settings, metrics: Metrics | None = Non
         metrics.watch_maintenance(registry.driver)
     http = settings.http
     serve_here = http.metrics_enabled and not http.metrics_addr and not http.metrics_protected
-    broker = settings.celery.broker_url or ""
-    if http.metrics_enabled and broker.startswith(("redis://", "rediss://", "unix://")):
-        metrics.registry.register(RedisQueueDepth(broker))
+    add_queue_depth(settings, metrics)
     serve_path = http.metrics_path if serve_here else None
     app.add_middleware(MetricsMiddleware, metrics=metrics, serve_path=serve_path)
     app.state.metrics = metrics

@@ -30,7 +30,7 @@ import yaml
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
 from pipeline.config import load_settings
-from pipeline.registry import Registry
+from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings, StorageSettings
 from workers.app import create_app
 from workers.embedded import start_embedded_worker
@@ -129,7 +129,7 @@ def bench_redis(redis_url: str, n: int, concurrency: int) -> None:
             start_new_session=True,
         )
         try:
-            registry = Registry.from_settings(settings)
+            registry = build_registry(settings)
             upload_id = tiny_upload(registry)
             client = CeleryJobClient(create_app(settings))
             print(f"redis ({redis_url}, prefork worker subprocess, concurrency 2):")

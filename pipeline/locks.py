@@ -1,19 +1,35 @@
-"""Per-repository mutual exclusion for state-changing use cases (manifest commit/delete).
+"""Per-repository mutual exclusion for state-changing use cases (manifest commit/delete)
+and maintenance runs (`pipeline.maintenance.locking`, lock names starting with `_`).
 
-Locks are scoped to one repository name and never global, so a slow commit in one
-repository never holds up another. `LocalLocks` serves one process (embedded mode,
-tests); `workers/locks.py` implements the same protocol on Redis for many workers.
+Locks are scoped to one name and never global, so a slow commit in one repository never
+holds up another. Two implementations of `RepositoryLocks`:
+
+- `LocalLocks`: in-process, for embedded mode (every worker a thread of one process) and
+  tests;
+- `RedisLocks`: one redis-py `Lock` per name in the deployment's shared Redis. The lock
+  holds a short lease that a background thread renews while the holder runs, so a long
+  critical section keeps its lock and a process that dies releases it within one lease.
+
+Which one a process uses is decided once, by `pipeline.coordination.coordination_for`.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import redis
+from redis.exceptions import LockError
+
 from pipeline.errors import TooManyRequests
+
+log = logging.getLogger(__name__)
 
 
 class RepositoryLocks(Protocol):
@@ -58,3 +74,82 @@ class LocalLocks:
 
     def lock(self, repository: str, timeout: float = 60.0) -> AbstractContextManager[None]:
         return self._hold(repository, timeout)
+
+
+KEY_PREFIX = "lading:lock:repository:"
+
+
+class RedisLocks:
+    """Repository locks in Redis (see module docstring)."""
+
+    def __init__(self, client: redis.Redis, lease: float = 30.0, prefix: str = KEY_PREFIX) -> None:
+        if lease <= 0:
+            raise ValueError("lease must be positive")
+        self._client = client
+        self._lease = lease
+        self._prefix = prefix
+        self._renewer: _Renewer | None = None
+        self._renewer_pid = 0
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def lock(self, repository: str, timeout: float = 60.0) -> Iterator[None]:
+        """Hold `repository`'s lock for the `with` block, waiting at most `timeout` s."""
+        lock = self._client.lock(
+            self._prefix + repository, timeout=self._lease, blocking_timeout=timeout, thread_local=False
+        )
+        if not lock.acquire():
+            raise TooManyRequests(
+                {"repository": repository, "reason": f"repository is locked; waited {timeout:g}s"}
+            )
+        renewer = self._get_renewer()
+        renewer.add(lock)
+        try:
+            yield
+        finally:
+            renewer.discard(lock)
+            try:
+                lock.release()
+            except LockError:
+                # The lease ran out (renewal failed, e.g. Redis was unreachable): someone else
+                # may hold it now, and there is nothing of ours left to release.
+                log.warning("lock for repository %r expired before release", repository)
+
+    def _get_renewer(self) -> _Renewer:
+        # A renewer thread does not survive fork: a prefork child starts its own.
+        with self._guard:
+            if self._renewer is None or self._renewer_pid != os.getpid():
+                self._renewer = _Renewer(self._lease)
+                self._renewer_pid = os.getpid()
+            return self._renewer
+
+
+class _Renewer:
+    """One daemon thread per process that extends the lease of every held lock."""
+
+    def __init__(self, lease: float) -> None:
+        self._lease = lease
+        self._held: weakref.WeakSet[redis.lock.Lock] = weakref.WeakSet()
+        self._mutex = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lading-lock-renewer", daemon=True)
+        self._thread.start()
+
+    def add(self, lock: redis.lock.Lock) -> None:
+        with self._mutex:
+            self._held.add(lock)
+
+    def discard(self, lock: redis.lock.Lock) -> None:
+        with self._mutex:
+            self._held.discard(lock)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._lease / 3)
+            with self._mutex:
+                held = list(self._held)
+            for lock in held:
+                try:
+                    lock.reacquire()
+                except (LockError, redis.RedisError) as exc:
+                    log.warning("could not renew lock %r: %s", lock.name, exc)

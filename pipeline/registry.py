@@ -1,8 +1,13 @@
-"""The composition of one registry's stores over one storage driver.
+"""The composition of one registry's stores over one storage driver, and
+`build_registry(settings)`: the one place a `Registry` is built from `Settings`.
 
-Every process (API, worker, CLI) builds a `Registry` once from its `Settings` and passes
-it to the use cases; the stores share the driver and hold no per-request state, so one
-instance serves every thread.
+Every process (API, worker, beat, CLI command, embedded) gets its `Registry` from
+`build_registry`, called by the composition root `lading.composition` — or, in a worker
+process started by Celery's own command line, by the task layer's `RegistryHolder`
+(workers/ may not import lading/, so the pipeline-level half of the root lives here).
+`build_registry` asks `pipeline.coordination` where locks live, so no process can end up
+with per-process locks in a deployment of many processes. The stores share the driver
+and hold no per-request state, so one instance serves every thread.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 
 from pipeline.blobs import BlobStore, RepositoryBlobs
 from pipeline.catalog import Catalog
+from pipeline.coordination import Coordination, coordination_for
 from pipeline.locks import LocalLocks, RepositoryLocks
 from pipeline.manifeststore import ManifestStore
 from pipeline.referrers import Referrers
@@ -35,12 +41,6 @@ class Registry:
     referrers: Referrers
     catalog: Catalog
     locks: RepositoryLocks
-
-    @classmethod
-    def from_settings(cls, settings: Settings, locks: RepositoryLocks | None = None) -> Registry:
-        """The registry the configuration describes (storage from `settings.storage`);
-        in-process locks unless a shared implementation (Redis) is passed."""
-        return cls.from_driver(settings, driver_from_settings(settings.storage), locks)
 
     @classmethod
     def in_memory(cls, settings: Settings | None = None) -> Registry:
@@ -69,3 +69,17 @@ class Registry:
             catalog=Catalog(driver),
             locks=locks if locks is not None else LocalLocks(),
         )
+
+
+def build_registry(
+    settings: Settings, coordination: Coordination | None = None, *, driver: StorageDriver | None = None
+) -> Registry:
+    """The registry `settings` describes: storage from `settings.storage` (or `driver`),
+    locks where `coordination` (default: `coordination_for(settings)`) puts them: Redis in
+    a scaled-out deployment, in-process in embedded mode. ConfigurationError for a
+    scaled-out configuration with no shared place for locks."""
+    coordination = coordination if coordination is not None else coordination_for(settings)
+    locks = coordination.locks()
+    if driver is None:
+        driver = driver_from_settings(settings.storage)
+    return Registry.from_driver(settings, driver, locks)

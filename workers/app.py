@@ -25,6 +25,7 @@ worker started after Flower is covered within seconds. An operator who wants the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -32,6 +33,7 @@ from kombu import Exchange, Queue
 
 from pipeline import jobs
 from pipeline.config import CELERY_SECTION_KEYS, misspelling_of
+from pipeline.coordination import celery_url, coordination_for, is_redis, kind_of
 from pipeline.errors import ConfigurationError
 from pipeline.registry import Registry
 from pipeline.settings import Settings
@@ -45,6 +47,7 @@ EMBEDDED_POLLING_INTERVAL = 0.005
 RESULT_EXPIRES = 3600  # the API waits minutes at most; nobody reads a result later
 
 _MERGED = ("broker_transport_options", "result_backend_transport_options")
+_SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs", "min_other_sentinels")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -52,18 +55,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     cfg = settings.celery
     visibility = visibility_timeout()
     broker_options: dict[str, Any] = {"visibility_timeout": visibility}
+    results_options: dict[str, Any] = {"visibility_timeout": visibility}
     if cfg.embedded:
         broker_url: str = EMBEDDED_BROKER
         result_backend = cfg.result_backend or EMBEDDED_BACKEND
         broker_options["polling_interval"] = EMBEDDED_POLLING_INTERVAL
     else:
-        broker_url = str(cfg.broker_url)
+        # Refuses a configuration with no Redis for locks (pipeline.coordination).
+        coordination_for(settings)
+        broker_url = celery_url(str(cfg.broker_url))
         # A Redis broker doubles as the result backend unless one is named. Any other broker
         # needs one named: `rpc://` would deliver a result only to the process that sent the job.
         if cfg.result_backend:
-            result_backend = cfg.result_backend
-        elif broker_url.split("://", 1)[0] in ("redis", "rediss"):
+            result_backend = celery_url(cfg.result_backend)
+        elif is_redis(broker_url):
             result_backend = broker_url
+            if kind_of(broker_url) == "sentinel":  # the backend finds the master the same way
+                sentinel = cfg.extra.get("broker_transport_options") or {}
+                results_options.update({k: v for k, v in sentinel.items() if k in _SENTINEL_OPTIONS})
         else:
             raise ConfigurationError(
                 "celery.result_backend",
@@ -74,7 +83,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": result_backend,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_options,
-        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "result_backend_transport_options": results_options,
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in jobs.QUEUES],
         "task_routes": {name: {"queue": queue, "routing_key": queue} for name, queue in jobs.ROUTES.items()},
         # Celery's own periodic tasks (backend cleanup) would otherwise go to an unconsumed queue.
@@ -137,14 +146,21 @@ def apply_extra(config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def create_app(settings: Settings, *, registry: Registry | None = None, main: str = "lading") -> Celery:
+def create_app(
+    settings: Settings,
+    *,
+    registry: Registry | None = None,
+    registry_factory: Callable[[], Registry] | None = None,
+    main: str = "lading",
+) -> Celery:
     """A configured Celery app with one task per job name registered.
 
     `registry`: the Registry the tasks use (embedded mode shares the API's, which an
-    in-memory storage driver requires); by default each worker process builds its own from
-    `settings` on its first job, with Redis repository locks when Redis is configured."""
+    in-memory storage driver requires); else each worker process builds its own on its
+    first job with `registry_factory` (lading.composition's), by default
+    `pipeline.registry.build_registry(settings)`."""
     check_extra(dict(settings.celery.extra))
     app = Celery(main, set_as_current=False)
     app.conf.update(apply_extra(celery_config(settings), dict(settings.celery.extra)))
-    register_tasks(app, settings, registry=registry)
+    register_tasks(app, settings, registry=registry, factory=registry_factory)
     return app

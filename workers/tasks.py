@@ -26,9 +26,8 @@ from celery import Celery
 from pipeline import jobs
 from pipeline.errors import DeliveryFailed, StorageUnavailable
 from pipeline.handlers import run_job
-from pipeline.registry import Registry
+from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
-from workers.locks import locks_for
 
 HOUR = 3600.0
 
@@ -123,9 +122,16 @@ class RegistryHolder:
         return registry
 
 
-def register_tasks(app: Celery, settings: Settings, registry: Registry | None = None) -> RegistryHolder:
-    """Register one task per name in `pipeline.jobs.ALL_JOBS` on `app`."""
-    holder = RegistryHolder(lambda: Registry.from_settings(settings, locks=locks_for(settings)), registry)
+def register_tasks(
+    app: Celery,
+    settings: Settings,
+    registry: Registry | None = None,
+    factory: Callable[[], Registry] | None = None,
+) -> RegistryHolder:
+    """Register one task per name in `pipeline.jobs.ALL_JOBS` on `app`. Without a
+    `registry`, each worker process builds its own on its first job with `factory`
+    (lading.composition passes one), by default `pipeline.registry.build_registry`."""
+    holder = RegistryHolder(factory or (lambda: build_registry(settings)), registry)
     missing = set(jobs.ALL_JOBS) - set(POLICIES)
     if missing:
         raise RuntimeError(f"no delivery policy for jobs {sorted(missing)}")

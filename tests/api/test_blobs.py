@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.digest import Digest
 from pipeline.maintenance import scrub
-from pipeline.registry import Registry
+from pipeline.registry import build_registry
 from pipeline.settings import MaintenanceSettings, Settings, StorageSettings
 from tests.api.helpers import OCI_MANIFEST, errors_of, push_blob, push_image, sha
 
@@ -102,7 +102,7 @@ async def test_empty_blob(api: Any) -> None:
 
 async def test_blob_served_from_local_file_of_filesystem_driver(make_api: Any, tmp_path: Path) -> None:
     settings = Settings(storage=StorageSettings(driver="filesystem", root=str(tmp_path)))
-    api = await make_api(registry=Registry.from_settings(settings))
+    api = await make_api(registry=build_registry(settings))
     big = os.urandom(3 * 1024 * 1024 + 17)  # several read chunks
     digest = await push_blob(api.client, "repo", big)
     assert api.registry.blobs.local_path(Digest.parse(digest)) is not None
@@ -155,7 +155,7 @@ async def test_quarantined_blob_answers_an_error_never_its_bytes(make_api: Any, 
         storage=StorageSettings(driver="filesystem", root=str(tmp_path), delete_enabled=True),
         maintenance=MaintenanceSettings(scrub_rate_bytes=0),
     )
-    api = await make_api(registry=Registry.from_settings(settings))
+    api = await make_api(registry=build_registry(settings))
     layer = os.urandom(4096)
     manifest_digest, manifest = await push_image(api.client, "repo", "v1", [layer])
     digest = sha(layer)

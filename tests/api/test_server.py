@@ -17,7 +17,7 @@ import uvicorn
 
 from api.app import create_app
 from api.jobclient import InlineJobClient
-from pipeline.registry import Registry
+from pipeline.registry import build_registry
 from pipeline.settings import Settings, StorageSettings
 from tests.api.helpers import OCI_MANIFEST, oci_manifest
 from tests.support.net import free_port
@@ -30,7 +30,7 @@ def sha(data: bytes) -> str:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     settings = Settings(storage=StorageSettings(driver="filesystem", root=str(tmp_path), delete_enabled=True))
-    registry = Registry.from_settings(settings)
+    registry = build_registry(settings)
     jobs = InlineJobClient(registry)
     port = free_port()
     config = uvicorn.Config(

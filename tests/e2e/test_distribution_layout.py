@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.digest import Digest
 from pipeline.manifests import parse_manifest
-from pipeline.registry import Registry
+from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings, StorageSettings
 from tests.support import skopeo
 from tests.support.distribution import distribution
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 
 def lading_on(root: Path) -> Registry:
-    return Registry.from_settings(Settings(storage=StorageSettings(driver="filesystem", root=str(root))))
+    return build_registry(Settings(storage=StorageSettings(driver="filesystem", root=str(root))))
 
 
 def test_lading_reads_a_repository_written_by_distribution(tmp_path: Path) -> None:

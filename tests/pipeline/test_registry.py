@@ -16,9 +16,10 @@ from pipeline.errors import ConfigurationError, InvalidPath
 from pipeline.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest
 from pipeline.manifests import OCI_CONFIG, OCI_MANIFEST
-from pipeline.registry import Registry
+from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
+from pipeline.storage.factory import driver_from_settings
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver
 
@@ -84,7 +85,7 @@ def test_in_memory_keeps_given_settings() -> None:
 
 
 def test_a_pushed_image_reads_back(tmp_path: Path) -> None:
-    registry = Registry.from_settings(fs_settings(tmp_path))
+    registry = build_registry(fs_settings(tmp_path))
     _config, layer, manifest = push_image(registry, "library/app", "v1")
     assert registry.tags.resolve("library/app", "v1") == manifest
     assert registry.repo_blobs.stat("library/app", layer) == len(b"layer tar bytes" * 100)
@@ -92,8 +93,8 @@ def test_a_pushed_image_reads_back(tmp_path: Path) -> None:
 
 
 def test_replicas_built_from_the_same_settings_share_state(tmp_path: Path) -> None:
-    api = Registry.from_settings(fs_settings(tmp_path))
-    worker = Registry.from_settings(fs_settings(tmp_path))
+    api = build_registry(fs_settings(tmp_path))
+    worker = build_registry(fs_settings(tmp_path))
     assert isinstance(api.driver, CheckedDriver)
     assert isinstance(api.driver.inner, FilesystemDriver)
     upload_id = api.uploads.create("repo").upload_id
@@ -115,7 +116,8 @@ def test_passed_locks_are_used(tmp_path: Path) -> None:
             yield
 
     locks = RecordingLocks()
-    registry = Registry.from_settings(fs_settings(tmp_path), locks=locks)
+    settings = fs_settings(tmp_path)
+    registry = Registry.from_driver(settings, driver_from_settings(settings.storage), locks)
     assert registry.locks is locks
     push_image(registry, "repo", "latest")
     assert taken == ["repo"]
@@ -123,7 +125,7 @@ def test_passed_locks_are_used(tmp_path: Path) -> None:
 
 def test_unknown_storage_driver_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="storage"):
-        Registry.from_settings(Settings(storage=StorageSettings(driver="floppy")))
+        build_registry(Settings(storage=StorageSettings(driver="floppy")))
 
 
 def test_from_driver_uses_the_given_driver(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from celery import Celery
 from api.jobclient import CeleryJobClient
 from pipeline.config import load_settings
 from pipeline.jobs import QUEUES
-from pipeline.registry import Registry
+from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
 from tests.support import redis_server
 from workers.app import create_app
@@ -199,7 +199,7 @@ class Deployment:
         self.worker = worker
         self.app: Celery = create_app(settings)
         self.client = CeleryJobClient(self.app)
-        self.registry = Registry.from_settings(settings)
+        self.registry = build_registry(settings)
 
 
 @pytest.fixture(scope="session")

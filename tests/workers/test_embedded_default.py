@@ -10,7 +10,7 @@ from celery import _state as celery_state
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
 from pipeline.digest import Digest
-from pipeline.registry import Registry
+from pipeline.registry import build_registry
 from pipeline.settings import Settings, StorageSettings
 from tests.workers.conftest import LoopThread, sha256, upload
 from workers.app import create_app
@@ -24,7 +24,7 @@ def test_embedded_worker_on_filesystem_storage(loop: LoopThread, tmp_path: Path)
     worker = start_embedded_worker(app, concurrency=1)
     client = CeleryJobClient(app)
     try:
-        api_side = Registry.from_settings(settings)
+        api_side = build_registry(settings)
         data = b"on disk"
         upload_id = upload(api_side, "emb/fs", data)
         value = loop.run(

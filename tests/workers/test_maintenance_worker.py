@@ -25,10 +25,9 @@ from pipeline.digest import Digest
 from pipeline.errors import BlobCorrupt, BlobUnknown, ManifestBlobUnknown
 from pipeline.manifest_commit import delete_manifest
 from pipeline.manifests import OCI_CONFIG, OCI_MANIFEST
-from pipeline.registry import Registry
+from pipeline.registry import build_registry
 from tests.support import redis_server
 from tests.workers.conftest import Deployment, LoopThread, WorkerProcess, flush, require_redis, settings_from
-from workers.locks import locks_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +66,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, loop: LoopThread) -> It
     worker = WorkerProcess(config, base / "worker.log")
     d = Deployment(settings_from(config), worker)
     # The API side shares the workers' Redis locks, as the real API process does.
-    d.registry = Registry.from_settings(d.settings, locks=locks_for(d.settings))
+    d.registry = build_registry(d.settings)
     yield d
     loop.run(d.client.aclose())
     worker.stop()

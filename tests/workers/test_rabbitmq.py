@@ -20,7 +20,7 @@ from api.jobclient import CeleryJobClient
 from pipeline import jobs
 from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid
-from pipeline.registry import Registry
+from pipeline.registry import build_registry
 from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.workers.conftest import REDIS_URL, LoopThread, require_redis, sha256, upload
 from workers.app import create_app
@@ -66,7 +66,7 @@ class Rabbit:
         )
         self.app = create_app(self.settings)
         self.client = CeleryJobClient(self.app)
-        self.registry = Registry.from_settings(self.settings)
+        self.registry = build_registry(self.settings)
 
 
 @pytest.fixture(scope="module")

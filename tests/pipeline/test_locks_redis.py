@@ -9,10 +9,7 @@ import fakeredis
 import pytest
 
 from pipeline.errors import TooManyRequests
-from pipeline.locks import LocalLocks
-from pipeline.settings import CelerySettings, Settings
-from tests.support import redis_server
-from workers.locks import KEY_PREFIX, RedisLocks, locks_for
+from pipeline.locks import KEY_PREFIX, RedisLocks
 
 
 @pytest.fixture
@@ -81,11 +78,3 @@ def test_a_dead_holders_lock_expires(server: fakeredis.FakeServer) -> None:
     assert dead.acquire(blocking=False)
     with locks(server).lock("team/app", timeout=10):
         pass
-
-
-def test_locks_for_picks_redis_when_redis_is_configured() -> None:
-    redis_url = redis_server.url(7)
-    assert isinstance(locks_for(Settings(celery=CelerySettings(broker_url=redis_url))), RedisLocks)
-    amqp = CelerySettings(broker_url="amqp://guest:guest@127.0.0.1:5672//", result_backend=redis_url)
-    assert isinstance(locks_for(Settings(celery=amqp)), RedisLocks)
-    assert isinstance(locks_for(Settings()), LocalLocks)  # embedded: one process
