@@ -58,6 +58,7 @@ def create_app(
     jobs: JobClient,
     access: Access | None = None,
     *,
+    notifier: Notifier | None = None,
     lifespan: Lifespan[Any] | None = None,
     middleware: Sequence[Middleware] = (),
     version_header: bool = True,
@@ -67,8 +68,10 @@ def create_app(
     router inside the version-header middleware. `version_header=False` leaves that header
     to the caller, which then wraps the app in an api.middleware.RequestMiddleware with
     `headers=VERSION_HEADERS` (lading.embedded does, together with the request log, metrics,
-    health and metrics endpoints: one middleware for all of them)."""
-    notifier = Notifier(settings, jobs)
+    health and metrics endpoints: one middleware for all of them). `notifier`: the
+    composition root's (lading.composition); by default one built from `settings`."""
+    if notifier is None:
+        notifier = Notifier(settings, jobs)
     router = RegistryRouter(settings, registry, jobs, access, notifier)
     routes: list[BaseRoute] = []
     extra_routes = getattr(access, "routes", None)

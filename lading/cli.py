@@ -156,7 +156,7 @@ def worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.app import create_app
+    from lading.composition import compose
 
     settings = load(args)
     setup_logging(settings)
@@ -164,18 +164,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     unknown = [q for q in (args.queues or "").split(",") if q and q not in QUEUES]
     if unknown:
         raise CommandError(f"unknown queue(s) {', '.join(unknown)} (Lading has {', '.join(QUEUES)})", 2)
-    app = create_app(settings)
+    app = compose(settings, "worker").celery
+    assert app is not None
     app.worker_main(argv=worker_argv(args, settings))
     return 0
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
-    from workers.app import create_app
+    from lading.composition import compose
 
     settings = load(args)
     setup_logging(settings)
     _require_broker(settings, "beat")
-    app = create_app(settings)
+    app = compose(settings, "beat").celery
+    assert app is not None
     schedule = beat_schedule_file(args, settings)
     log.info("beat schedule state in %s", schedule)
     app.start(argv=["beat", "--loglevel", settings.log_level.upper(), "--schedule", schedule])
@@ -226,12 +228,13 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     (or, with --json, the result dict) on stdout. Exit 1 when the run was skipped or found
     trouble (lading.reporting.exit_code)."""
     function = maintenance_function(args.command)
+    from lading.composition import compose
     from lading.reporting import ProgressDisplay, exit_code, summary
-    from pipeline.registry import Registry
 
     settings = load(args)
     setup_logging(settings)
-    registry = Registry.from_settings(settings)
+    registry = compose(settings, "cli").registry  # the workers' locks (pipeline.coordination)
+    assert registry is not None
     progress = ProgressDisplay(args.command)
     try:
         result = function(registry, dry_run=args.dry_run, progress=progress)

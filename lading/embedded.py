@@ -1,5 +1,6 @@
-"""Assembling the process `lading serve` runs: the ASGI app, its job client and, with no
-broker configured, the in-process Celery worker that runs the jobs.
+"""Assembling the process `lading serve` runs from the "api" composition
+(lading.composition): the ASGI app around it and, with no broker configured, the
+in-process Celery worker that runs the jobs.
 
 - Embedded (no `celery.broker_url`): one `Registry` shared by the API and a threads-pool
   Celery worker on kombu's in-memory transport (workers.embedded), which also runs the
@@ -25,8 +26,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.app import VERSION_HEADERS
 from api.health import HealthCheck
 from api.logs import RequestLog, RequestLogMiddleware
-from api.metrics import InstrumentedJobs, Metrics, MetricsMiddleware, metrics_endpoint
+from api.metrics import Metrics, MetricsMiddleware, add_queue_depth, metrics_endpoint
 from api.middleware import RequestMiddleware
+from lading.composition import compose
+from pipeline.coordination import redacted
 from pipeline.registry import Registry
 from pipeline.settings import Settings
 
@@ -57,44 +60,47 @@ class Assembly:
 
 
 def assemble(settings: Settings, *, start: bool = True) -> Assembly:
-    """Build (and in embedded mode start) everything `lading serve` needs.
+    """Build (lading.composition, kind "api") and in embedded mode start everything
+    `lading serve` needs, wrapped in the request middleware.
 
     `start=False` builds the same things and starts nothing: `lading check-config` runs
     every check `lading serve` runs at start (htpasswd, policy, keys, storage, Celery
-    settings) by calling this, so the two cannot disagree."""
+    settings, a shared place for locks) by calling this, so the two cannot disagree."""
     from api.app import create_app as create_api
-    from api.jobclient import CeleryJobClient
-    from workers.app import create_app as create_celery
 
-    registry = Registry.from_settings(settings)
-    metrics = Metrics(driver=registry.driver)
+    parts = compose(settings, "api")
+    registry, metrics, jobs = parts.registry, parts.metrics, parts.jobs
+    assert registry is not None and metrics is not None and jobs is not None
     closers: list[Callable[[], None]] = []
     worker = None
-    if settings.celery.embedded:
+    if parts.coordination.embedded:
         from workers.embedded import start_embedded_worker
 
-        celery_app = create_celery(settings, registry=registry)
         if start:
-            worker = start_embedded_worker(celery_app, settings.celery.embedded_concurrency, beat=True)
+            worker = start_embedded_worker(parts.celery, settings.celery.embedded_concurrency, beat=True)
             closers.append(worker.stop)
-            closers.append(_count_retries(celery_app, metrics))
-        jobs: Any = CeleryJobClient(celery_app)  # results awaited from the in-process backend
+            closers.append(_count_retries(parts.celery, metrics))
         log.info(
             "embedded mode: in-process worker (concurrency %d) on the in-memory broker",
             settings.celery.embedded_concurrency,
         )
     else:
-        celery_app = create_celery(settings)
-        jobs = CeleryJobClient(celery_app)  # pub/sub on the result backend when it is Redis
-        broker = _redacted(settings.celery.broker_url)
-        log.info("scaled mode: jobs go to %s; run `lading worker` processes", broker)
-    try:
-        access = _access(settings)
-        observed_jobs = InstrumentedJobs(jobs, metrics)
-        app = create_api(
-            settings, registry, observed_jobs, access, lifespan=_lifespan(jobs), version_header=False
+        log.info(
+            "scaled mode: jobs go to %s; run `lading worker` processes; %s",
+            redacted(settings.celery.broker_url),
+            parts.coordination.describe(),
         )
-        asgi = _observe(app, settings, registry, metrics, worker, access)
+    try:
+        app = create_api(
+            settings,
+            registry,
+            jobs,
+            parts.access,
+            notifier=parts.notifier,
+            lifespan=_lifespan(jobs),
+            version_header=False,
+        )
+        asgi = _observe(app, settings, registry, metrics, worker, parts.access)
     except BaseException:
         for closer in reversed(closers):
             closer()
@@ -113,13 +119,6 @@ def _count_retries(celery_app: Any, metrics: Metrics) -> Callable[[], None]:
 
     task_retry.connect(on_retry, weak=False)
     return lambda: task_retry.disconnect(on_retry)
-
-
-def _access(settings: Settings) -> Any:
-    """The access controller `settings.auth` asks for (None: an open registry)."""
-    from api.auth import Access
-
-    return Access.from_settings(settings)
 
 
 def _lifespan(jobs: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
@@ -160,7 +159,7 @@ def _observe(
             endpoints[http.metrics_path] = endpoint
         if state is not None:
             state.metrics = metrics
-        _add_queue_depth(settings, metrics)
+        add_queue_depth(settings, metrics)
     if not _has_route(app, settings.http.health_path):
         alive = (lambda: bool(worker.alive)) if worker is not None else None
         check = HealthCheck(settings, registry.driver, embedded_alive=alive)
@@ -169,14 +168,6 @@ def _observe(
     return RequestMiddleware(
         app, log=request_log, metrics=counted, headers=VERSION_HEADERS, endpoints=endpoints
     )
-
-
-def _add_queue_depth(settings: Settings, metrics: Metrics) -> None:
-    from api.metrics import RedisQueueDepth
-
-    broker = settings.celery.broker_url or ""
-    if settings.http.metrics_enabled and broker.startswith(("redis://", "rediss://", "unix://")):
-        metrics.registry.register(RedisQueueDepth(broker))
 
 
 def _has_route(app: Any, path: str) -> bool:
@@ -212,13 +203,3 @@ def _health_endpoint(check: HealthCheck) -> ASGIApp:
         await response(scope, receive, send)
 
     return endpoint
-
-
-def _redacted(url: str | None) -> str:
-    """A broker URL without its password, for logs."""
-    if not url or "@" not in url:
-        return str(url)
-    scheme, _, rest = url.partition("://")
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"

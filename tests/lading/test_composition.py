@@ -1,0 +1,65 @@
+"""lading.composition: every process kind gets its parts from one function, and every one
+of a scaled-out deployment shares its locks through Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lading.cli import main
+from lading.composition import compose
+from pipeline.errors import ConfigurationError
+from pipeline.locks import LocalLocks, RedisLocks
+from pipeline.settings import CelerySettings, Settings, StorageSettings
+from tests.support import redis_server
+
+
+def scaled(root: Path, broker: str, backend: str | None = None) -> Settings:
+    return Settings(
+        storage=StorageSettings(driver="filesystem", root=str(root)),
+        celery=CelerySettings(broker_url=broker, result_backend=backend),
+    )
+
+
+def test_every_process_kind_of_a_redis_deployment_uses_redis_locks(tmp_path: Path) -> None:
+    settings = scaled(tmp_path, redis_server.url(13))
+    cli = compose(settings, "cli")
+    assert cli.registry is not None and isinstance(cli.registry.locks, RedisLocks)
+    api = compose(settings, "api")
+    assert api.registry is not None and isinstance(api.registry.locks, RedisLocks)
+    assert api.jobs is not None and api.notifier is not None and api.metrics is not None
+    worker = compose(settings, "worker")
+    # A worker builds its Registry per process on its first job (after a prefork fork);
+    # tests/lading/test_cross_process.py shows its locks are the ones the CLI and API see.
+    assert worker.celery is not None and worker.registry is None
+
+
+def test_embedded_api_shares_its_registry_with_the_in_process_worker(tmp_path: Path) -> None:
+    settings = Settings(storage=StorageSettings(driver="filesystem", root=str(tmp_path)))
+    api = compose(settings, "api")
+    assert api.coordination.embedded
+    assert api.registry is not None and isinstance(api.registry.locks, LocalLocks)
+
+
+@pytest.mark.parametrize("kind", ["api", "worker", "beat", "cli"])
+def test_no_process_starts_without_a_shared_place_for_locks(tmp_path: Path, kind: str) -> None:
+    settings = scaled(tmp_path, "amqp://guest:guest@127.0.0.1:5672//", "rpc://")
+    with pytest.raises(ConfigurationError, match="REGISTRY_CELERY_RESULT_BACKEND"):
+        compose(settings, kind)  # type: ignore[arg-type]
+
+
+def test_lading_gc_refuses_a_deployment_without_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        "celery:\n  broker_url: amqp://guest:guest@127.0.0.1:5672//\n  result_backend: rpc://\n"
+    )
+    for name in list(__import__("os").environ):
+        if name.startswith("REGISTRY_"):
+            monkeypatch.delenv(name)
+    assert main(["gc", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "celery.result_backend" in err and "REGISTRY_CELERY_RESULT_BACKEND" in err
