@@ -19,6 +19,7 @@ from pipeline.catalog import Catalog
 from pipeline.coordination import Coordination, coordination_for
 from pipeline.locks import LocalLocks, RepositoryLocks
 from pipeline.manifeststore import ManifestStore
+from pipeline.pending import PendingCommits
 from pipeline.referrers import Referrers
 from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
@@ -41,6 +42,7 @@ class Registry:
     referrers: Referrers
     catalog: Catalog
     locks: RepositoryLocks
+    pending: PendingCommits
 
     @classmethod
     def in_memory(cls, settings: Settings | None = None) -> Registry:
@@ -68,6 +70,7 @@ class Registry:
             referrers=Referrers(driver, manifests),
             catalog=Catalog(driver),
             locks=locks if locks is not None else LocalLocks(),
+            pending=PendingCommits(driver),
         )
 
 

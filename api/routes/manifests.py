@@ -11,8 +11,10 @@
   MANIFEST_BLOB_UNKNOWN entry per missing digest), stores, tags and records the subject.
   201 carries Location (by digest), Docker-Content-Digest and `OCI-Subject` when the
   manifest has a subject. Blobs the manifest names whose batch-mode commits
-  (api.routes.pending) are still running are waited for BEFORE the job is sent, so it
-  runs once; a failed one is reported (MANIFEST_BLOB_UNKNOWN with the commit's error).
+  (api.routes.pending, pipeline.pending) are still running are waited for BEFORE the job is
+  sent, so it runs once; a failed one is reported (MANIFEST_BLOB_UNKNOWN with the commit's
+  error), at once when reconcile recorded the failure or the record outlived its job's
+  lease with no result (the job is gone): never a wait for a job that cannot answer.
   Blobs still missing whose commits were accepted meanwhile (by another replica) are waited
   for and the job retried once.
   Pushing by digest with `?tag=a&tag=b` (end-7b) also tags it; each tag is echoed in `OCI-Tag`.
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import anyio
@@ -32,7 +35,6 @@ from starlette.responses import Response
 from api.errors import ApiError, code_and_status, entry
 from api.routes.blobs import etag_of, if_none_match
 from api.routes.context import RequestContext
-from api.routes.pending import PendingCommit, PendingCommits
 from api.streaming import read_limited
 from pipeline import jobs as joblib
 from pipeline import manifest_commit
@@ -46,9 +48,12 @@ from pipeline.errors import (
 )
 from pipeline.manifests import MAX_MANIFEST_SIZE
 from pipeline.names import is_digest_reference, is_valid_tag, validate_tag
+from pipeline.pending import PendingCommit, PendingCommits
 from pipeline.registry import Registry
 
 MAX_TAGS_PER_PUSH = 100
+STALE_PROBE_SECONDS = 0.5
+"""How long a manifest PUT looks for the result of a job older than its lease."""
 
 
 def _readable_reference(reference: str) -> str:
@@ -150,7 +155,7 @@ async def _commit(
         return await ctx.jobs.run(joblib.COMMIT_MANIFEST, timeout=timeout, **kwargs)
     except ManifestBlobUnknown as missing:
         digests = _missing_digests(missing)
-        store = PendingCommits(ctx.registry.driver)
+        store = ctx.registry.pending
         late = await ctx.blocking(store.lookup_many, ctx.name, [d for d in digests if d not in failed])
         if not late and not any(d in failed for d in digests):
             raise
@@ -194,7 +199,7 @@ def _pending_in(
 async def _await_pending(ctx: RequestContext, body: bytes, timeout: float) -> dict[Digest, RegistryError]:
     """Before the manifest job is sent: wait for the batch-mode commits of the blobs the
     manifest names, so it is verified once, after them. Returns the failed ones."""
-    store = PendingCommits(ctx.registry.driver)
+    store = ctx.registry.pending
     records = await ctx.blocking(_pending_in, ctx.registry, store, ctx.name, body)
     if not records:
         return {}
@@ -208,12 +213,22 @@ async def _wait_for_commits(
     clear the records of those that succeeded and return the commit errors of the others.
     A wait that runs out (JobTimeout) or an error that is no registry error is raised."""
     outcomes: dict[Digest, Exception | None] = {}
+    now = time.time()
 
     async def wait_one(digest: Digest, record: PendingCommit) -> None:
         # Errors are collected, not raised, so one failed blob never hides the others
         # (and no ExceptionGroup escapes the task group).
+        failure = record.failure()  # reconcile found the commit failing: no job to wait for
+        if failure is not None:
+            outcomes[digest] = failure
+            return
+        # Never wait past the job's lease: a record older than it whose job left no
+        # result is stale (the job is gone) and answered at once.
+        bound = min(timeout, max(record.lease - record.age(now), STALE_PROBE_SECONDS))
         try:
-            await ctx.jobs.wait(record.job_id, timeout=timeout)
+            await ctx.jobs.wait(record.job_id, timeout=bound)
+        except JobTimeout as err:
+            outcomes[digest] = record.lost() if bound < timeout else err
         except Exception as err:
             outcomes[digest] = err
         else:

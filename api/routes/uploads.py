@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from api.access_table import MOUNT_SOURCE
 from api.errors import ApiError, error_response
 from api.routes.context import RequestContext
-from api.routes.pending import JOB_HEADER, PREFER_ASYNC, PendingCommits, wants_async
+from api.routes.pending import JOB_HEADER, PREFER_ASYNC, wants_async
 from api.streaming import write_body
 from pipeline import jobs as joblib
 from pipeline.digest import CANONICAL, HEX_LENGTHS, Digest
@@ -52,6 +52,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs import JobClient
 from pipeline.names import is_valid_name
+from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from pipeline.storage.driver import FileWriter
 
@@ -217,8 +218,8 @@ async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: i
         "size": size,
     }
     if wants_async(ctx.request.headers.get("prefer")):
-        store = PendingCommits(ctx.registry.driver)
-        await ctx.blocking(_send_and_record, ctx.jobs, store, kwargs, digest)
+        lease = ctx.settings.celery.commit_timeout
+        await ctx.blocking(_send_and_record, ctx.jobs, ctx.registry.pending, kwargs, digest, lease)
         status_url = ctx.urls.upload(ctx.name, upload_id) + f"?status&digest={digest}"
         headers = {
             "Location": ctx.urls.blob(ctx.name, str(digest)),
@@ -234,10 +235,12 @@ async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: i
     return _created(ctx, committed)
 
 
-def _send_and_record(jobs: JobClient, store: PendingCommits, kwargs: dict[str, Any], digest: Digest) -> None:
+def _send_and_record(
+    jobs: JobClient, store: PendingCommits, kwargs: dict[str, Any], digest: Digest, lease: float
+) -> None:
     """Batch mode: send the commit and record it for manifest PUTs (one thread hop)."""
     job_id = jobs.send(joblib.COMMIT_BLOB, **kwargs)
-    store.record(kwargs["repository"], digest, job_id, kwargs["upload_id"])
+    store.record(kwargs["repository"], digest, job_id, kwargs["upload_id"], lease)
 
 
 async def _try_mount(ctx: RequestContext) -> str | None:
@@ -378,7 +381,7 @@ async def cancel_upload(ctx: RequestContext) -> Response:
 
 async def _commit_status(ctx: RequestContext) -> Response:
     digest = Digest.parse(ctx.request.query_params.get("digest") or "")
-    store = PendingCommits(ctx.registry.driver)
+    store = ctx.registry.pending
     record = await ctx.blocking(store.lookup, ctx.name, digest)
     if await ctx.blocking(ctx.registry.repo_blobs.is_linked, ctx.name, digest):
         size = await ctx.blocking(ctx.registry.repo_blobs.stat, ctx.name, digest)
@@ -387,6 +390,9 @@ async def _commit_status(ctx: RequestContext) -> Response:
         return _committed(ctx, str(digest), size)
     if record is None:
         raise BlobUploadUnknown({"digest": str(digest)})
+    failure = record.failure()
+    if failure is not None:
+        raise failure
     try:
         value = await ctx.jobs.wait(record.job_id, timeout=STATUS_POLL_SECONDS)
     except JobTimeout:

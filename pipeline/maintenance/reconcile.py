@@ -3,14 +3,15 @@ after a killed garbage collection.
 
 What can soundly be recovered from storage alone:
 
-- Batch-mode blob commits (`paths.pending_commit`, written by the API when it answered 202
-  without waiting). The record names the repository, digest and upload session, which is
+- Batch-mode blob commits (pipeline.pending records, written by the API when it answered
+  202 without waiting). The record names the repository, digest and upload session, which is
   all a commit needs. A record older than the commit timeout whose session still holds
   data means its job was lost (or failed): the commit runs again here, inline — it is
   idempotent, so a job that is merely slow loses nothing. A record whose session is gone is
   settled: committed (the blob is linked) or abandoned (cancelled or purged) — either way
   the record is removed. A commit that fails again (digest mismatch) keeps its record,
-  marked with the error, so it is not re-hashed on every run.
+  marked with the error (`PendingCommits.mark_failed`), so it is not re-hashed on every
+  run and a manifest PUT naming the blob answers that error at once.
 - Garbage-collection leftovers (trash and candidate markers of a killed run): trashed blobs
   go back, markers are dropped — only while no collection is running.
 
@@ -20,46 +21,24 @@ digest it meant, so such sessions are left to the upload purger.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from pipeline import paths
 from pipeline.blob_commit import commit_blob
-from pipeline.digest import Digest
-from pipeline.digest_dirs import digests_in
-from pipeline.errors import BlobUnknown, PathNotFound, RegistryError
+from pipeline.errors import BlobUnknown, RegistryError
 from pipeline.maintenance.gc import LOCK as GC_LOCK
 from pipeline.maintenance.gc import recover
 from pipeline.maintenance.inventory import iter_repositories
 from pipeline.maintenance.locking import exclusive
+from pipeline.pending import PendingCommit
 from pipeline.registry import Registry
-from pipeline.uploads import is_upload_id, parse_started_at
+from pipeline.uploads import is_upload_id
 
 Progress = Callable[[int, int | None], None]
 
 LOCK = "_reconcile"
-
-
-def _records(registry: Registry, repo: str) -> Iterator[tuple[Digest, dict[str, Any]]]:
-    driver = registry.driver
-    for digest in digests_in(driver, paths.pending_commits_dir(repo)):
-        try:
-            record = json.loads(driver.get_content(paths.pending_commit(repo, digest)))
-        except (PathNotFound, ValueError):
-            continue
-        if isinstance(record, dict):
-            yield digest, record
-
-
-def _age(record: dict[str, Any], now: float) -> float:
-    try:
-        return now - parse_started_at(str(record.get("created", ""))).timestamp()
-    except ValueError:
-        return float("inf")  # unreadable time: old enough to look at
 
 
 def reconcile(
@@ -96,33 +75,30 @@ def _settle_pending(registry: Registry, stale: float, progress: Progress | None)
     now = time.time()
     seen = 0
     for repo in iter_repositories(registry.driver):
-        for digest, record in _records(registry, repo):
+        for record in registry.pending.records(repo):
             seen += 1
             if progress is not None:
                 progress(seen, None)
-            if "reconciled" in record:
+            if record.failed is not None:
                 out["failed_earlier"] += 1
-            elif _age(record, now) < stale:
+            elif record.age(now) < stale:
                 out["waiting"] += 1
             else:
-                outcome = _settle(registry, repo, digest, record, out["failed"])
+                outcome = _settle(registry, record, out["failed"])
                 if outcome is not None:
                     out[outcome] += 1
     return out
 
 
-def _settle(
-    registry: Registry, repo: str, digest: Digest, record: dict[str, Any], failed: list[dict[str, Any]]
-) -> str | None:
-    """Commit again or forget one stale record; the outcome's counter name, None if it failed."""
-    path = paths.pending_commit(repo, digest)
-    upload_id = str(record.get("upload_id", ""))
-    if is_upload_id(upload_id) and registry.driver.exists(paths.upload_data(repo, upload_id)):
+def _settle(registry: Registry, record: PendingCommit, failed: list[dict[str, Any]]) -> str | None:
+    """Commit again or forget one stale record; the outcome's counter name, None if it failed
+    (the record is then kept, marked with the error: the API answers it at once)."""
+    repo, digest = record.repository, record.digest
+    if is_upload_id(record.upload_id) and registry.driver.exists(paths.upload_data(repo, record.upload_id)):
         try:
-            commit_blob(registry, repo, upload_id, str(digest), None)
+            commit_blob(registry, repo, record.upload_id, str(digest), None)
         except RegistryError as exc:
-            record["reconciled"] = {"error": exc.to_payload(), "at": datetime.now(UTC).isoformat()}
-            registry.driver.put_content(path, json.dumps(record).encode())
+            registry.pending.mark_failed(record, exc)
             failed.append({"repository": repo, "digest": str(digest), "error": exc.to_payload()})
             return None
         outcome = "recommitted"
@@ -132,6 +108,5 @@ def _settle(
             outcome = "committed"
         except BlobUnknown:
             outcome = "abandoned"
-    with contextlib.suppress(PathNotFound):
-        registry.driver.delete(path)
+    registry.pending.clear(repo, digest)
     return outcome

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from api.routes.pending import PendingCommits
 from pipeline import jobs as joblib
 from pipeline import paths
 from pipeline.digest import Digest
+from pipeline.errors import DigestInvalid
+from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from tests.api.conftest import make_settings
 from tests.api.helpers import (
@@ -242,3 +243,40 @@ async def test_failed_commit_and_never_pushed_blob_are_both_named(make_api: Any,
     assert set(by_digest) == {declared, never}
     assert by_digest[declared]["reason"]["code"] == "DIGEST_INVALID"
     assert "reason" not in by_digest[never]
+
+
+async def test_a_stale_record_answers_the_manifest_put_at_once_naming_each_blob(
+    make_api: Any, gated: GatedJobs
+) -> None:
+    """A record older than its job's lease whose job left no result: the job is gone, so the
+    manifest PUT answers 400 naming the blob instead of waiting manifest_timeout for it."""
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    await push_blob(api.client, "repo", CONFIG)
+    store = PendingCommits(api.registry.driver)
+    lost = [sha(b"lost layer one"), sha(b"lost layer two")]
+    for digest in lost:
+        store.record("repo", Digest.parse(digest), "job-lost-with-the-broker", "u-1", lease=0.0)
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [], missing=lost))
+    entries = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert sorted(e["detail"]["digest"] for e in entries) == sorted(lost)
+    for e in entries:
+        assert e["detail"]["reason"]["code"] == "BLOB_UNKNOWN"
+        assert "lease" in e["detail"]["reason"]["message"]
+        assert e["detail"]["reason"]["detail"]["job_id"] == "job-lost-with-the-broker"
+
+
+async def test_a_record_reconcile_marked_failed_answers_with_its_error(
+    make_api: Any, gated: GatedJobs
+) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    await push_blob(api.client, "repo", CONFIG)
+    store = PendingCommits(api.registry.driver)
+    claimed = sha(b"claimed")
+    record = store.record("repo", Digest.parse(claimed), "job-long-gone", "u-1")  # lease not over
+    store.mark_failed(record, DigestInvalid({"digest": claimed}, "digest did not match content"))
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [], missing=[claimed]))
+    (entry,) = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert entry["detail"]["digest"] == claimed
+    assert entry["detail"]["reason"]["code"] == "DIGEST_INVALID"

@@ -72,7 +72,7 @@ def test_a_commit_that_fails_again_is_recorded_once(registry: Registry) -> None:
     first = reconcile(registry)["pending"]
     assert [f["error"]["kind"] for f in first["failed"]] == ["DigestInvalid"]
     record = json.loads(registry.driver.get_content(paths.pending_commit("app", claimed)))
-    assert record["job_id"] == "lost-job" and record["reconciled"]["error"]["kind"] == "DigestInvalid"
+    assert record["job_id"] == "lost-job" and record["failed"]["error"]["kind"] == "DigestInvalid"
     assert registry.uploads.status("app", upload_id).size == len(b"these bytes")  # nothing lost
     second = reconcile(registry)["pending"]
     assert second["failed"] == [] and second["failed_earlier"] == 1
