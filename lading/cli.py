@@ -207,6 +207,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.coordination import coordination_for
+    from pipeline.tokenrecords import token_records_for
+
+    settings = load(args)
+    token = settings.auth.token
+    if token is None or not token.builtin_htpasswd:
+        raise CommandError("no built-in token server (lading.auth.token.htpasswd): nothing to revoke")
+    if settings.celery.embedded:
+        raise CommandError(
+            "embedded mode keeps token records inside the `lading serve` process: change the user's "
+            "password or remove them from the htpasswd file, which revokes their refresh tokens at once"
+        )
+    token_records_for(coordination_for(settings)).revoke_subject(args.user, time.time())
+    print(f"revoked every refresh token of {args.user!r} issued until now")
+    return 0
+
+
 def maintenance_function(command: str) -> Callable[..., Any]:
     """The pipeline.maintenance function behind a one-shot command, or CommandError(2)."""
     name = MAINTENANCE_COMMANDS[command]
@@ -336,6 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help=dry_runs[name])
         p.add_argument("--json", action="store_true", help="print the raw result as JSON, not a summary")
         p.set_defaults(run=cmd_maintenance)
+
+    p = sub.add_parser(
+        "tokens",
+        help="manage the built-in token server's tokens",
+        description="Manage refresh tokens of the built-in token server.",
+    )
+    tokens = p.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    p = tokens.add_parser(
+        "revoke",
+        help="revoke every refresh token of a user",
+        description="Revoke every refresh token USER holds (shared by all replicas through Redis). "
+        "Access tokens already handed out live until they expire (lading.auth.token.expiration).",
+    )
+    p.add_argument("user", metavar="USER")
+    _add_config(p)
+    p.set_defaults(run=cmd_tokens_revoke)
 
     p = sub.add_parser(
         "check-config",

@@ -91,6 +91,7 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
     from api.jobclient import CeleryJobClient
     from api.metrics import InstrumentedJobs, Metrics
     from api.notify import Notifier
+    from pipeline.tokenrecords import token_records_for
     from workers.app import create_app as create_celery
 
     registry = build_registry(settings, coordination)
@@ -108,6 +109,6 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
         celery=celery,
         jobs=jobs,
         metrics=metrics,
-        access=Access.from_settings(settings),
+        access=Access.from_settings(settings, token_records=token_records_for(coordination)),
         notifier=Notifier(settings, jobs),
     )

@@ -31,6 +31,7 @@ lading:
       signing_key: /etc/lading/token.pem
       expiration: 5m
       path: /auth/token
+      rotate_refresh: true    # a refresh token works once; the answer carries the next one
   beat: {schedule: /var/lib/lading/beat/schedule}   # beat's state (default: <rootdirectory>/lading-beat/)
   http:
     keepalive: 30s            # idle keep-alive of client connections
@@ -408,7 +409,13 @@ SCHEMA = _s(
                         "policy": STR,
                         "anonymous_pull": BOOL,
                         "token": _s(
-                            {"htpasswd": STR, "signing_key": STR, "expiration": SECONDS, "path": STR}
+                            {
+                                "htpasswd": STR,
+                                "signing_key": STR,
+                                "expiration": SECONDS,
+                                "path": STR,
+                                "rotate_refresh": BOOL,
+                            }
                         ),
                     }
                 ),
@@ -1095,6 +1102,7 @@ def _auth(t: Mapping[str, Any]) -> AuthSettings:
                 builtin_signing_key=builtin.get("signing_key"),
                 expiration_seconds=int(builtin["expiration"]) if "expiration" in builtin else None,
                 builtin_path=builtin.get("path"),
+                rotate_refresh=builtin.get("rotate_refresh"),
             ),
         )
     elif builtin:

@@ -114,6 +114,7 @@ class TokenAuth:
     builtin_signing_key: str = ""
     expiration_seconds: int = 300
     builtin_path: str = "/auth/token"  # where api mounts the built-in endpoint (without http.prefix)
+    rotate_refresh: bool = True  # a refresh token works once (false: docker CLI identity tokens)
 
 
 @dataclass(frozen=True)

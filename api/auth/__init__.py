@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from api.auth.challenge import access_detail, basic_challenge, bearer_challenge, scope_for, unauthorized
-from api.auth.credentials import decode_basic, split_authorization
+from api.auth.credentials import decode_basic, name_for_log, split_authorization
 from api.auth.htpasswd import Htpasswd
 from api.auth.identity import ANONYMOUS, Identity
 from api.auth.policy import PolicySource
@@ -54,6 +54,7 @@ from api.auth.tokens import (
 from pipeline.access import ACTIONS, ALL, PULL
 from pipeline.errors import ConfigurationError, Denied, Unauthorized
 from pipeline.settings import Settings
+from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 
 __all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
 
@@ -63,8 +64,9 @@ log = logging.getLogger("lading.auth")
 class Access:
     """Authenticates callers and decides what they may do, per `settings.auth`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, token_records: TokenRecords | None = None) -> None:
         auth = settings.auth
+        self.token_records: TokenRecords = token_records if token_records is not None else LocalTokenRecords()
         if auth.htpasswd is None and auth.token is None:
             raise ConfigurationError("auth", "auth: configure htpasswd or token to control access")
         self.settings = settings
@@ -113,13 +115,20 @@ class Access:
             else Htpasswd(token.builtin_htpasswd, key="lading.auth.token.htpasswd")
         )
         self.token_endpoint = TokenEndpoint(
-            self.signer, credentials, self.policy, realm=self.basic_realm or token.service
+            self.signer,
+            credentials,
+            self.policy,
+            realm=self.basic_realm or token.service,
+            records=self.token_records,
+            rotate=token.rotate_refresh,
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Access | None:
+    def from_settings(cls, settings: Settings, *, token_records: TokenRecords | None = None) -> Access | None:
         """The `Access` for `settings`, or None when no access controller is configured
-        (an open registry, as distribution without `auth:`)."""
+        (an open registry, as distribution without `auth:`). `token_records`: where the
+        built-in token server records used and revoked refresh tokens (shared by every
+        replica: Redis when the deployment has one; in-process by default)."""
         auth = settings.auth
         if auth.htpasswd is None and auth.token is None:
             if auth.policy_path:
@@ -127,7 +136,7 @@ class Access:
                     "lading.auth.policy", "lading.auth.policy: needs auth.htpasswd or auth.token configured"
                 )
             return None
-        return cls(settings)
+        return cls(settings, token_records=token_records)
 
     def routes(self) -> list[Route]:
         """The built-in token endpoint's route (empty when it is not enabled)."""
@@ -215,7 +224,7 @@ class Access:
         # Malformed credentials still pay for a bcrypt check: every failure looks alike.
         ok = await run_in_threadpool(self.htpasswd.verify, user, password)
         if not ok or parsed is None:
-            log.info("basic authentication failed for user %r", user)
+            log.info("basic authentication failed for %s", name_for_log(user))
             raise self._challenge(request, repository, wanted)
         return Identity(name=user, groups=self.policy.current().groups_of(user), source="basic")
 

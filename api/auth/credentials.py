@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 
 
 def split_authorization(header: str | None) -> tuple[str, str] | None:
@@ -32,3 +33,12 @@ def decode_basic(credentials: str) -> tuple[str, str] | None:
     if not sep or not user:
         return None
     return user, password
+
+
+def name_for_log(user: str | None) -> str:
+    """How a user name that failed to log in appears in logs: a short hash, never the name
+    as typed (people type passwords into the user field). `user#` + the first 12 hex digits
+    of its SHA-256: an operator can compute it for a name to match log lines."""
+    if not user:
+        return "user#-"
+    return "user#" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:12]

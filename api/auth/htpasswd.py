@@ -16,6 +16,7 @@ forgets everything remembered.
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import hmac
@@ -137,6 +138,16 @@ class Htpasswd:
     def has_user(self, username: str) -> bool:
         """True if the current file has a usable entry for `username`."""
         return username in self._file.get().users
+
+    def credential_id(self, username: str) -> str | None:
+        """A fingerprint of `username`'s current entry (None without one): tokens bound to
+        it die when the password changes or the user is removed and re-added. A hash of
+        the bcrypt entry, which is itself salted, so it reveals nothing about the password."""
+        hashed = self._file.get().users.get(username)
+        if hashed is None:
+            return None
+        digest = hashlib.sha256(b"lading-credential\0" + username.encode("utf-8") + b"\0" + hashed).digest()
+        return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
 
     def _recall(self, entries: HtpasswdEntries, mark: bytes) -> bool:
         with self._lock:

@@ -9,12 +9,19 @@ The token grants the intersection of the requested scopes with what the access p
 allows the caller (anonymous callers get the policy's anonymous grants). Asking for more
 than one may have is not an error: the registry refuses later, per request. Wrong
 credentials are a 401 with a Basic challenge, the same whether the user exists or not.
+
+Refresh tokens are bound to the user's htpasswd entry (a password change or removal
+revokes them), rotate on every use (the answer carries the next one; a used one is
+refused, and a replay revokes its whole family), and die with `lading tokens revoke USER`.
+Used ids and revocations live in `pipeline.tokenrecords` (Redis when the deployment has one).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.auth.challenge import basic_challenge, unauthorized
-from api.auth.credentials import parse_basic
+from api.auth.credentials import name_for_log, parse_basic
 from api.auth.htpasswd import Htpasswd
 from api.auth.policy import PolicySource
 from api.auth.tokens import AccessEntry, InvalidToken, IssuedToken, TokenSigner, resource_type
@@ -32,6 +39,7 @@ from api.errors import error_response
 from pipeline.access import ALL, granted_actions
 from pipeline.errors import Unauthorized
 from pipeline.names import is_valid_name
+from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 
 log = logging.getLogger("lading.auth")
 
@@ -75,12 +83,21 @@ class TokenEndpoint:
     """Mount `handle` as a Starlette route (GET and POST)."""
 
     def __init__(
-        self, signer: TokenSigner, credentials: Htpasswd, policy: PolicySource, *, realm: str
+        self,
+        signer: TokenSigner,
+        credentials: Htpasswd,
+        policy: PolicySource,
+        *,
+        realm: str,
+        records: TokenRecords | None = None,
+        rotate: bool = True,
     ) -> None:
         self.signer = signer
         self.credentials = credentials
         self.policy = policy
         self.realm = realm  # for the Basic challenge of a failed login
+        self.records: TokenRecords = records if records is not None else LocalTokenRecords()
+        self.rotate = rotate
 
     # --- the pieces --------------------------------------------------------------------
 
@@ -111,8 +128,53 @@ class TokenEndpoint:
         ok: bool = await run_in_threadpool(self.credentials.verify, username, password)
         if ok and username:
             return username
-        log.info("token request: authentication failed for user %r", username)
+        log.info("token request: authentication failed for user %s", name_for_log(username))
         raise unauthorized(basic_challenge(self.realm))
+
+    async def _new_refresh(self, user: str, family: str | None = None) -> str:
+        credential = await run_in_threadpool(self.credentials.credential_id, user)
+        if credential is None:  # removed between the password check and now
+            raise unauthorized(basic_challenge(self.realm))
+        return self.signer.issue_refresh(user, credential, family)
+
+    async def _refresh(self, presented: str) -> tuple[str, str | None]:
+        """(user, rotated refresh token) for a refresh grant, or Unauthorized. A refresh
+        token works once: it must still match the user's htpasswd entry, not predate a
+        `lading tokens revoke`, and not have been used before (a replay revokes the whole
+        family, so a stolen token dies along with the one its rightful holder got)."""
+        try:
+            claims = self.signer.verify_refresh(presented)
+        except InvalidToken as exc:
+            log.info("token request: refresh token rejected: %s", exc)
+            raise unauthorized(basic_challenge(self.realm)) from None
+        user = claims.subject
+        who = name_for_log(user)
+        current = await run_in_threadpool(self.credentials.credential_id, user)
+        if current is None or not hmac.compare_digest(current, claims.credential):
+            log.info("token request: refresh token for %s predates a password change or removal", who)
+            raise unauthorized(basic_challenge(self.realm))
+        ttl = max(claims.expires_at - time.time(), 1.0)
+
+        def check_and_consume() -> str | None:
+            revoked_at = self.records.subject_revoked_at(user)
+            if revoked_at is not None and claims.issued_at <= revoked_at:
+                return "issued before the user's tokens were revoked"
+            if self.records.family_revoked(claims.family):
+                return "its family was revoked after a replay"
+            if not self.rotate:
+                return None
+            if not self.records.consume(claims.token_id, ttl):
+                self.records.revoke_family(claims.family, ttl)
+                return "already used (replay): family revoked"
+            return None
+
+        refused = await run_in_threadpool(check_and_consume)
+        if refused is not None:
+            log.info("token request: refresh token for %s refused: %s", who, refused)
+            raise unauthorized(basic_challenge(self.realm))
+        if not self.rotate:
+            return user, None
+        return user, self.signer.issue_refresh(user, claims.credential, claims.family)
 
     def _service_ok(self, params: Mapping[str, Any]) -> bool:
         service = params.get("service")
@@ -155,12 +217,12 @@ class TokenEndpoint:
             user = await self._check_password(username, password)
             account = params.get("account")
             if account and account != user:
-                log.info("token request: account %r does not match user %r", account, user)
+                log.info("token request: account does not match user %s", name_for_log(user))
                 raise unauthorized(basic_challenge(self.realm))
         access = self.grant(user, _scopes(params.getlist("scope")))
         issued = self.signer.issue(user or "", access)
         offline = params.get("offline_token", "").lower() == "true"
-        refresh = self.signer.issue_refresh(user) if offline and user is not None else None
+        refresh = await self._new_refresh(user) if offline and user is not None else None
         return self._respond(issued, refresh=refresh)
 
     async def _post(self, request: Request) -> Response:
@@ -178,19 +240,12 @@ class TokenEndpoint:
                 return _oauth_error("invalid_request", "username and password are required")
             user = await self._check_password(username, password)
             if fields.get("access_type") == "offline":
-                refresh = self.signer.issue_refresh(user)
+                refresh = await self._new_refresh(user)
         elif grant_type == "refresh_token":
-            presented = fields.get("refresh_token", "")
-            try:
-                user = self.signer.verify_refresh(presented)
-            except InvalidToken as exc:
-                log.info("token request: refresh token rejected: %s", exc)
-                raise unauthorized(basic_challenge(self.realm)) from None
-            # A user removed from htpasswd can no longer refresh (has_user may reload the file).
-            if not await run_in_threadpool(self.credentials.has_user, user):
-                log.info("token request: refresh token for removed user %r", user)
-                raise unauthorized(basic_challenge(self.realm))
-            refresh = presented if fields.get("access_type") == "offline" else None
+            # Rotation: the answer always carries the refresh token to use next time.
+            user, refresh = await self._refresh(fields.get("refresh_token", ""))
+            if refresh is None and fields.get("access_type") == "offline":
+                refresh = fields.get("refresh_token", "")  # rotation off: the same one again
         else:
             return _oauth_error("unsupported_grant_type", "grant_type must be password or refresh_token")
         scopes = _scopes(v for k, v in form if k == "scope")

@@ -446,28 +446,52 @@ class TokenSigner:
     def _refresh_audience(self) -> str:
         return f"{self.service}#refresh"
 
-    def issue_refresh(self, subject: str) -> str:
-        """A long-lived refresh token for `subject` (only this token server accepts it)."""
-        issued = int(time.time())
+    def issue_refresh(self, subject: str, credential: str, family: str | None = None) -> str:
+        """A long-lived refresh token for `subject` (only this token server accepts it),
+        bound to `credential` (see `Htpasswd.credential_id`): it stops working when the
+        user's htpasswd entry changes. `family` ties a rotated token to the login it
+        descends from (a new login starts a new family)."""
+        now = time.time()
+        issued = int(now)
         return self._sign(
             {
                 "iss": self.issuer,
                 "sub": subject,
                 "aud": self._refresh_audience,
+                "iat_ms": int(now * 1000),  # revocations compare at a finer grain than iat
                 "exp": issued + REFRESH_LIFETIME_SECONDS,
                 "nbf": issued,
                 "iat": issued,
                 "jti": secrets.token_urlsafe(18),
                 "token_use": _REFRESH_USE,
+                "cred": credential,
+                "fam": family or secrets.token_urlsafe(12),
             }
         )
 
-    def verify_refresh(self, raw: str) -> str:
-        """The subject of a refresh token this signer issued, or InvalidToken."""
+    def verify_refresh(self, raw: str) -> RefreshClaims:
+        """The claims of a refresh token this signer issued, or InvalidToken."""
         claims = decode_token(
             raw, self._own, issuer=self.issuer, audience=self._refresh_audience, leeway=LEEWAY_SECONDS
         )
         subject = claims.get("sub")
         if claims.get("token_use") != _REFRESH_USE or not isinstance(subject, str) or not subject:
             raise InvalidToken("not a refresh token")
-        return subject
+        fields = (claims.get("jti"), claims.get("cred"), claims.get("fam"))
+        numbers = (claims.get("iat_ms"), claims.get("exp"))
+        if not all(isinstance(f, str) and f for f in fields) or not all(isinstance(n, int) for n in numbers):
+            raise InvalidToken(
+                "refresh token without id, credential binding or family (issued before rotation)"
+            )
+        issued_ms, expires = numbers
+        return RefreshClaims(subject, *fields, issued_ms / 1000, expires)  # type: ignore[arg-type,operator]
+
+
+@dataclass(frozen=True)
+class RefreshClaims:
+    subject: str
+    token_id: str
+    credential: str
+    family: str
+    issued_at: float  # Unix seconds, millisecond precision
+    expires_at: int
