@@ -75,11 +75,13 @@ from pipeline.settings import (
     HttpSettings,
     MaintenanceSettings,
     NotificationEndpoint,
+    ProxySettings,
     Settings,
     StorageSettings,
     TlsSettings,
     TokenAuth,
     UploadPurging,
+    Upstream,
 )
 from pipeline.tls import TLS_VERSIONS, openssl_ciphers
 
@@ -164,8 +166,6 @@ def _parse_bool_text(text: str) -> bool:
 # configured. One row per dotted key path; whoever implements a section deletes its row.
 # A section written but switched off (empty, `enabled: false`, `disabled: true`) is inert.
 UNIMPLEMENTED: dict[str, str] = {
-    "proxy": "pull-through cache (proxy mode) is not implemented: Lading would run as a plain "
-    "registry that accepts pushes; remove the section or run distribution for the mirror",
     "validation": "manifest validation rules (manifests.urls allow/deny, indexes) are not "
     "implemented: manifests they forbid would be accepted; remove the section",
     "storage.maintenance.readonly": "read-only mode is not implemented: Lading would accept "
@@ -392,6 +392,10 @@ SCHEMA = _s(
             },
             unknown="extra",
         ),
+        "proxy": _s(
+            {"remoteurl": STR, "username": STR, "password": STR, "ttl": DURATION},
+            ignored=("exec",),
+        ),
         "lading": _s(
             {
                 "deep_verification": ANY,  # YAML 1.1 reads a bare `off` as false
@@ -431,10 +435,28 @@ SCHEMA = _s(
                 ),
                 "metrics": _s({"protected": BOOL}),
                 "health": _s({"path": STR}),
+                "proxy": _s(
+                    {
+                        "local": BOOL,
+                        "upstreams": _ListOf(
+                            _s(
+                                {
+                                    "prefix": STR,
+                                    "remoteurl": STR,
+                                    "username": STR,
+                                    "password": STR,
+                                    "ttl": SECONDS,
+                                    "tag_ttl": SECONDS,
+                                    "platforms": STRLIST,
+                                }
+                            )
+                        ),
+                    }
+                ),
             }
         ),
     },
-    ignored=("middleware", "redis", "health", "proxy", "validation", "reporting", "compatibility", "catalog"),
+    ignored=("middleware", "redis", "health", "validation", "reporting", "compatibility", "catalog"),
 )
 
 
@@ -874,6 +896,7 @@ def _build(t: Mapping[str, Any], warnings: list[str]) -> Settings:
         maintenance=_maintenance(
             _get(t, "lading", "maintenance") or {}, _get(t, "lading", "beat", "schedule")
         ),
+        proxy=_proxy(t),
     )
 
 
@@ -1155,3 +1178,65 @@ def _maintenance(m: Mapping[str, Any], beat_schedule: str | None = None) -> Main
             beat_schedule_path=beat_schedule,
         )
     )
+
+
+_PLATFORM = re.compile(r"^[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?$")
+
+
+def _upstream(u: Mapping[str, Any], key: str, prefix: str) -> Upstream:
+    url = _require(u, "remoteurl", key).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{key}.remoteurl: expected an http:// or https:// URL, got {url!r}")
+    for field_name in ("ttl", "tag_ttl"):
+        if u.get(field_name) is not None and u[field_name] < 0:
+            raise ConfigurationError(f"{key}.{field_name}: must not be negative")
+    for platform in u.get("platforms") or ():
+        if not _PLATFORM.match(platform):
+            raise ConfigurationError(f"{key}.platforms: expected os/arch[/variant], got {platform!r}")
+    return Upstream(
+        prefix=prefix,
+        remoteurl=url,
+        **_pick(
+            username=u.get("username"),
+            password=u.get("password"),
+            ttl_seconds=u.get("ttl"),
+            tag_ttl_seconds=u.get("tag_ttl"),
+            platforms=tuple(u["platforms"]) if u.get("platforms") else None,
+        ),
+    )
+
+
+def _proxy(t: Mapping[str, Any]) -> ProxySettings:
+    """distribution's `proxy:` (the whole registry mirrors one upstream) and/or Lading's
+    `lading.proxy.upstreams` (one upstream per repository prefix)."""
+    from pipeline.names import is_valid_name
+
+    upstreams: list[Upstream] = []
+    mirror = t.get("proxy") or {}
+    if mirror.get("remoteurl"):
+        upstreams.append(_upstream(mirror, "proxy", ""))
+    elif mirror:
+        raise ConfigurationError("proxy.remoteurl: required")
+    lp = _get(t, "lading", "proxy") or {}
+    for index, u in enumerate(lp.get("upstreams") or []):
+        key = f"lading.proxy.upstreams.{index}"
+        prefix = str(u.get("prefix") or "").strip("/")
+        if not prefix or not is_valid_name(prefix):
+            raise ConfigurationError(
+                f"{key}.prefix: expected a repository name prefix, got {u.get('prefix')!r}"
+            )
+        upstreams.append(_upstream(u, key, prefix))
+    if mirror and len(upstreams) > 1:
+        raise ConfigurationError("proxy: a whole-registry mirror excludes lading.proxy.upstreams")
+    for i, a in enumerate(upstreams):
+        for b in upstreams[i + 1 :]:
+            if (
+                a.prefix == b.prefix
+                or b.prefix.startswith(a.prefix + "/")
+                or a.prefix.startswith(b.prefix + "/")
+            ):
+                raise ConfigurationError(
+                    f"lading.proxy.upstreams: prefixes {a.prefix!r} and {b.prefix!r} overlap"
+                )
+    local = lp.get("local")
+    return ProxySettings(upstreams=tuple(upstreams), **_pick(local=local))

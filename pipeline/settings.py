@@ -153,6 +153,44 @@ class MaintenanceSettings:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """One registry Lading mirrors (pull-through cache), under a repository prefix.
+
+    `prefix` "" mirrors the whole registry (distribution's `proxy:` section); otherwise
+    repository `<prefix>/<path>` is `<path>` on `remoteurl`. `ttl_seconds` is
+    distribution's `proxy.ttl`: cached content unused for that long expires (0: never).
+    `tag_ttl_seconds` is the freshness window of a tag: within it a pull by tag asks the
+    upstream nothing. `platforms` ("linux/amd64", ...) are the children of an index the
+    background warming fetches (empty: none, only what clients pull)."""
+
+    prefix: str
+    remoteurl: str
+    username: str = ""
+    password: str = ""
+    ttl_seconds: float = 168 * 3600
+    tag_ttl_seconds: float = 300.0
+    platforms: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The name metrics and logs use for this upstream."""
+        return self.prefix or "_"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Pull-through caches. `local` allows repositories outside every prefix (plain local
+    repositories); with a whole-registry mirror (prefix "") there are none."""
+
+    upstreams: tuple[Upstream, ...] = ()
+    local: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.upstreams)
+
+
+@dataclass(frozen=True)
 class Settings:
     version: str = "0.1"
     log_level: str = "info"
@@ -163,4 +201,5 @@ class Settings:
     notifications: tuple[NotificationEndpoint, ...] = ()
     deep_verification: DeepVerification = "off"
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     warnings: tuple[str, ...] = ()  # unsupported keys seen while loading

@@ -440,7 +440,6 @@ def test_keys_far_from_every_known_key_stay_warnings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "words"),
     [
-        ("proxy: {remoteurl: 'https://registry-1.docker.io'}\n", "proxy", "pull-through"),
         ("validation: {manifests: {urls: {deny: ['^https?://']}}}\n", "validation", "deny"),
         (
             "storage: {maintenance: {readonly: {enabled: true}}}\n",
@@ -532,3 +531,67 @@ def test_addresses() -> None:
     assert parse_addr("[::1]:5002") == ("::1", 5002)
     with pytest.raises(ConfigurationError, match=r"http\.addr"):
         parse_addr("127.0.0.1")
+
+
+def test_distribution_proxy_section_mirrors_the_whole_registry(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "proxy: {remoteurl: 'https://registry-1.docker.io/', username: u, password: p, ttl: 24h}\n",
+    )
+    s = load_settings(path, {"REGISTRY_PROXY_PASSWORD": "from-env"})
+    assert s.warnings == ()
+    (up,) = s.proxy.upstreams
+    assert (up.prefix, up.remoteurl, up.username, up.password) == (
+        "",
+        "https://registry-1.docker.io",
+        "u",
+        "from-env",
+    )
+    assert up.ttl_seconds == 24 * 3600
+    only_env = load_settings(None, {"REGISTRY_PROXY_REMOTEURL": "http://127.0.0.1:1"})
+    assert only_env.proxy.upstreams[0].remoteurl == "http://127.0.0.1:1"
+
+
+def test_lading_proxy_upstreams_by_prefix(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+lading:
+  proxy:
+    local: false
+    upstreams:
+      - {prefix: hub, remoteurl: 'https://registry-1.docker.io', ttl: 3600, tag_ttl: 60s,
+         platforms: [linux/amd64, linux/arm64/v8]}
+      - {prefix: ghcr/, remoteurl: 'https://ghcr.io'}
+""",
+    )
+    s = load_settings(path, {})
+    hub, ghcr = s.proxy.upstreams
+    assert (hub.prefix, hub.ttl_seconds, hub.tag_ttl_seconds) == ("hub", 3600, 60)
+    assert hub.platforms == ("linux/amd64", "linux/arm64/v8")
+    assert ghcr.prefix == "ghcr" and s.proxy.local is False
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("proxy: {username: u}\n", "proxy.remoteurl: required"),
+        ("proxy: {remoteurl: 'ftp://x'}\n", "proxy.remoteurl"),
+        (
+            "lading: {proxy: {upstreams: [{prefix: a, remoteurl: 'http://x'}, {prefix: a/b, remoteurl: 'http://y'}]}}\n",
+            "overlap",
+        ),
+        ("lading: {proxy: {upstreams: [{prefix: 'A!', remoteurl: 'http://x'}]}}\n", "prefix"),
+        (
+            "lading: {proxy: {upstreams: [{prefix: a, remoteurl: 'http://x', platforms: [amd64]}]}}\n",
+            "platforms",
+        ),
+        (
+            "proxy: {remoteurl: 'http://x'}\nlading: {proxy: {upstreams: [{prefix: a, remoteurl: 'http://y'}]}}\n",
+            "mirror",
+        ),
+    ],
+)
+def test_bad_proxy_configuration_stops_start(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(write(tmp_path, text), {})
