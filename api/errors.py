@@ -44,6 +44,7 @@ from pipeline.errors import (
     TagInvalid,
     TooManyRequests,
     Unauthorized,
+    UpstreamUnavailable,
 )
 
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
@@ -81,6 +82,7 @@ ERROR_MAP: dict[type[LadingError], tuple[str, int]] = {
     Denied: ("DENIED", 403),
     TooManyRequests: ("TOOMANYREQUESTS", 429),
     JobTimeout: ("UNAVAILABLE", 503),
+    UpstreamUnavailable: ("UNAVAILABLE", 503),
     StorageUnavailable: ("UNAVAILABLE", 503),
     StorageError: ("UNKNOWN", 500),
     LadingError: ("UNKNOWN", 500),

@@ -29,7 +29,8 @@ LadingError
     ├── Unauthorized                  no or invalid credentials
     ├── Denied                        valid credentials lacking the required action
     ├── TooManyRequests               a limit was hit; try later
-    └── JobTimeout                    a job did not finish within the bounded wait
+    ├── JobTimeout                    a job did not finish within the bounded wait
+    └── UpstreamUnavailable           a proxied upstream is unreachable, refused us or sent bad bytes
 ```
 
 Errors cross the Celery boundary as plain dicts (`to_payload` / `from_payload`) so
@@ -260,6 +261,13 @@ class JobTimeout(RegistryError):
     """Raised when a job did not finish within the bounded wait. The job may still run."""
 
     message = "the job did not finish in time"
+
+
+class UpstreamUnavailable(RegistryError):
+    """Raised when the upstream of a proxied repository (pipeline.proxy) cannot be used:
+    unreachable, 429/5xx, credentials refused, or content that fails its digest."""
+
+    message = "the upstream registry is unavailable"
 
 
 _KINDS: dict[str, type[LadingError]] = {}

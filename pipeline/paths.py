@@ -214,3 +214,23 @@ def gc_sweeping() -> str:
     """Present while a garbage collection has (or is about to write) candidate markers: a
     push checks this one file before looking for the markers of each blob it relies on."""
     return f"{LADING}/gc/sweeping"
+
+
+def proxy_dir(name: str) -> str:
+    """Pull-through cache records of a proxied repository (pipeline.proxy)."""
+    return f"{lading_repository_dir(name)}/proxy"
+
+
+def proxy_tag_record(name: str, tag: str) -> str:
+    """JSON {digest, checked}: when the upstream last confirmed what `tag` points to."""
+    return f"{proxy_dir(name)}/tags/{tag}"
+
+
+def proxy_use_dir(name: str) -> str:
+    return f"{proxy_dir(name)}/used"
+
+
+def proxy_use_record(name: str, digest: Digest) -> str:
+    """Empty file whose modification time is when the cached manifest was last pulled
+    (refreshed at most every few minutes); cache expiry reads it."""
+    return f"{proxy_use_dir(name)}/{digest.algorithm}/{digest.hex}"
