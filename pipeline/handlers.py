@@ -66,6 +66,32 @@ def _deep_verify(
     return deep_verify(registry, repository, digest, policy or registry.settings.deep_verification)
 
 
+def _proxy_manifest(
+    registry: Registry, *, repository: str, reference: str, accept: list[str] | None = None
+) -> dict[str, Any]:
+    from pipeline.proxy import cache
+
+    return cache.fetch_manifest(registry, repository, reference, accept)
+
+
+def _proxy_blob(registry: Registry, *, repository: str, digest: str) -> dict[str, Any]:
+    from pipeline.proxy import cache
+
+    return cache.fetch_blob(registry, repository, digest)
+
+
+def _proxy_warm(registry: Registry, *, repository: str, digest: str) -> dict[str, Any]:
+    from pipeline.proxy import cache
+
+    return cache.warm(registry, repository, digest)
+
+
+def _proxy_expire(registry: Registry) -> dict[str, Any]:
+    from pipeline.proxy import cache
+
+    return cache.expire(registry)
+
+
 def _later(job: str, module: str, function: str) -> Handler:
     """A handler that runs `module.function` once that module exists."""
 
@@ -94,6 +120,10 @@ HANDLERS: dict[str, Handler] = {
     jobs.GARBAGE_COLLECT: _later(jobs.GARBAGE_COLLECT, "pipeline.maintenance.gc", "garbage_collect"),
     jobs.RECONCILE: _later(jobs.RECONCILE, "pipeline.maintenance.reconcile", "reconcile"),
     jobs.NOTIFY_EVENT: _later(jobs.NOTIFY_EVENT, "pipeline.events", "notify_event"),
+    jobs.PROXY_MANIFEST: _proxy_manifest,
+    jobs.PROXY_BLOB: _proxy_blob,
+    jobs.PROXY_WARM: _proxy_warm,
+    jobs.PROXY_EXPIRE: _proxy_expire,
 }
 
 

@@ -53,6 +53,22 @@ RECONCILE = "lading.reconcile"
 NOTIFY_EVENT = "lading.notify"
 """kwargs: endpoint (name), envelope (the event envelope dict). Retries with backoff."""
 
+PROXY_MANIFEST = "lading.proxy_manifest"
+"""kwargs: repository (proxied), reference, accept (list of media types). Fetches the
+manifest from the upstream into the cache unless the cache may answer (pipeline.proxy.cache).
+value: {digest, media_type, fetched, stale (reason or None)}."""
+
+PROXY_BLOB = "lading.proxy_blob"
+"""kwargs: repository (proxied), digest. Single-flight fetch of a blob into an upload
+session, committed (digest verified) into the cache. value: {fetched, size?}."""
+
+PROXY_WARM = "lading.proxy_warm"
+"""kwargs: repository (proxied), digest (a cached manifest). Fetches its blobs and the
+children of an index for the upstream's platforms. value: {manifests, blobs, failed}."""
+
+PROXY_EXPIRE = "lading.proxy_expire"
+"""No kwargs. Unlinks cached content unused for its upstream's ttl. value: {manifests, blobs}."""
+
 ROUTES: dict[str, str] = {
     COMMIT_BLOB: INGEST,
     ADVANCE_DIGEST: INGEST,
@@ -64,6 +80,10 @@ ROUTES: dict[str, str] = {
     GARBAGE_COLLECT: MAINTENANCE,
     RECONCILE: MAINTENANCE,
     NOTIFY_EVENT: NOTIFY,
+    PROXY_MANIFEST: INGEST,
+    PROXY_BLOB: INGEST,
+    PROXY_WARM: VERIFY,
+    PROXY_EXPIRE: MAINTENANCE,
 }
 
 ALL_JOBS: tuple[str, ...] = tuple(ROUTES)

@@ -35,5 +35,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         schedule["lading-purge-uploads"] = _entry(jobs.PURGE_UPLOADS, purging.interval_seconds)
     if maintenance.gc_enabled:
         schedule["lading-garbage-collect"] = _entry(jobs.GARBAGE_COLLECT, maintenance.gc_interval_seconds)
+    if any(u.ttl_seconds > 0 for u in settings.proxy.upstreams):
+        # Pull-through cache expiry: often enough that content outlives its ttl by at most a tenth.
+        shortest = min(u.ttl_seconds for u in settings.proxy.upstreams if u.ttl_seconds > 0)
+        schedule["lading-proxy-expire"] = _entry(jobs.PROXY_EXPIRE, max(60.0, min(3600.0, shortest / 10)))
     schedule["lading-reconcile"] = _entry(jobs.RECONCILE, maintenance.reconcile_interval_seconds)
     return schedule

@@ -79,6 +79,12 @@ _NOTIFY = JobPolicy(
     retry_for=(StorageUnavailable, DeliveryFailed),
 )
 
+# A proxy fetch is one upstream download (a blob: as long as a big layer takes on the
+# network); an unreachable upstream is answered by the job itself, never retried.
+_PROXY_FETCH = JobPolicy(
+    soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=3, retry_backoff=1, retry_backoff_max=10
+)
+
 POLICIES: dict[str, JobPolicy] = {
     jobs.COMMIT_BLOB: _BIG_BLOB,
     jobs.ADVANCE_DIGEST: _BIG_BLOB,
@@ -90,6 +96,10 @@ POLICIES: dict[str, JobPolicy] = {
     jobs.GARBAGE_COLLECT: _MAINTENANCE,
     jobs.RECONCILE: _MAINTENANCE,
     jobs.NOTIFY_EVENT: _NOTIFY,
+    jobs.PROXY_MANIFEST: _PROXY_FETCH,
+    jobs.PROXY_BLOB: _PROXY_FETCH,
+    jobs.PROXY_WARM: _MAINTENANCE,
+    jobs.PROXY_EXPIRE: _MAINTENANCE,
 }
 
 
