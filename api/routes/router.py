@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from api import errors
 from api.access_table import Access, enforce
 from api.notify import Notifier
-from api.routes import base, blobs, catalog, manifests, referrers, tags, uploads
+from api.routes import base, blobs, catalog, manifests, proxy, referrers, tags, uploads
 from api.routes.context import RequestContext, Urls
 from pipeline.errors import LadingError
 from pipeline.jobs import JobClient
@@ -127,6 +127,16 @@ class RegistryRouter:
         response = await self.dispatch(request)
         await response(scope, receive, send)
 
+    def _proxy_handler(self, request: Request, route: RouteSpec, name: str, handler: Handler) -> Handler:
+        """A proxied repository (pipeline.proxy) is read-only and read through api.routes.proxy."""
+        from pipeline.proxy import route as proxy_route
+
+        if proxy_route(self.settings, name) is None:
+            return handler
+        if request.method not in ("GET", "HEAD") or route.name not in proxy.HANDLERS:
+            return proxy.refuse_write
+        return proxy.HANDLERS[route.name]
+
     async def dispatch(self, request: Request) -> Response:
         head = request.method == "HEAD"
         # request.url.path without building the whole URL (host, scheme, query): the
@@ -150,6 +160,8 @@ class RegistryRouter:
             if name:
                 validate_name(name)
             await enforce(self.access, request, route.name, name or None)
+            if name and self.settings.proxy.enabled:
+                handler = self._proxy_handler(request, route, name, handler)
             ctx = RequestContext(
                 request,
                 self.settings,
