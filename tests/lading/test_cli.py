@@ -267,7 +267,7 @@ def _serve_once(config: Path, tmp_path: Path) -> subprocess.CompletedProcess[str
         ("auth: {htpasswd: {realm: r, path: MISSING}}\n", "auth.htpasswd.path"),
         ("auth: {htpasswd: {realm: r, path: MISSING}}\nlading: {auth: {policy: MISSING}}\n", "auth.policy"),
         ("celery: {broker_ur: 'redis://127.0.0.1:1/0'}\n", "did you mean celery.broker_url?"),
-        ("proxy: {remoteurl: 'https://registry-1.docker.io'}\n", "proxy: pull-through"),
+        ("proxy: {remoteurl: 'ftp://registry-1.docker.io'}\n", "proxy.remoteurl: expected an http"),
         ("http: {adress: ':5000'}\n", "did you mean http.addr?"),
     ],
 )
