@@ -36,7 +36,7 @@ from api.routes.pagination import next_link, page_size
 from api.streaming import ContentResponse, first_error
 from pipeline import jobs as joblib
 from pipeline.digest import Digest
-from pipeline.errors import JobTimeout, ManifestUnknown, OperationUnsupported, RegistryError
+from pipeline.errors import BlobUnknown, JobTimeout, ManifestUnknown, OperationUnsupported, RegistryError
 from pipeline.manifests import OCI_INDEX
 from pipeline.names import is_digest_reference, is_valid_tag
 from pipeline.proxy import ProxyTarget, cache, route, stats
@@ -146,8 +146,12 @@ async def _serve_manifest(ctx: RequestContext, digest: Digest, reference: str, s
 
 def _probe(ctx: RequestContext, digest: Digest) -> tuple[str, dict[str, Any] | None]:
     """("cached", None) | ("fetching", record) | ("failed", record) | ("none", None)."""
-    if ctx.registry.repo_blobs.is_linked(ctx.name, digest):
+    try:
+        # Linked AND stored: a commit links before it moves the data into place.
+        ctx.registry.repo_blobs.stat(ctx.name, digest)
         return "cached", None
+    except BlobUnknown:
+        pass
     record = cache.blob_fetch_state(ctx.registry, ctx.name, digest)
     if record is None:
         return "none", None

@@ -259,14 +259,14 @@ def fetch_blob(registry: Registry, repository: str, digest: str) -> dict[str, An
     target = target_of(registry, repository)
     leases = leases_for(registry.settings)
     key = blob_key(repository, wanted)
-    if registry.repo_blobs.is_linked(repository, wanted):
+    if _blob_cached(registry, repository, wanted):
         return {"fetched": False}
     owner = uuid.uuid4().hex
     if not leases.claim(key, {"owner": owner, "state": "starting"}, LEASE_SECONDS):
         return {"fetched": False}
     upload_id: str | None = None
     try:
-        if registry.repo_blobs.is_linked(repository, wanted):  # committed just before our claim
+        if _blob_cached(registry, repository, wanted):  # committed just before our claim
             leases.drop(key)
             return {"fetched": False}
         sessions: list[str] = []
@@ -299,6 +299,15 @@ def fetch_blob(registry: Registry, repository: str, digest: str) -> dict[str, An
             with contextlib.suppress(BlobUploadUnknown):
                 registry.uploads.cancel(repository, upload_id)
         raise
+
+
+def _blob_cached(registry: Registry, repository: str, digest: Digest) -> bool:
+    """Linked into the repository and stored (a commit links before it moves the data)."""
+    try:
+        registry.repo_blobs.stat(repository, digest)
+    except BlobUnknown:
+        return False
+    return True
 
 
 def _download_blob(
