@@ -175,12 +175,20 @@ class Access:
         return self._policy_permits(identity, repository, frozenset({action}))
 
     def catalog_visible(self, identity: Identity, repository: str) -> bool:
-        """Should `_catalog` list `repository` to `identity`? Repositories it may pull; a
-        token granting `registry:catalog:*` sees every repository (as in distribution)."""
-        if identity.source == "token" and any(
-            e.permits("registry", "catalog", ALL) for e in identity.token_access
-        ):
-            return True
+        """Should `_catalog` list `repository` to `identity`? Only repositories it may pull.
+        A token's `registry:catalog:*` opens the route, not the list: when Lading knows the
+        policy (its own token server, or lading.auth.policy), the policy decides for the
+        token's subject (anonymous for an anonymous token). Only for an external token
+        server and no policy of Lading's is the token server the authority (as in
+        distribution, its catalog grant lists everything)."""
+        if identity.source == "token":
+            if self.token_endpoint is None and not self.settings.auth.policy_path:
+                lists_all = any(e.permits("registry", "catalog", ALL) for e in identity.token_access)
+                return lists_all or self.allowed(identity, repository, PULL)
+            name = identity.name or None
+            groups = self.policy.current().groups_of(name)
+            subject = Identity(name=name, groups=groups, source="basic" if name else "anonymous")
+            return self._policy_permits(subject, repository, frozenset({PULL}))
         return self.allowed(identity, repository, PULL)
 
     # --- the pieces ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ catalog grant (api.access_table) and the list holds only repositories the caller
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +24,12 @@ PAGE_LIMIT = 1000
 def _visible_fetcher(
     registry: Registry, visible: Callable[[Any, str], bool], identity: Any
 ) -> Callable[[int | None, str | None], list[str]]:
+    """One walk from `last`, filtered, stopped as soon as the page is full: the storage
+    reads are those of the names examined, never a re-walk per batch."""
+
     def fetch(limit: int | None, last: str | None) -> list[str]:
-        found: list[str] = []
-        cursor = last
-        while limit is None or len(found) < limit:
-            batch = registry.catalog.repositories(PAGE_LIMIT, cursor)
-            found += [name for name in batch if visible(identity, name)]
-            if len(batch) < PAGE_LIMIT:
-                break
-            cursor = batch[-1]
-        return found if limit is None else found[:limit]
+        names = (name for name in registry.catalog.iter_repositories(last) if visible(identity, name))
+        return list(itertools.islice(names, limit))
 
     return fetch
 
