@@ -5,7 +5,7 @@ upstream and under which upstream name (`hub/library/alpine` → `library/alpine
 `hub` upstream; with distribution's `proxy:` section every name is proxied as is).
 
 - pipeline.proxy.upstream: the HTTP client of one upstream (token/Basic auth, errors).
-- pipeline.proxy.coordination: single-flight leases (Redis or in-process).
+- pipeline.proxy.leases: single-flight leases (Redis or in-process).
 - pipeline.proxy.cache: the use cases — fetch a manifest or a blob into the cache
   (verified by digest before anything is committed), warm an image, tag freshness,
   tags and referrers lists with the cached copy as fallback, the reader that streams a

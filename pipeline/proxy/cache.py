@@ -7,7 +7,7 @@ proxied repository — so every read path, gc and scrub treat it like any other;
 own records live in `_lading/proxy/` (pipeline.paths).
 
 Blobs (single flight). `fetch_blob` claims the lease `blob:<repo>@<digest>`
-(pipeline.proxy.coordination); only the claimant asks the upstream. It creates an upload
+(pipeline.proxy.leases); only the claimant asks the upstream. It creates an upload
 session, records `{upload_id, size}` in the lease, appends the upstream's bytes to the
 session as they arrive, and then runs pipeline.blob_commit.commit_blob on it — the same
 commit a push goes through: the digest is verified before the blob is linked, so bytes
@@ -66,7 +66,7 @@ from pipeline.manifests import (
 )
 from pipeline.names import is_digest_reference, validate_name
 from pipeline.proxy import ProxyTarget, route, stats
-from pipeline.proxy.coordination import LEASE_SECONDS, Leases, leases_for
+from pipeline.proxy.leases import LEASE_SECONDS, Leases, leases_for
 from pipeline.proxy.upstream import client_for
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 bytes and errors.
 
 Counts are kept in the process (`add`) and, once `share(redis_client)` was called (every
-process of a scaled deployment does, through pipeline.proxy.coordination), also added to
+process of a scaled deployment does, through pipeline.proxy.leases), also added to
 one Redis hash, so the API's /metrics shows what the workers fetched. `snapshot()` reads
 the shared totals when there are any, the process's own otherwise (embedded mode, where
 API and worker are one process).

@@ -7,9 +7,9 @@ first process to claim a key fetches; everyone else reads the record to find the
 session the bytes are arriving in. A fetcher that dies stops renewing and its lease expires
 within `LEASE_SECONDS`, after which the next request claims it again.
 
-Backends: Redis (`SET NX PX`) whenever the deployment has a Redis broker or result
-backend — then API replicas and workers are separate processes — and one in-process
-table otherwise (embedded mode: the API and its worker are threads of one process).
+Backends: Redis (`SET NX PX`) — the one pipeline.coordination names for the deployment's
+locks — when API replicas and workers are separate processes, and one in-process table in
+embedded mode (the API and its worker are threads of one process).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+from pipeline.coordination import coordination_for
 from pipeline.proxy import stats
 from pipeline.settings import Settings
 
@@ -98,31 +99,23 @@ class RedisLeases:
         self._client.delete(KEY_PREFIX + key)
 
 
-def redis_url(settings: Settings) -> str | None:
-    """Where shared state lives: the broker's Redis, else the result backend's."""
-    for url in (settings.celery.broker_url, settings.celery.result_backend):
-        if url and url.split("://", 1)[0] in ("redis", "rediss", "unix"):
-            return url
-    return None
-
-
 _local = LocalLeases()
 _by_url: dict[str, RedisLeases] = {}
 _guard = threading.Lock()
 
 
 def leases_for(settings: Settings) -> Leases:
-    """The deployment's leases (see module docstring); one object per process and URL.
-    Also makes pipeline.proxy.stats count into the same Redis."""
-    url = redis_url(settings)
-    if url is None:
+    """The deployment's leases, in the Redis pipeline.coordination chooses for its locks
+    (in-process in embedded mode); one object per process and Redis. Also makes
+    pipeline.proxy.stats count into the same Redis."""
+    target = coordination_for(settings).redis
+    if target is None:
         return _local
+    key = target.describe()
     with _guard:
-        leases = _by_url.get(url)
+        leases = _by_url.get(key)
         if leases is None:
-            import redis
-
-            client = redis.Redis.from_url(url)
-            leases = _by_url[url] = RedisLeases(client)
+            client = target.client()
+            leases = _by_url[key] = RedisLeases(client)
             stats.share(client)
         return leases
