@@ -40,6 +40,7 @@ from pipeline.coordination import RedisTarget, coordination_for, redis_target
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, JobClient
 from pipeline.maintenance import stats as maintenance_stats
+from pipeline.proxy import stats as proxy_stats
 from pipeline.settings import Settings
 from pipeline.storage.driver import StorageDriver
 
@@ -108,6 +109,7 @@ class Metrics:
             "lading_jobs_retried", "Job retries after transient errors", ["job"], registry=r
         )
         r.register(NotificationCounts())
+        r.register(ProxyCounts())
         # Labelled children by label values: `labels()` validates and locks on every call,
         # and every request needs two to four of them. Bounded like the label values.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -225,6 +227,33 @@ class NotificationCounts(Collector):
             for outcome, n in sorted(outcomes.items()):
                 family.add_metric([endpoint, outcome], float(n))
         yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class ProxyCounts(Collector):
+    """`lading_proxy_<counter>_total{upstream}`: the pull-through cache's counters
+    (pipeline.proxy.stats; deployment-wide when Redis is configured). Nothing is exported
+    by a registry that proxies nothing."""
+
+    HELP = {
+        "cache_hits": "Proxied pulls answered from the cache",
+        "cache_misses": "Proxied pulls that needed the upstream's content",
+        "upstream_requests": "Requests sent to upstream registries",
+        "upstream_bytes": "Bytes received from upstream registries",
+        "upstream_errors": "Upstream requests that failed (unreachable, 429/5xx, bad content)",
+    }
+
+    def collect(self) -> Iterator[Metric]:
+        counts = proxy_stats.snapshot()
+        for counter, documentation in self.HELP.items():
+            family = CounterMetricFamily(f"lading_proxy_{counter}", documentation, labels=["upstream"])
+            for (upstream, name), value in sorted(counts.items()):
+                if name == counter:
+                    family.add_metric([upstream], float(value))
+            if counts:
+                yield family
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

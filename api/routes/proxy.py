@@ -40,12 +40,20 @@ from pipeline.errors import BlobUnknown, JobTimeout, ManifestUnknown, OperationU
 from pipeline.manifests import OCI_INDEX
 from pipeline.names import is_digest_reference, is_valid_tag
 from pipeline.proxy import ProxyTarget, cache, route, stats
+from pipeline.proxy.leases import leases_for
+from pipeline.settings import Settings
 from pipeline.tags import paginate
 
 log = logging.getLogger("lading.proxy")
 
 STALE = '110 - "Response is Stale"'
 MAX_FETCH_ATTEMPTS = 3
+
+
+def prepare(settings: Settings) -> None:
+    """Connect this process to the deployment's shared proxy state (leases, counters)
+    before the first request, so /metrics shows deployment-wide counts from the start."""
+    leases_for(settings)
 
 
 def proxied(ctx: RequestContext) -> ProxyTarget | None:

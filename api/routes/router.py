@@ -121,6 +121,8 @@ class RegistryRouter:
         self.notifier = notifier
         self.urls = Urls(settings)
         self.prefix = settings.http.prefix.rstrip("/")
+        if settings.proxy.enabled:
+            proxy.prepare(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
