@@ -429,3 +429,51 @@ def authenticated_upstream(auth: str, tmp: Path, users: dict[str, str]) -> Itera
     with running(args, process_env(), cwd=tmp) as server:
         wait_http(f"http://127.0.0.1:{info['port']}/v2/", timeout=60, proc=server.proc)
         yield f"127.0.0.1:{info['port']}"
+
+
+REDIS_DB = 24
+
+
+def test_scaled_out_two_api_processes_share_one_upstream_fetch(
+    upstream: tuple[str, CountingProxy], tmp_path: Path
+) -> None:
+    """distribution's own `proxy.remoteurl` (REGISTRY_PROXY_REMOTEURL: the whole registry
+    mirrors it), two API processes and a worker on one Redis: 16 clients split between the
+    two APIs cost one upstream blob request, and /metrics counts it deployment-wide."""
+    import redis
+
+    from tests.support import redis_server
+    from tests.support.lading import base_env, process
+
+    dist, counter = upstream
+    data = os.urandom(64 * 1024 * 1024)
+    digest = put_blob(dist, "lib/big", data)
+    url = redis_server.url(REDIS_DB)
+    redis.Redis.from_url(url).flushdb()
+    root = tmp_path / "root"
+    ports = [free_port(), free_port()]
+    env = {
+        "REGISTRY_CELERY_BROKER_URL": url,
+        "REGISTRY_CELERY_RESULT_BACKEND": url,
+        "REGISTRY_PROXY_REMOTEURL": f"http://{counter.host}",
+    }
+    with (
+        process(
+            [*lading_command(), "worker", "--concurrency", "2"],
+            base_env(root, ports[0], **env),
+            tmp_path / "worker.log",
+        ),
+        process([*lading_command(), "serve"], base_env(root, ports[0], **env), tmp_path / "api0.log") as a,
+        process([*lading_command(), "serve"], base_env(root, ports[1], **env), tmp_path / "api1.log") as b,
+    ):
+        wait_http(f"http://127.0.0.1:{ports[0]}/v2/", timeout=60, proc=a)
+        wait_http(f"http://127.0.0.1:{ports[1]}/v2/", timeout=60, proc=b)
+        urls = [f"http://127.0.0.1:{ports[i % 2]}/v2/lib/big/blobs/{digest}" for i in range(16)]
+        results = concurrent_gets(urls)
+        assert [status for status, _ in results] == [200] * 16
+        assert all(body == data for _, body in results)
+        assert counter.count("GET", f"/blobs/{digest}") == 1
+        assert blob_cached(root, digest)
+        metrics = httpx.get(f"http://127.0.0.1:{ports[1]}/metrics").text
+        assert 'lading_proxy_upstream_bytes_total{upstream="_"} 6.7108864e+07' in metrics, metrics
+        assert 'lading_proxy_cache_misses_total{upstream="_"}' in metrics
