@@ -91,6 +91,7 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
     from api.jobclient import CeleryJobClient
     from api.metrics import InstrumentedJobs, Metrics
     from api.notify import Notifier
+    from pipeline.throttle import failure_counters_for
     from pipeline.tokenrecords import token_records_for
     from workers.app import create_app as create_celery
 
@@ -109,6 +110,10 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
         celery=celery,
         jobs=jobs,
         metrics=metrics,
-        access=Access.from_settings(settings, token_records=token_records_for(coordination)),
+        access=Access.from_settings(
+            settings,
+            token_records=token_records_for(coordination),
+            failure_counters=failure_counters_for(coordination),
+        ),
         notifier=Notifier(settings, jobs),
     )

@@ -26,6 +26,7 @@ lading:
   auth:
     policy: /etc/lading/policy.yml
     anonymous_pull: false
+    throttle: {user_address: 10, address: 100, window: 15m}   # failed logins, then 429
     token:                    # built-in token endpoint (needs auth.token realm/service/issuer)
       htpasswd: /etc/lading/htpasswd
       signing_key: /etc/lading/token.pem
@@ -412,6 +413,7 @@ SCHEMA = _s(
                     {
                         "policy": STR,
                         "anonymous_pull": BOOL,
+                        "throttle": _s({"user_address": INT, "address": INT, "window": SECONDS}),
                         "token": _s(
                             {
                                 "htpasswd": STR,
@@ -1038,6 +1040,19 @@ def _head_limits(lh: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def _throttle(t: Mapping[str, Any]) -> dict[str, Any]:
+    for key in ("user_address", "address"):
+        if t.get(key) is not None and t[key] < 1:
+            raise ConfigurationError(f"lading.auth.throttle.{key}: must be at least 1, got {t[key]}")
+    if t.get("window") is not None and t["window"] <= 0:
+        raise ConfigurationError(f"lading.auth.throttle.window: must be positive, got {t['window']}")
+    return _pick(
+        login_failures_per_user_address=t.get("user_address"),
+        login_failures_per_address=t.get("address"),
+        login_failure_window_seconds=t.get("window"),
+    )
+
+
 _CLIENTAUTH = {
     "require-and-verify-client-cert": "require",
     "verify-client-cert-if-given": "verify-if-given",
@@ -1134,6 +1149,7 @@ def _auth(t: Mapping[str, Any]) -> AuthSettings:
         htpasswd=htpasswd,
         token=token,
         **_pick(policy_path=la.get("policy"), anonymous_pull=la.get("anonymous_pull")),
+        **_throttle(la.get("throttle") or {}),
     )
 
 

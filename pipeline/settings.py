@@ -123,6 +123,11 @@ class AuthSettings:
     token: TokenAuth | None = None
     policy_path: str = ""  # access policy file; "" → authenticated users may do anything
     anonymous_pull: bool = False
+    # Failed logins per window before 429 (lading.auth.throttle): per (user, client address)
+    # pair, and per client address whatever the user names.
+    login_failures_per_user_address: int = 10
+    login_failures_per_address: int = 100
+    login_failure_window_seconds: float = 900.0
 
 
 @dataclass(frozen=True)

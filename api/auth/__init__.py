@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -38,6 +37,7 @@ from api.auth.challenge import access_detail, basic_challenge, bearer_challenge,
 from api.auth.credentials import decode_basic, name_for_log, split_authorization
 from api.auth.htpasswd import Htpasswd
 from api.auth.identity import ANONYMOUS, Identity
+from api.auth.logins import Logins, client_address
 from api.auth.policy import PolicySource
 from api.auth.token_endpoint import TokenEndpoint
 from api.auth.tokens import (
@@ -54,6 +54,7 @@ from api.auth.tokens import (
 from pipeline.access import ACTIONS, ALL, PULL
 from pipeline.errors import ConfigurationError, Denied, Unauthorized
 from pipeline.settings import Settings
+from pipeline.throttle import FailureCounters, LocalFailureCounters, LoginThrottle
 from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 
 __all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
@@ -64,18 +65,32 @@ log = logging.getLogger("lading.auth")
 class Access:
     """Authenticates callers and decides what they may do, per `settings.auth`."""
 
-    def __init__(self, settings: Settings, *, token_records: TokenRecords | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        token_records: TokenRecords | None = None,
+        failure_counters: FailureCounters | None = None,
+    ) -> None:
         auth = settings.auth
         self.token_records: TokenRecords = token_records if token_records is not None else LocalTokenRecords()
+        self.throttle = LoginThrottle(
+            failure_counters if failure_counters is not None else LocalFailureCounters(),
+            pair_limit=auth.login_failures_per_user_address,
+            address_limit=auth.login_failures_per_address,
+            window_seconds=auth.login_failure_window_seconds,
+        )
         if auth.htpasswd is None and auth.token is None:
             raise ConfigurationError("auth", "auth: configure htpasswd or token to control access")
         self.settings = settings
         self.policy = PolicySource.from_settings(auth)
         self.htpasswd: Htpasswd | None = None
         self.basic_realm = ""
+        self.logins: Logins | None = None
         if auth.htpasswd is not None:
             self.htpasswd = Htpasswd(auth.htpasswd.path)
             self.basic_realm = auth.htpasswd.realm
+            self.logins = Logins(self.htpasswd, self.throttle)
         self.verifier: TokenVerifier | None = None
         self.signer: TokenSigner | None = None
         self.token_endpoint: TokenEndpoint | None = None
@@ -121,14 +136,22 @@ class Access:
             realm=self.basic_realm or token.service,
             records=self.token_records,
             rotate=token.rotate_refresh,
+            throttle=self.throttle,
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, token_records: TokenRecords | None = None) -> Access | None:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        token_records: TokenRecords | None = None,
+        failure_counters: FailureCounters | None = None,
+    ) -> Access | None:
         """The `Access` for `settings`, or None when no access controller is configured
         (an open registry, as distribution without `auth:`). `token_records`: where the
         built-in token server records used and revoked refresh tokens (shared by every
-        replica: Redis when the deployment has one; in-process by default)."""
+        replica: Redis when the deployment has one; in-process by default), and
+        `failure_counters` where failed logins are counted (the same)."""
         auth = settings.auth
         if auth.htpasswd is None and auth.token is None:
             if auth.policy_path:
@@ -136,7 +159,7 @@ class Access:
                     "lading.auth.policy", "lading.auth.policy: needs auth.htpasswd or auth.token configured"
                 )
             return None
-        return cls(settings, token_records=token_records)
+        return cls(settings, token_records=token_records, failure_counters=failure_counters)
 
     def routes(self) -> list[Route]:
         """The built-in token endpoint's route (empty when it is not enabled)."""
@@ -226,11 +249,11 @@ class Access:
     async def _basic_identity(
         self, request: Request, credentials: str, repository: str | None, wanted: frozenset[str]
     ) -> Identity:
-        assert self.htpasswd is not None
+        assert self.logins is not None
         parsed = decode_basic(credentials)
         user, password = parsed if parsed is not None else ("", "")
         # Malformed credentials still pay for a bcrypt check: every failure looks alike.
-        ok = await run_in_threadpool(self.htpasswd.verify, user, password)
+        ok = await self.logins.check(user, password, client_address(request))
         if not ok or parsed is None:
             log.info("basic authentication failed for %s", name_for_log(user))
             raise self._challenge(request, repository, wanted)

@@ -116,12 +116,19 @@ class Htpasswd:
         self._remembered: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._remembered_for: HtpasswdEntries | None = None
 
+    def _mark(self, username: str, password: str) -> bytes:
+        return hmac.new(
+            self._secret, username.encode("utf-8") + b"\0" + password.encode("utf-8"), hashlib.sha256
+        ).digest()
+
+    def remembered(self, username: str, password: str) -> bool:
+        """True if these exact credentials were verified recently (no bcrypt spent)."""
+        return self._recall(self._file.get(), self._mark(username, password))
+
     def verify(self, username: str, password: str) -> bool:
         """True if `password` is `username`'s. Unknown users cost one bcrypt check too."""
         entries = self._file.get()
-        mark = hmac.new(
-            self._secret, username.encode("utf-8") + b"\0" + password.encode("utf-8"), hashlib.sha256
-        ).digest()
+        mark = self._mark(username, password)
         if self._recall(entries, mark):
             return True
         hashed = entries.users.get(username)

@@ -33,12 +33,14 @@ from starlette.responses import JSONResponse, Response
 from api.auth.challenge import basic_challenge, unauthorized
 from api.auth.credentials import name_for_log, parse_basic
 from api.auth.htpasswd import Htpasswd
+from api.auth.logins import Logins, client_address
 from api.auth.policy import PolicySource
 from api.auth.tokens import AccessEntry, InvalidToken, IssuedToken, TokenSigner, resource_type
 from api.errors import error_response
 from pipeline.access import ALL, granted_actions
-from pipeline.errors import Unauthorized
+from pipeline.errors import TooManyRequests, Unauthorized
 from pipeline.names import is_valid_name
+from pipeline.throttle import LocalFailureCounters, LoginThrottle
 from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 
 log = logging.getLogger("lading.auth")
@@ -91,6 +93,7 @@ class TokenEndpoint:
         realm: str,
         records: TokenRecords | None = None,
         rotate: bool = True,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.signer = signer
         self.credentials = credentials
@@ -98,6 +101,7 @@ class TokenEndpoint:
         self.realm = realm  # for the Basic challenge of a failed login
         self.records: TokenRecords = records if records is not None else LocalTokenRecords()
         self.rotate = rotate
+        self.logins = Logins(credentials, throttle or LoginThrottle(LocalFailureCounters()))
 
     # --- the pieces --------------------------------------------------------------------
 
@@ -123,9 +127,9 @@ class TokenEndpoint:
                 entries.append(AccessEntry(type_, name, tuple(granted)))
         return entries
 
-    async def _check_password(self, username: str, password: str) -> str:
+    async def _check_password(self, username: str, password: str, address: str) -> str:
         # An empty user name still pays for a bcrypt check: every failure looks alike.
-        ok: bool = await run_in_threadpool(self.credentials.verify, username, password)
+        ok = await self.logins.check(username, password, address)
         if ok and username:
             return username
         log.info("token request: authentication failed for user %s", name_for_log(username))
@@ -202,7 +206,7 @@ class TokenEndpoint:
             if request.method == "POST":
                 return await self._post(request)
             return await self._get(request)
-        except Unauthorized as exc:
+        except (Unauthorized, TooManyRequests) as exc:
             # Rendered here, not raised: a wrong password is an answer, not a server error.
             return error_response(exc, head=request.method == "HEAD")
 
@@ -214,7 +218,7 @@ class TokenEndpoint:
         header = request.headers.get("authorization")
         if header is not None:
             username, password = _basic_credentials(header, self.realm)
-            user = await self._check_password(username, password)
+            user = await self._check_password(username, password, client_address(request))
             account = params.get("account")
             if account and account != user:
                 log.info("token request: account does not match user %s", name_for_log(user))
@@ -238,7 +242,7 @@ class TokenEndpoint:
             username, password = fields.get("username", ""), fields.get("password", "")
             if not username:
                 return _oauth_error("invalid_request", "username and password are required")
-            user = await self._check_password(username, password)
+            user = await self._check_password(username, password, client_address(request))
             if fields.get("access_type") == "offline":
                 refresh = await self._new_refresh(user)
         elif grant_type == "refresh_token":

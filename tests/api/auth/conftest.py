@@ -32,7 +32,7 @@ from starlette.testclient import TestClient
 from api.auth import Access
 from api.auth.challenge import challenge_headers
 from api.auth.tokens import PrivateKey, libtrust_key_id
-from pipeline.errors import Denied, RegistryError, Unauthorized
+from pipeline.errors import Denied, RegistryError, TooManyRequests, Unauthorized
 from pipeline.settings import AuthSettings, HtpasswdAuth, Settings, TokenAuth
 
 ISSUER = "test-issuer"
@@ -99,6 +99,12 @@ async def _on_auth_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=status, headers=challenge_headers(exc))
 
 
+async def _on_throttled(request: Request, exc: Exception) -> Response:
+    from api.errors import error_response
+
+    return error_response(exc)
+
+
 def make_app(access: Access) -> Starlette:
     async def check(request: Request) -> Response:
         repo = request.query_params.get("repo") or None
@@ -109,7 +115,11 @@ def make_app(access: Access) -> Starlette:
 
     return Starlette(
         routes=[Route("/check", check), *access.routes()],
-        exception_handlers={Unauthorized: _on_auth_error, Denied: _on_auth_error},
+        exception_handlers={
+            Unauthorized: _on_auth_error,
+            Denied: _on_auth_error,
+            TooManyRequests: _on_throttled,
+        },
     )
 
 
