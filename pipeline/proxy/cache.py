@@ -587,8 +587,18 @@ def _last_used(registry: Registry, repository: str, digest: Digest) -> float:
         paths.manifest_revision_link(repository, digest),
     ):
         with contextlib.suppress(PathNotFound):
-            return registry.driver.stat(path).modified.replace(tzinfo=UTC).timestamp()
+            modified = registry.driver.stat(path).modified
+            return modified.replace(tzinfo=modified.tzinfo or UTC).timestamp()
     return datetime.now(UTC).timestamp()
+
+
+def _linked_before(registry: Registry, repository: str, digest: Digest, cutoff: float) -> bool:
+    """A blob linked (fetched) after `cutoff` stays: it may be what a pull is reading now."""
+    try:
+        modified = registry.driver.stat(paths.layer_link(repository, digest)).modified
+    except PathNotFound:
+        return False
+    return modified.replace(tzinfo=modified.tzinfo or UTC).timestamp() < cutoff
 
 
 def _expire_repository(registry: Registry, repository: str, cutoff: float) -> tuple[int, int]:
@@ -616,7 +626,7 @@ def _expire_repository(registry: Registry, repository: str, cutoff: float) -> tu
             registry.driver.delete(paths.proxy_use_record(repository, digest))
     blobs = 0
     for digest in list(registry.repo_blobs.links(repository)):
-        if digest not in needed:
+        if digest not in needed and _linked_before(registry, repository, digest, cutoff):
             with contextlib.suppress(BlobUnknown):
                 registry.repo_blobs.unlink(repository, digest)
                 blobs += 1
