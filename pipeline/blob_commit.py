@@ -84,6 +84,8 @@ def commit_blob(
     registry.repo_blobs.link(repository, target)
     _place_blob(registry, repository, data_path, upload_id, target, stored)
     _drop_session(driver, repository, upload_id)
+    # Linked and in place: the next HEAD of it (from any API replica) is a cache hit.
+    registry.blobs.cache.remember(target, stored, repository)
     return {"digest": str(target), "size": stored}
 
 

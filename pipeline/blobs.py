@@ -15,6 +15,11 @@ Two of Lading's own markers change what `BlobStore` does (pipeline.maintenance):
 access boundary: a repository sees a blob only when the link is present *and* the blob's
 data exists. Link files hold the digest string with no trailing newline, exactly as CNCF
 distribution writes them, so either registry can serve the other's storage.
+
+Both keep a blob descriptor cache (pipeline.blobcache) current: every storage stat that
+finds a blob records it, every one that does not, and every delete, drops it. Only
+`RepositoryBlobs.describe` (the HEAD/GET path) answers from the cache; `stat` and `exists`
+always ask storage, so nothing that writes trusts a cached "exists".
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from pipeline import paths
+from pipeline.blobcache import BlobCache, NoBlobCache
 from pipeline.digest import CANONICAL, Digest
 from pipeline.digest_dirs import digests_in
 from pipeline.errors import BlobCorrupt, BlobUnknown, DigestInvalid, PathNotFound
@@ -33,12 +39,22 @@ from pipeline.storage.driver import StorageDriver
 class BlobStore:
     """Global blob data, addressed by digest. Knows nothing of repositories."""
 
-    def __init__(self, driver: StorageDriver) -> None:
+    def __init__(self, driver: StorageDriver, cache: BlobCache | None = None) -> None:
         self.driver = driver
+        self.cache: BlobCache = cache if cache is not None else NoBlobCache()
 
     def stat(self, digest: Digest) -> int:
-        """The blob's size in bytes. BlobUnknown if it is not stored, BlobCorrupt if it is
-        quarantined."""
+        """The blob's size in bytes, from storage (never the cache). BlobUnknown if it is
+        not stored, BlobCorrupt if it is quarantined."""
+        try:
+            size = self._stat(digest)
+        except BlobUnknown:
+            self.cache.forget(digest)
+            raise
+        self.cache.remember(digest, size)
+        return size
+
+    def _stat(self, digest: Digest) -> int:
         try:
             info = self.driver.stat(paths.blob_data(digest))
         except PathNotFound:
@@ -115,6 +131,7 @@ class BlobStore:
             writer.write(data)
             writer.commit()
         self.clear_quarantine(digest)
+        self.cache.remember(digest, len(data))
         return digest
 
     def local_path(self, digest: Digest) -> str | None:
@@ -139,6 +156,8 @@ class BlobStore:
             self.driver.delete(paths.blob_dir(digest))
         except PathNotFound:
             raise BlobUnknown(str(digest)) from None
+        finally:
+            self.cache.forget(digest)
 
 
 class RepositoryBlobs:
@@ -168,14 +187,23 @@ class RepositoryBlobs:
         return self._target(repo, digest) is not None
 
     def stat(self, repo: str, digest: Digest) -> int:
-        """The blob's size. BlobUnknown unless it is linked here AND its data exists."""
+        """The blob's size, from storage. BlobUnknown unless it is linked here AND its data
+        exists."""
         target = self._target(repo, digest)
         if target is None:
             raise BlobUnknown(str(digest))
         try:
-            return self.blobs.stat(target)
+            size = self.blobs.stat(target)
         except BlobUnknown as exc:
             raise type(exc)(str(digest)) from None  # BlobCorrupt stays BlobCorrupt
+        self.blobs.cache.remember(digest, size, repo, target)
+        return size
+
+    def describe(self, repo: str, digest: Digest) -> int:
+        """`stat` answered from the blob descriptor cache when it can (HEAD and GET of a
+        blob). For readers only: a writer that relies on the blob calls `stat`."""
+        size = self.blobs.cache.describe(repo, digest)
+        return self.stat(repo, digest) if size is None else size
 
     def open(self, repo: str, digest: Digest, offset: int = 0) -> BinaryIO:
         """A stream of the blob from `offset`; the same visibility rule as `stat`."""
@@ -204,6 +232,8 @@ class RepositoryBlobs:
             self.driver.delete(paths.layer_link_dir(validate_name(repo), digest))
         except PathNotFound:
             raise BlobUnknown(str(digest)) from None
+        finally:
+            self.blobs.cache.forget_link(repo, digest)
 
     def mount(self, source_repo: str, target_repo: str, digest: Digest) -> bool:
         """Link a blob the source repository can see into the target repository; no bytes

@@ -44,6 +44,10 @@ lading:
   health: {path: /healthz}
 ```
 
+distribution's `storage.cache.blobdescriptor` (`inmemory` or `redis`) caches blob sizes and
+repository links for blob HEAD/GET (pipeline.blobcache). With a broker both values mean the
+cache shared in the deployment's Redis; `blobdescriptorsize` bounds the in-memory one.
+
 distribution's `http.tls` (certificate, key, clientcas, clientauth, minimumtls tls1.2/tls1.3,
 ciphersuites) is honoured; any other TLS key (letsencrypt) or value Lading cannot honour is
 an error, never a plain-HTTP fallback.
@@ -306,6 +310,7 @@ SCHEMA = _s(
                 ),
                 "delete": _s({"enabled": BOOL}),
                 "redirect": _s({"disable": BOOL}),
+                "cache": _s({"blobdescriptor": STR, "blobdescriptorsize": INT}),
                 "maintenance": _s(
                     {
                         "uploadpurging": _s(
@@ -315,7 +320,7 @@ SCHEMA = _s(
                     ignored=("readonly",),
                 ),
             },
-            ignored=("cache", "tag"),
+            ignored=("tag",),
             unknown="error",
             unknown_hint="unknown storage driver or option (Lading has filesystem, inmemory and s3)",
         ),
@@ -935,6 +940,9 @@ def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str | None:
     return str(value)
 
 
+_BLOB_CACHES = ("inmemory", "redis")
+
+
 def _storage(s: Mapping[str, Any]) -> StorageSettings:
     drivers = [k for k in _DRIVER_KEYS if k in s]
     if len(drivers) > 1:
@@ -962,6 +970,14 @@ def _storage(s: Mapping[str, Any]) -> StorageSettings:
         if not kwargs.get("s3_bucket"):
             raise ConfigurationError("storage.s3.bucket: required")
     purging = _get(s, "maintenance", "uploadpurging") or {}
+    kwargs.update(
+        _pick(
+            blob_cache=_choice(
+                _get(s, "cache", "blobdescriptor"), _BLOB_CACHES, "storage.cache.blobdescriptor"
+            ),
+            blob_cache_size=_get(s, "cache", "blobdescriptorsize"),
+        )
+    )
     return StorageSettings(
         **kwargs,
         **_pick(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.blobcache import BlobCache, blob_cache_from_settings
 from pipeline.blobs import BlobStore, RepositoryBlobs
 from pipeline.catalog import Catalog
 from pipeline.coordination import Coordination, coordination_for
@@ -53,10 +54,15 @@ class Registry:
 
     @classmethod
     def from_driver(
-        cls, settings: Settings, driver: StorageDriver, locks: RepositoryLocks | None = None
+        cls,
+        settings: Settings,
+        driver: StorageDriver,
+        locks: RepositoryLocks | None = None,
+        blob_cache: BlobCache | None = None,
     ) -> Registry:
-        """Stores over an already built driver (the caller decides on CheckedDriver)."""
-        blobs = BlobStore(driver)
+        """Stores over an already built driver (the caller decides on CheckedDriver); no
+        blob descriptor cache unless one is passed."""
+        blobs = BlobStore(driver, blob_cache)
         repo_blobs = RepositoryBlobs(driver, blobs)
         manifests = ManifestStore(driver, blobs, repo_blobs)
         return cls(
@@ -79,10 +85,16 @@ def build_registry(
 ) -> Registry:
     """The registry `settings` describes: storage from `settings.storage` (or `driver`),
     locks where `coordination` (default: `coordination_for(settings)`) puts them: Redis in
-    a scaled-out deployment, in-process in embedded mode. ConfigurationError for a
-    scaled-out configuration with no shared place for locks."""
+    a scaled-out deployment, in-process in embedded mode, and the blob descriptor cache
+    `storage.cache` asks for (in the same Redis when there is one: pipeline.blobcache).
+    ConfigurationError for a scaled-out configuration with no shared place for locks."""
     coordination = coordination if coordination is not None else coordination_for(settings)
     locks = coordination.locks()
     if driver is None:
         driver = driver_from_settings(settings.storage)
-    return Registry.from_driver(settings, driver, locks)
+    redis = (
+        coordination.redis.client()
+        if coordination.redis is not None and settings.storage.blob_cache
+        else None
+    )
+    return Registry.from_driver(settings, driver, locks, blob_cache_from_settings(settings, redis))

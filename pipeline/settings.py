@@ -30,6 +30,8 @@ class StorageSettings:
     delete_enabled: bool = False
     redirect_disabled: bool = True
     upload_purging: UploadPurging = field(default_factory=UploadPurging)
+    blob_cache: str = ""  # storage.cache.blobdescriptor: "" (none), "inmemory" or "redis"
+    blob_cache_size: int = 10_000  # storage.cache.blobdescriptorsize (inmemory entries)
     # storage.s3.<key> of distribution's s3 driver, as s3_<key>
     s3_bucket: str = ""
     s3_region: str = "us-east-1"

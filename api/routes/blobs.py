@@ -66,7 +66,7 @@ def _open(registry: Registry, digest: Digest, offset: int) -> tuple[str | None, 
 async def get_blob(ctx: RequestContext) -> Response:
     """200 (or 206) with the blob; HEAD gives the same headers without a body."""
     digest = Digest.parse(ctx.params["digest"])
-    size = await ctx.blocking(ctx.registry.repo_blobs.stat, ctx.name, digest)
+    size = await ctx.blocking(ctx.registry.repo_blobs.describe, ctx.name, digest)
     etag = etag_of(digest)
     headers = {
         "Docker-Content-Digest": str(digest),

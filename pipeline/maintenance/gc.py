@@ -316,6 +316,7 @@ def _sweep(registry: Registry, digest: Digest) -> str:
         return "gone"
     if driver.exists(marker):
         driver.delete(paths.gc_trash(digest))
+        registry.blobs.cache.forget(digest)  # every process's HEAD now asks storage
         for path in (marker, paths.quarantine_marker(digest), paths.scrub_record(digest)):
             with contextlib.suppress(PathNotFound):
                 driver.delete(path)

@@ -236,6 +236,7 @@ class _Scrub:
             if self.quarantine:
                 marker = {**record, "digest": str(digest), "detected_at": record["checked_at"]}
                 registry.driver.put_content(paths.quarantine_marker(digest), json.dumps(marker).encode())
+                registry.blobs.cache.forget(digest)  # a cached HEAD must not vouch for it
                 self.quarantined += 1
         if not self.dry_run:
             registry.driver.put_content(paths.scrub_record(digest), json.dumps(record).encode())

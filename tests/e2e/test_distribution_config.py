@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 DEBIAN_CONFIG = Path("/etc/docker/registry/config.yml")
 # The keys of Debian's file Lading does not support: each must be named in a start-up warning.
-IGNORED_KEYS = ("log.fields", "storage.cache", "http.headers", "health")
+IGNORED_KEYS = ("log.fields", "http.headers", "health")
 
 
 def debian_config() -> dict[str, Any]:

@@ -43,7 +43,8 @@ def test_debians_shipped_distribution_config_loads_with_warnings_naming_ignored_
     assert settings.http.addr == "127.0.0.1:15000"
     assert settings.auth.htpasswd is not None and settings.auth.htpasswd.realm == "basic-realm"
     ignored = {w.split(":", 1)[0] for w in settings.warnings}
-    assert {"log.fields", "storage.cache", "http.headers", "health"} <= ignored
+    assert {"log.fields", "http.headers", "health"} <= ignored
+    assert settings.storage.blob_cache == "inmemory"  # storage.cache.blobdescriptor is honoured
     assert settings.celery.embedded  # no broker in a distribution config → embedded worker
 
 
