@@ -13,9 +13,12 @@ leaves the session as it was, so the client may retry the PUT.
 - A body whose length differs from its Content-Range is 400 SIZE_INVALID and not kept; a
   client that disconnects mid-chunk leaves nothing of that chunk behind.
 - `Range` is `0-<size-1>` (`0-0` for an empty session, as CNCF distribution answers).
-- Each PATCH that carries the session across a 32 MiB boundary sends ADVANCE_DIGEST (fire and
-  forget) so the commit only hashes the tail. The rule needs no state: crossing is computed
-  from the sizes before and after the chunk.
+- Workers hash while the bytes arrive: whenever a streamed body (PATCH, or the PUT of a
+  monolithic upload) carries the session across a 64 MiB boundary, ADVANCE_DIGEST is sent
+  (fire and forget) right then, mid-request, so a worker saves the hash state at that offset
+  while the rest streams in and the commit only hashes the tail. A small chunk crossing a
+  boundary sends it after the append. The rule needs no state: crossing is computed from the
+  sizes before and after each write.
 - `?digest-algorithm=sha512` on POST is kept in the session's Location for later requests.
 - Mount: `?mount=<digest>&from=<repo>` links the blob (201) when the caller may pull `from`
   (see api.access_table) and the blob is there; otherwise a new session (202) as the spec
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -58,7 +63,7 @@ from pipeline.storage.driver import FileWriter
 
 log = logging.getLogger("lading.api")
 
-ADVANCE_EVERY = 32 * 1024 * 1024
+ADVANCE_EVERY = 64 * 1024 * 1024
 SMALL_BODY = 256 * 1024  # chunks up to this size are read whole and written in one hop
 STATUS_POLL_SECONDS = 0.05
 _CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?\s*(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$")
@@ -137,6 +142,35 @@ def _has_body(ctx: RequestContext) -> bool:
     return declared.isdigit() and int(declared) > 0
 
 
+class _AdvancingWriter(FileWriter):
+    """A session writer that sends ADVANCE_DIGEST each time the bytes written cross an
+    ADVANCE_EVERY boundary (from the thread that wrote them, once they reached storage)."""
+
+    def __init__(self, inner: FileWriter, advance: Callable[[], None]) -> None:
+        self.inner = inner
+        self.advance = advance
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def write(self, data: bytes) -> int:
+        before = self.inner.size
+        written = self.inner.write(data)
+        if self.inner.size // ADVANCE_EVERY > before // ADVANCE_EVERY:
+            self.advance()
+        return written
+
+    def commit(self) -> None:
+        self.inner.commit()
+
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 async def _append(ctx: RequestContext, upload_id: str) -> tuple[int, int]:
     """Stream the request body into the session; (size before, size after).
 
@@ -152,7 +186,9 @@ async def _append(ctx: RequestContext, upload_id: str) -> tuple[int, int]:
         if expected is not None and len(body) != expected:
             raise SizeInvalid({"declared": expected, "received": len(body)})
         return await ctx.blocking(_append_small, ctx.registry, ctx.name, upload_id, offset, body)
-    writer = await ctx.blocking(ctx.registry.uploads.open_append, ctx.name, upload_id, offset)
+    inner = await ctx.blocking(ctx.registry.uploads.open_append, ctx.name, upload_id, offset)
+    algorithm = _algorithm(ctx) or CANONICAL
+    writer = _AdvancingWriter(inner, partial(_advance_digest, ctx.jobs, ctx.name, upload_id, algorithm))
     try:
         before = writer.size
         written = await write_body(ctx.request, writer)
@@ -316,7 +352,8 @@ async def patch_upload(ctx: RequestContext) -> Response:
     except RangeInvalid as err:
         return await _range_error(ctx, upload_id, err)
     response = Response(status_code=202, headers=_session_headers(ctx, upload_id, after, algorithm))
-    if after // ADVANCE_EVERY > before // ADVANCE_EVERY:
+    if after - before <= SMALL_BODY and after // ADVANCE_EVERY > before // ADVANCE_EVERY:
+        # A streamed body sent its ADVANCE_DIGEST jobs while it arrived (_AdvancingWriter).
         response.background = BackgroundTask(
             _advance_digest, ctx.jobs, ctx.name, upload_id, algorithm or CANONICAL
         )

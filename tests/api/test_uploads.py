@@ -438,3 +438,55 @@ async def test_storage_failure_while_streaming_a_chunk_is_503_and_keeps_old_byte
     errors_of(r, 503, "UNAVAILABLE")
     monkeypatch.setattr(api.registry.uploads, "open_append", real_open)
     assert session_size(api, location) == 100
+
+
+def _saved_state_offsets(api: Any, upload_id: str) -> list[int]:
+    try:
+        names = api.registry.driver.list(paths.upload_hashstates_dir("repo", upload_id, "sha256"))
+    except Exception:
+        return []
+    return sorted(int(n.rsplit("/", 1)[-1]) for n in names)
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+async def test_hash_states_are_saved_while_a_long_body_streams(
+    make_api: Any, monkeypatch: Any, method: str
+) -> None:
+    """Workers hash while the bytes arrive: a 6 MiB body streamed in one PATCH (or one
+    monolithic PUT) with a 1 MiB advance interval has hash states saved at boundaries
+    before its last bytes are even sent, and the commit still gives the right digest."""
+    mib = 1024 * 1024
+    monkeypatch.setattr(upload_routes, "ADVANCE_EVERY", mib)
+    api = await make_api()
+    jobs = RecordingJobs(InlineJobClient(api.registry))
+    api = await make_api(registry=api.registry, jobs=jobs)
+    data = bytes(range(256)) * (6 * mib // 256)
+    location = await start(api)
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+    seen_mid_body: list[int] = []
+
+    async def body() -> Any:
+        piece = 256 * 1024
+        for offset in range(0, len(data), piece):
+            if offset == len(data) - piece:
+                # Before the last piece is sent: a worker has already saved a state at a
+                # boundary at least 4 MiB in (waits on the condition, with a deadline).
+                for _ in range(400):
+                    seen_mid_body[:] = _saved_state_offsets(api, upload_id)
+                    if seen_mid_body and max(seen_mid_body) >= 4 * mib:
+                        break
+                    await asyncio.sleep(0.025)
+            yield data[offset : offset + piece]
+
+    if method == "PATCH":
+        r = await api.client.patch(location, content=body())
+        assert r.status_code == 202
+        r = await api.client.put(location, params={"digest": sha(data)})
+    else:
+        r = await api.client.put(location, params={"digest": sha(data)}, content=body())
+    assert r.status_code == 201, r.text
+    assert seen_mid_body and max(seen_mid_body) >= 4 * mib, seen_mid_body
+    assert all(offset % mib == 0 or offset > 4 * mib for offset in seen_mid_body)
+    assert jobs.names().count(joblib.ADVANCE_DIGEST) >= 5  # one per boundary crossed
+    assert api.registry.repo_blobs.stat("repo", Digest.parse(sha(data))) == len(data)
+    jobs.inner.close()
