@@ -38,6 +38,7 @@ their own from the same URLs; `celery_url()` translates `unix://` to kombu's spe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 Kind = Literal["redis", "sentinel", "amqp", "memory", "other"]
+
+LOCK_CLIENT_PREFIX = "lading-locks-"
+"""Lock connections are named `lading-locks-<pid>` (CLIENT LIST shows who waits)."""
 
 SOCKET_TIMEOUT = 5.0
 """Seconds a Redis call Lading makes itself may block (connect and each reply)."""
@@ -131,9 +135,10 @@ class RedisTarget:
     def is_sentinel(self) -> bool:
         return bool(self.sentinels)
 
-    def client(self, timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    def client(self, timeout: float = SOCKET_TIMEOUT, name: str | None = None) -> redis.Redis:
         """A redis-py client with socket timeouts (the Sentinel-managed master's, for a
-        Sentinel target: it follows a failover)."""
+        Sentinel target: it follows a failover). `name`: its connections' CLIENT SETNAME,
+        so `redis-cli client list` shows which process is which."""
         import redis
         import redis.sentinel
 
@@ -151,9 +156,10 @@ class RedisTarget:
                 username=self.username,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                client_name=name,
             )
         return redis.Redis.from_url(
-            _redis_py_url(self.url), socket_timeout=timeout, socket_connect_timeout=timeout
+            _redis_py_url(self.url), socket_timeout=timeout, socket_connect_timeout=timeout, client_name=name
         )
 
     def async_client(self, timeout: float | None = SOCKET_TIMEOUT) -> redis.asyncio.Redis:
@@ -286,7 +292,8 @@ class Coordination:
             return LocalLocks()
         from pipeline.locks import RedisLocks
 
-        return RedisLocks(self.redis.client(), lease=self.lock_lease)
+        name = f"{LOCK_CLIENT_PREFIX}{os.getpid()}"
+        return RedisLocks(self.redis.client(name=name), lease=self.lock_lease)
 
     def describe(self) -> str:
         if self.redis is None:
