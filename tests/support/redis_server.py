@@ -37,31 +37,50 @@ def port() -> int:
 
 
 class RedisServer:
-    """One `redis-server` on a free loopback port in `workdir`, without persistence."""
+    """One `redis-server` on a free loopback port in `workdir`, without persistence.
 
-    def __init__(self, workdir: str) -> None:
+    `unixsocket`: also listen on that unix socket. `sentinel_of`: run as a Redis Sentinel
+    (`redis-server --sentinel`, the same binary) monitoring that server as master
+    `master_name`."""
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        unixsocket: str | None = None,
+        sentinel_of: RedisServer | None = None,
+        master_name: str = "lading",
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: .ci/run installs it (apt redis-server)")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
+        self.unixsocket = unixsocket
+        head: list[str] = []
+        if sentinel_of is not None:
+            conf = os.path.join(workdir, f"sentinel-{self.port}.conf")
+            with open(conf, "w") as f:  # sentinel rewrites its config file: it must be its own
+                f.write(f"sentinel monitor {master_name} 127.0.0.1 {sentinel_of.port} 1\n")
+            head = [conf, "--sentinel"]
+        extra = ["--unixsocket", unixsocket, "--unixsocketperm", "700"] if unixsocket else []
+        persistence = (
+            [] if sentinel_of is not None else ["--save", "", "--appendonly", "no", "--databases", "32"]
+        )
         self._proc = subprocess.Popen(
             [
                 binary,
+                *head,
+                *extra,
                 "--bind",
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *persistence,
                 "--dir",
                 workdir,
-                "--databases",
-                "32",
                 "--logfile",
-                os.path.join(workdir, "redis.log"),
+                os.path.join(workdir, f"redis-{self.port}.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
