@@ -5,25 +5,22 @@ response, keeps it in the `request_id` context variable for everything the reque
 (the job client logs job ids with it), and logs method, route template, path, status,
 bytes in/out and duration when the response ends. It runs inside api.middleware's one
 pure ASGI middleware (streamed bodies are not buffered); `RequestLogMiddleware` is that
-middleware with the request log alone. `JsonFormatter` renders any log record as one JSON
-object and adds the current request id, so lines from deeper code are linked to their
-request.
+middleware with the request log alone. `JsonFormatter` (pipeline.logs, shared with the
+workers and beat) renders any log record as one JSON object and adds the current request
+id, so lines from deeper code are linked to their request.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import sys
-from contextvars import ContextVar, Token
-from datetime import UTC, datetime
-from typing import Any
+from contextvars import Token
 
 from starlette.types import ASGIApp, Scope
 
 from api.middleware import RequestMiddleware
+from pipeline.logs import JsonFormatter, configure_logging, request_id
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -40,63 +37,12 @@ _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
 # A client-supplied id is echoed into headers and logs: accept only a safe, short token.
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
-request_id: ContextVar[str | None] = ContextVar("lading_request_id", default=None)
-
 access_log = logging.getLogger("lading.access")
-
-# Attributes every LogRecord has; anything else passed via `extra=` becomes a JSON field.
-_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "color_message",  # uvicorn's ANSI-coloured copy of msg
-}
 
 
 def current_request_id() -> str | None:
     """The id of the request being handled in this context, or None outside a request."""
     return request_id.get()
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, msg, request_id, extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        rid = getattr(record, "request_id", None) or request_id.get()
-        if rid:
-            entry["request_id"] = rid
-        for key, value in vars(record).items():
-            if key not in _RECORD_ATTRS and key not in entry:
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a record is emitted, not when the handler was
-    made: a stream captured at configuration time (a test runner's, a redirected one) may be
-    closed by the time a background thread (the embedded worker's beat) logs."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def configure_logging(level: str = "info", stream: Any = None) -> None:
-    """Send every log record (root logger) to `stream` (stderr) as JSON lines."""
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 class RequestLog:
