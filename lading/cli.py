@@ -75,7 +75,7 @@ def load(args: argparse.Namespace) -> Settings:
 
 
 def setup_logging(settings: Settings, quiet_celery: bool = False) -> None:
-    from api.logs import configure_logging
+    from pipeline.logs import configure_logging
 
     configure_logging(settings.log_level)
     if quiet_celery and settings.log_level != "debug":
@@ -158,6 +158,7 @@ def worker_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from lading.composition import compose
+    from workers.logs import use_json_logging
 
     settings = load(args)
     setup_logging(settings)
@@ -167,21 +168,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CommandError(f"unknown queue(s) {', '.join(unknown)} (Lading has {', '.join(QUEUES)})", 2)
     app = compose(settings, "worker").celery
     assert app is not None
-    app.worker_main(argv=worker_argv(args, settings))
+    use_json_logging(app, settings.log_level)
+    argv = worker_argv(args, settings)
+    # Celery's banner is plain text on stdout; the same facts as one JSON line instead.
+    log.info("worker %s", " ".join(argv[1:]))
+    app.worker_main(argv=["--quiet", *argv])
     return 0
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
     from lading.composition import compose
+    from workers.logs import use_json_logging
 
     settings = load(args)
     setup_logging(settings)
     _require_broker(settings, "beat")
     app = compose(settings, "beat").celery
     assert app is not None
+    use_json_logging(app, settings.log_level)
     schedule = beat_schedule_file(args, settings)
     log.info("beat schedule state in %s", schedule)
-    app.start(argv=["beat", "--loglevel", settings.log_level.upper(), "--schedule", schedule])
+    app.start(argv=["--quiet", "beat", "--loglevel", settings.log_level.upper(), "--schedule", schedule])
     return 0
 
 

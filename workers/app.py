@@ -39,6 +39,7 @@ from pipeline.registry import Registry
 from pipeline.settings import Settings
 from workers.beat import beat_schedule
 from workers.embedded import BACKEND as EMBEDDED_BACKEND
+from workers.logs import tag_job_logs
 from workers.tasks import register_tasks, visibility_timeout
 
 EMBEDDED_BROKER = "memory://localhost/"
@@ -163,4 +164,5 @@ def create_app(
     app = Celery(main, set_as_current=False)
     app.conf.update(apply_extra(celery_config(settings), dict(settings.celery.extra)))
     register_tasks(app, settings, registry=registry, factory=registry_factory)
+    tag_job_logs()
     return app
