@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -474,6 +475,65 @@ def test_scaled_out_two_api_processes_share_one_upstream_fetch(
         assert all(body == data for _, body in results)
         assert counter.count("GET", f"/blobs/{digest}") == 1
         assert blob_cached(root, digest)
+        image = make_image([3000])
+        skopeo.copy(
+            f"oci:{write_oci_layout(image, tmp_path / 'src', 'v1')}:v1", f"docker://{dist}/lib/app:v1"
+        )
+        manifests = [f"http://127.0.0.1:{ports[i % 2]}/v2/lib/app/manifests/v1" for i in range(16)]
+        assert all(result == (200, image.manifest) for result in concurrent_gets(manifests))
+        assert counter.count(contains="/lib/app/manifests/") == 1
         metrics = httpx.get(f"http://127.0.0.1:{ports[1]}/metrics").text
-        assert 'lading_proxy_upstream_bytes_total{upstream="_"} 6.7108864e+07' in metrics, metrics
+        fetched = re.search(r'lading_proxy_upstream_bytes_total\{upstream="_"\} (\S+)', metrics)
+        assert fetched is not None and len(data) <= float(fetched.group(1)) < 2 * len(data), metrics
         assert 'lading_proxy_cache_misses_total{upstream="_"}' in metrics
+
+
+def test_concurrent_pulls_of_a_cold_manifest_make_one_upstream_request(
+    upstream: tuple[str, CountingProxy], tmp_path: Path
+) -> None:
+    dist, counter = upstream
+    image = make_image([4000])
+    skopeo.copy(f"oci:{write_oci_layout(image, tmp_path / 'src', 'v1')}:v1", f"docker://{dist}/lib/app:v1")
+    upstreams = [{"prefix": "hub", "remoteurl": f"http://{counter.host}", "tag_ttl": 3600}]
+    with lading_proxy(tmp_path, upstreams) as (host, _root, _server):
+        url = f"http://{host}/v2/hub/lib/app/manifests/v1"
+        results = concurrent_gets([url] * 16)
+        assert all(result == (200, image.manifest) for result in results)
+        assert counter.count(contains="/manifests/") == 1
+
+
+def test_a_pulled_index_warms_the_layers_of_the_listed_platforms(
+    upstream: tuple[str, CountingProxy], tmp_path: Path
+) -> None:
+    """Only the index is pulled (no client fetches a child or a layer): the warming job
+    fetches the listed platform's manifest and blobs, so the next pull is local."""
+    dist, counter = upstream
+    multi = make_multi_arch()
+    layout = write_index_layout(multi, tmp_path / "multi", "v1")
+    skopeo.copy(f"oci:{layout}:v1", f"docker://{dist}/lib/multi:v1", "--all")
+    upstreams = [
+        {
+            "prefix": "hub",
+            "remoteurl": f"http://{counter.host}",
+            "tag_ttl": 3600,
+            "platforms": ["linux/arm64"],
+        }
+    ]
+    with lading_proxy(tmp_path, upstreams) as (host, root, _server):
+        index = httpx.get(f"http://{host}/v2/hub/lib/multi/manifests/v1", headers={"Accept": OCI_INDEX})
+        assert index.status_code == 200 and index.content == multi.index
+        arm = multi.images["linux/arm64"]
+        for digest in [arm.config_digest, *(layer.digest for layer in arm.layers)]:
+            wait_until(lambda d=digest: blob_cached(root, d), what=f"warming of {digest}")
+        wait_until(lambda: counter.count(contains=f"/manifests/{arm.manifest_digest}") == 1, what="child")
+        counter.reset()
+        out = tmp_path / "out"
+        skopeo.skopeo(
+            "--override-arch=arm64",
+            "copy",
+            "--src-tls-verify=false",
+            f"docker://{host}/hub/lib/multi:v1",
+            f"oci:{out}:x",
+        )
+        assert_has_image(read_oci_layout(out), arm)
+        assert counter.count(contains="/blobs/") == 0
