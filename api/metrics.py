@@ -384,7 +384,7 @@ def instrument(app: Starlette, settings: Settings, metrics: Metrics | None = Non
     if registry is not None:
         metrics.watch_maintenance(registry.driver)
     http = settings.http
-    serve_here = http.metrics_enabled and not http.metrics_addr and not http.metrics_protected
+    serve_here = http.metrics_enabled and not http.metrics_addr and not settings.metrics_protected
     add_queue_depth(settings, metrics)
     serve_path = http.metrics_path if serve_here else None
     app.add_middleware(MetricsMiddleware, metrics=metrics, serve_path=serve_path)

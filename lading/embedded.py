@@ -151,7 +151,7 @@ def _observe(
         counted = metrics
         if http.metrics_enabled and not http.metrics_addr:
             endpoint = metrics_endpoint(metrics)
-            if http.metrics_protected:
+            if settings.metrics_protected:
                 if access is None:
                     log.warning("lading.metrics.protected is set but no auth is configured: /metrics is open")
                 else:
@@ -175,7 +175,8 @@ def _has_route(app: Any, path: str) -> bool:
 
 
 def _authenticated(endpoint: ASGIApp, access: Any) -> ASGIApp:
-    """`endpoint` answered only to a caller the registry's auth accepts (as for GET /v2/)."""
+    """`endpoint` answered only to a named caller the registry's auth accepts (never an
+    anonymous token, nor one that grants nothing: `Access.authorize_metrics`)."""
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         from starlette.requests import Request
@@ -184,7 +185,7 @@ def _authenticated(endpoint: ASGIApp, access: Any) -> ASGIApp:
         from pipeline.errors import LadingError
 
         try:
-            await access.authorize(Request(scope, receive), None, set())
+            await access.authorize_metrics(Request(scope, receive))
         except LadingError as exc:
             await error_response(exc, head=scope.get("method") == "HEAD")(scope, receive, send)
             return

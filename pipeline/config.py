@@ -40,7 +40,7 @@ lading:
     maxheaders: 100           # header fields per request, else 431
     headertimeout: 30s        # a request head must arrive within this (slowloris)
     maxconnections: 1000      # concurrent connections; beyond → 503 (0: unlimited)
-  metrics: {protected: false}   # true: /metrics needs credentials the registry accepts (as GET /v2/)
+  metrics: {protected: true}    # default: true with auth (a named user, or a token granting something)
   health: {path: /healthz}
 ```
 

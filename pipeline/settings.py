@@ -70,7 +70,7 @@ class HttpSettings:
     metrics_enabled: bool = True
     metrics_path: str = "/metrics"
     metrics_addr: str = ""  # "" → served on the main port at metrics_path
-    metrics_protected: bool = False
+    metrics_protected: bool | None = None  # None: protected when auth is configured
     health_path: str = "/healthz"
     keepalive_seconds: float = 30.0  # idle keep-alive of client connections (lading.http.keepalive)
     drain_timeout_seconds: float = 30.0  # graceful shutdown wait for in-flight requests (http.draintimeout)
@@ -210,3 +210,11 @@ class Settings:
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     warnings: tuple[str, ...] = ()  # unsupported keys seen while loading
+
+    @property
+    def metrics_protected(self) -> bool:
+        """Does /metrics on the main port need credentials? `lading.metrics.protected` if
+        set, else yes whenever an access controller is configured."""
+        if self.http.metrics_protected is not None:
+            return self.http.metrics_protected
+        return self.auth.htpasswd is not None or self.auth.token is not None

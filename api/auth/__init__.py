@@ -190,6 +190,21 @@ class Access:
             return ANONYMOUS
         raise self._challenge(request, repository, wanted)
 
+    async def authorize_metrics(self, request: Request) -> Identity:
+        """The caller, if it may read /metrics: a named user the registry accepts. Unlike
+        `GET /v2/`, an anonymous token (which the token endpoint hands to anyone) or a token
+        that grants nothing opens nothing; anonymous access rules never apply."""
+        parts = split_authorization(request.headers.get("authorization"))
+        scheme, credentials = parts if parts is not None else ("", "")
+        if scheme == "bearer" and self.verifier is not None:
+            identity = self._token_identity(request, credentials, None, frozenset())
+            if identity.name and identity.token_access:
+                return identity
+            raise Denied([{"Type": "metrics", "Name": "metrics", "Action": "read"}])
+        if scheme == "basic" and self.htpasswd is not None:
+            return await self._basic_identity(request, credentials, None, frozenset())
+        raise self._challenge(request, None, frozenset())
+
     def allowed(self, identity: Identity, repository: str, action: str) -> bool:
         """May `identity` do `action` on `repository`? (cross-repository mount source,
         or any check beyond the request's own; tokens decide by their claims alone)."""
