@@ -91,8 +91,8 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def read_limited(request: Request, limit: int) -> bytes | None:
     """The whole body, or None as soon as it exceeds `limit` bytes (the rest is not read)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = decimal(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         return None
     parts: list[bytes] = []
     size = 0
@@ -104,7 +104,17 @@ async def read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+_RANGE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
+MAX_DIGITS = 19  # a byte offset or count fits Go's int64, as distribution parses them
+
+
+def decimal(text: str | None) -> int | None:
+    """The value of `text` if it is a plain non-negative decimal number of at most
+    MAX_DIGITS ASCII digits, else None (Unicode digits such as `²` or `٣`, signs, spaces,
+    5,000-digit numbers: never an int() that raises or takes quadratic time)."""
+    if text is None or not 0 < len(text) <= MAX_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 class RangeNotSatisfiable(Exception):
@@ -115,7 +125,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(start, end inclusive) of a single `bytes=` range, or None to send everything.
 
     Multiple ranges and malformed headers are ignored (a full 200 answer), as RFC 9110
-    permits; a well-formed range past the end raises RangeNotSatisfiable."""
+    permits; a well-formed range past the end, or with a number too long for an int64
+    (Go's http.ServeContent under distribution answers those 416 too), raises
+    RangeNotSatisfiable."""
     if not header:
         return None
     m = _RANGE.match(header)
@@ -124,6 +136,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = m.group(1), m.group(2)
     if not first and not last:
         return None
+    if len(first) > MAX_DIGITS or len(last) > MAX_DIGITS:
+        raise RangeNotSatisfiable()
     if not first:  # suffix range: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:

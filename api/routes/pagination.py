@@ -7,18 +7,21 @@ from collections.abc import Callable
 from starlette.requests import Request
 
 from api.errors import ApiError
+from api.streaming import decimal
 
 
 def page_size(request: Request, maximum: int | None = None) -> int | None:
     """The `n` query parameter (None when absent), capped at `maximum` if given.
 
-    Anything but a non-negative integer is a 400."""
+    Anything but a non-negative decimal integer that fits an int64 (as distribution parses
+    it: `²`, `٣`, 5,000 digits) is a 400 PAGINATION_NUMBER_INVALID."""
     raw = request.query_params.get("n")
     if raw is None or raw == "":
         return maximum
-    if not raw.isdigit():
-        raise ApiError("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested", {"n": raw})
-    n = int(raw)
+    n = decimal(raw)
+    if n is None:
+        detail = {"n": raw if len(raw) <= 40 else raw[:40] + "…"}
+        raise ApiError("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested", detail)
     return min(n, maximum) if maximum is not None else n
 
 

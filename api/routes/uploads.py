@@ -44,7 +44,7 @@ from api.access_table import MOUNT_SOURCE
 from api.errors import ApiError, error_response
 from api.routes.context import RequestContext
 from api.routes.pending import JOB_HEADER, PREFER_ASYNC, wants_async
-from api.streaming import write_body
+from api.streaming import decimal, write_body
 from pipeline import jobs as joblib
 from pipeline.digest import CANONICAL, HEX_LENGTHS, Digest
 from pipeline.errors import (
@@ -66,7 +66,7 @@ log = logging.getLogger("lading.api")
 ADVANCE_EVERY = 64 * 1024 * 1024
 SMALL_BODY = 256 * 1024  # chunks up to this size are read whole and written in one hop
 STATUS_POLL_SECONDS = 0.05
-_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?\s*(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$")
+_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?\s*([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\s*$")
 
 
 # --- headers -----------------------------------------------------------------------------
@@ -124,13 +124,14 @@ def _content_range(ctx: RequestContext) -> tuple[int | None, int | None]:
     m = _CONTENT_RANGE.match(raw)
     if not m:
         raise ApiError("BLOB_UPLOAD_INVALID", 400, "malformed Content-Range", {"content-range": raw})
-    start, end = int(m.group(1)), int(m.group(2))
-    if end < start:
-        raise RangeInvalid({"content-range": raw})
+    start, end = decimal(m.group(1)), decimal(m.group(2))
+    if start is None or end is None or end < start:
+        # Offsets past an int64 can never be the session's size: out of order, like any other.
+        raise RangeInvalid({"content-range": raw[:100]})
     expected = end - start + 1
-    declared = ctx.request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) != expected:
-        raise SizeInvalid({"content-range": raw, "content-length": int(declared)})
+    declared = decimal(ctx.request.headers.get("content-length"))
+    if declared is not None and declared != expected:
+        raise SizeInvalid({"content-range": raw, "content-length": declared})
     return start, expected
 
 
@@ -138,8 +139,8 @@ def _has_body(ctx: RequestContext) -> bool:
     headers = ctx.request.headers
     if "chunked" in headers.get("transfer-encoding", "").lower():
         return True
-    declared = headers.get("content-length", "0")
-    return declared.isdigit() and int(declared) > 0
+    declared = decimal(headers.get("content-length", "0"))
+    return declared is not None and declared > 0
 
 
 class _AdvancingWriter(FileWriter):
@@ -178,8 +179,8 @@ async def _append(ctx: RequestContext, upload_id: str) -> tuple[int, int]:
     while the body streams (disconnect, size mismatch, storage error) cancels the writer, so
     the session keeps exactly the bytes it had."""
     offset, expected = _content_range(ctx)
-    declared = ctx.request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) <= SMALL_BODY:
+    declared = decimal(ctx.request.headers.get("content-length"))
+    if declared is not None and declared <= SMALL_BODY:
         # A small chunk costs one thread hop instead of three: read it (the server holds
         # the body to Content-Length), then open, write and commit in one go.
         body = await ctx.request.body()
