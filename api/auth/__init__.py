@@ -52,6 +52,7 @@ from api.auth.tokens import (
     load_private_key,
 )
 from pipeline.access import ACTIONS, ALL, PULL
+from pipeline.config import parse_addr
 from pipeline.errors import ConfigurationError, Denied, Unauthorized
 from pipeline.settings import Settings
 from pipeline.throttle import FailureCounters, LocalFailureCounters, LoginThrottle
@@ -60,6 +61,31 @@ from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 __all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
 
 log = logging.getLogger("lading.auth")
+
+
+def realm_url(settings: Settings) -> str:
+    """The token realm a Bearer challenge names, from configuration only (never from the
+    request's Host header, which a client chooses): `auth.token.realm` if absolute; a
+    relative one (`/auth/token`) on `http.host`, else on `http.addr` when that names one
+    address. A relative realm on a wildcard address without `http.host` cannot be made
+    absolute: ConfigurationError."""
+    token = settings.auth.token
+    assert token is not None
+    if not token.realm.startswith("/"):
+        return token.realm
+    http = settings.http
+    if http.host:
+        return http.host.rstrip("/") + token.realm
+    host, port = parse_addr(http.addr)
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigurationError(
+            f"auth.token.realm: the relative realm {token.realm!r} needs http.host (the registry's "
+            f"external URL, e.g. https://registry.example.com) when http.addr {http.addr!r} listens "
+            "on every interface"
+        )
+    scheme = "https" if http.tls is not None else "http"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}{token.realm}"
 
 
 class Access:
@@ -93,6 +119,7 @@ class Access:
             self.logins = Logins(self.htpasswd, self.throttle)
         self.verifier: TokenVerifier | None = None
         self.signer: TokenSigner | None = None
+        self.realm_url = realm_url(settings) if auth.token is not None else None
         self.token_endpoint: TokenEndpoint | None = None
         token = auth.token
         if token is not None:
@@ -232,12 +259,8 @@ class Access:
     # --- the pieces ----------------------------------------------------------------------
 
     def _realm(self, request: Request) -> str:
-        token = self.settings.auth.token
-        assert token is not None
-        if token.realm.startswith("/"):
-            base = self.settings.http.host.rstrip("/") or f"{request.url.scheme}://{request.url.netloc}"
-            return base + token.realm
-        return token.realm
+        assert self.realm_url is not None
+        return self.realm_url
 
     def _challenge(
         self, request: Request, repository: str | None, wanted: frozenset[str], error: str | None = None

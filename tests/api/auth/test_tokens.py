@@ -309,7 +309,23 @@ def test_allowed_uses_the_token_claims_only(bundle: Path) -> None:
     assert not access.allowed(lister, "c", "pull")  # listing is not reading
 
 
-def test_relative_realm_is_made_absolute(client_for: Any, bundle: Path) -> None:
-    client, _ = client_for(token_settings(rootcertbundle=str(bundle), realm="/auth/token"))
-    r = client.get("/check?repo=a&actions=pull")
-    assert r.headers["WWW-Authenticate"].startswith('Bearer realm="http://registry.test/auth/token",')
+def test_relative_realm_comes_from_configuration_never_the_host_header(client_for: Any, bundle: Path) -> None:
+    # Before: the realm was built from the request's Host, so a client (or a cache keyed
+    # without Host) could send users' credentials to a token server of its choosing.
+    import dataclasses
+
+    from api.auth import realm_url
+    from pipeline.errors import ConfigurationError
+    from pipeline.settings import HttpSettings
+
+    settings = token_settings(rootcertbundle=str(bundle), realm="/auth/token")
+    client, _ = client_for(settings)
+    r = client.get("/check?repo=a&actions=pull", headers={"Host": "evil.example"})
+    assert r.headers["WWW-Authenticate"].startswith('Bearer realm="http://127.0.0.1:5000/auth/token",')
+    behind = dataclasses.replace(settings, http=HttpSettings(host="https://registry.example.com/"))
+    client, _ = client_for(behind)
+    r = client.get("/check?repo=a&actions=pull", headers={"Host": "evil.example"})
+    assert r.headers["WWW-Authenticate"].startswith('Bearer realm="https://registry.example.com/auth/token",')
+    wildcard = dataclasses.replace(settings, http=HttpSettings(addr=":5000"))
+    with pytest.raises(ConfigurationError, match=r"http\.host"):
+        realm_url(wildcard)
