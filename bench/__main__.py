@@ -38,6 +38,8 @@ examples:
   python -m bench --quick --json out.json      short run, results also as JSON
   python -m bench --scenarios push-small-c8,ci-batch-async-c16 --repeat 3
   python -m bench --targets distribution,lading-embedded --worker-pool prefork
+  python -m bench --quick --scale 1,1 --scale 2,2 --scale 1,4 --scenarios push-small-c8,ci-batch-c16
+                                               the scaled shape with N APIs x M workers, side by side
 """
 )
 
@@ -68,12 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--worker-pool",
-        choices=("threads", "prefork"),
-        default="threads",
-        help="pool of lading-scaled's `lading worker` (default threads: it beat prefork on 2 cores)",
+        choices=("threads", "prefork", "solo"),
+        help="pool of lading-scaled's `lading worker` (default: the command's own, as the README runs it)",
     )
     p.add_argument(
-        "--worker-concurrency", type=_positive, default=2, metavar="N", help="its concurrency (default 2)"
+        "--worker-concurrency", type=_positive, metavar="N", help="its concurrency (default: the command's)"
+    )
+    p.add_argument(
+        "--scale",
+        action="append",
+        type=_shape,
+        metavar="N,M",
+        help="instead of lading-scaled, run lading-scaled-NxM: N API processes (client round robin) and M "
+        "workers on one Redis and one storage root; repeat for several shapes side by side",
     )
     p.add_argument(
         "--redis",
@@ -111,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shape(text: str) -> str:
+    try:
+        apis, workers = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected N,M (API processes, worker processes)") from None
+    if apis < 1 or workers < 1:
+        raise argparse.ArgumentTypeError("N and M must be at least 1")
+    return f"lading-scaled-{apis}x{workers}"
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -144,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
         profile = replace(profile, counts=dict.fromkeys(profile.counts, args.count))
     scenario_names = _selected(args.scenarios, list(SCENARIOS), "scenario")
     target_names = _selected(args.targets, TARGET_NAMES, "target")
+    if args.scale:
+        at = target_names.index("lading-scaled") if "lading-scaled" in target_names else len(target_names)
+        others = [n for n in target_names if n != "lading-scaled"]
+        target_names = others[:at] + list(dict.fromkeys(args.scale)) + others[at:]
     if any(n.startswith("lading") for n in target_names):
         problem = lading_ready()
         if problem:

@@ -134,10 +134,14 @@ async def run_ops(
 class RegistryClient:
     """Registry HTTP API v2 operations over one keep-alive connection pool.
 
-    Use as `async with RegistryClient(base_url, concurrency) as client:`."""
+    Use as `async with RegistryClient(base_url, concurrency) as client:`. `base_url` may
+    list several bases separated by commas (API replicas of one registry): each request
+    made from a path then goes to the next one in turn (round robin)."""
 
     def __init__(self, base_url: str, concurrency: int, timeout: float = 300.0) -> None:
-        self.base = base_url.rstrip("/")
+        self.bases = [b.strip().rstrip("/") for b in base_url.split(",") if b.strip()]
+        self.base = self.bases[0]
+        self._turn = 0
         self.concurrency = max(1, concurrency)
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
@@ -165,7 +169,11 @@ class RegistryClient:
 
     def url(self, path_or_location: str, **query: str) -> URL:
         """An absolute URL from a path or a Location header (relative or absolute)."""
-        url = path_or_location if path_or_location.startswith("http") else self.base + path_or_location
+        if path_or_location.startswith("http"):
+            url = path_or_location
+        else:
+            self._turn = (self._turn + 1) % len(self.bases)
+            url = self.bases[self._turn] + path_or_location
         if query:
             url += ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in query.items())
         return URL(url, encoded=True)

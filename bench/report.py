@@ -79,7 +79,7 @@ def render_table(table: Sequence[Measurement], titles: dict[str, str]) -> str:
         if m.capped:
             notes.append("time-capped")
         if "worker" in m.cpu_by_service_s and m.server_cpu_s > 0:
-            api = m.cpu_by_service_s.get("api", 0.0) / m.server_cpu_s * 100
+            api = sum(v for k, v in m.cpu_by_service_s.items() if kind_of(k) == "api") / m.server_cpu_s * 100
             notes.append(f"api {api:.0f}% / worker {100 - api:.0f}% of srv CPU")
         for name, p99 in m.extra_p99_ms.items():
             notes.append(f"{name} p50 {m.extra_p50_ms.get(name, 0.0):.1f} / p99 {p99:.1f} ms")
@@ -91,6 +91,42 @@ def render_table(table: Sequence[Measurement], titles: dict[str, str]) -> str:
             f"{m.p99_ms:8.1f} {_fmt(m.server_cpu_norm, 2):>7} {unit:<5} {redis:>10} {client_cpu:>7} "
             f"{(_fmt(r, 2) + 'x') if r is not None else '-':>7}  {'; '.join(notes)}"
         )
+    return "\n".join(lines)
+
+
+def kind_of(label: str) -> str:
+    """The process kind of a service label: api, api2 → api; worker3 → worker; redis."""
+    return label.rstrip("0123456789")
+
+
+def cpu_by_kind(m: Measurement) -> dict[str, float]:
+    """CPU per operation (ms) or per GB (s) of each process kind, and their sum."""
+    seconds: dict[str, float] = {}
+    for label, value in m.cpu_by_service_s.items():
+        seconds[kind_of(label)] = seconds.get(kind_of(label), 0.0) + value
+    out = {kind: m._norm(value) for kind, value in seconds.items()}
+    out["sum"] = sum(out.values())
+    return out
+
+
+def render_cpu_split(table: Sequence[Measurement]) -> str:
+    """Server CPU per op by process kind (API, worker, Redis, summed) for every target."""
+    lines = [
+        "Server CPU by process kind (ms/op, or s/GB for MB/s scenarios; Lading embedded's worker "
+        "runs inside its API process)",
+        f"  {'scenario':<20} {'target':<22} {'api':>8} {'worker':>8} {'redis':>8} {'sum':>8} {'x dist':>7}",
+    ]
+    for scenario in dict.fromkeys(m.scenario for m in table):
+        rows = [m for m in table if m.scenario == scenario]
+        base = next((m for m in rows if m.target == BASELINE), None)
+        base_sum = cpu_by_kind(base)["sum"] if base is not None else None
+        for m in rows:
+            split = cpu_by_kind(m)
+            rel = f"{split['sum'] / base_sum:.2f}x" if base_sum else "-"
+            cells = "".join(
+                f"{_fmt(split.get(k), 2) if k in split else '-':>9}" for k in ("api", "worker", "redis")
+            )
+            lines.append(f"  {scenario:<20} {m.target:<22}{cells}{_fmt(split['sum'], 2):>9} {rel:>7}")
     return "\n".join(lines)
 
 
@@ -134,6 +170,7 @@ def render(
     ratios = render_ratios(table)
     if ratios:
         parts.append(ratios)
+    parts.append(render_cpu_split(table))
     parts.append(f"Wall time {context['wall_seconds']:.0f} s")
     return "\n\n".join(parts)
 
@@ -148,7 +185,10 @@ def write_json(
     data = {
         "context": context,
         "machine": limits.as_dict() if limits else None,
-        "results": [{**m.as_dict(), "ratio_vs_distribution": ratio(m, table)} for m in table],
+        "results": [
+            {**m.as_dict(), "ratio_vs_distribution": ratio(m, table), "cpu_by_kind": cpu_by_kind(m)}
+            for m in table
+        ],
         "raw": [m.as_dict() for m in raw],
     }
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -5,9 +5,15 @@ measuring the CPU their process trees use.
   settings of its shipped config (in-memory blob descriptor cache), log level warn and no
   access log.
 - `lading-scaled`: `lading serve` with a Redis broker and result backend on a dedicated DB
-  number, plus one separate `lading worker` process for the ingest and verify queues
-  (pool and concurrency chosen by the caller). Redis is a private `redis-server` started
-  here (so its CPU can be measured alone) unless a URL is given.
+  number, plus one separate `lading worker --queues ingest,verify` process with the
+  command's default pool and concurrency (what the README recommends) unless the caller
+  names them. Redis is a private `redis-server` started here (so its CPU can be measured
+  alone) unless a URL is given.
+- `lading-scaled-<N>x<M>` (`--scale N,M`): the same with N API processes (one storage root;
+  the client round-robins over their ports) and M worker processes.
+
+Like distribution's shipped config, Lading runs with `storage.cache.blobdescriptor: inmemory`
+(with a broker that is the cache shared in Redis).
 - `lading-embedded`: `lading serve` alone (API + in-process worker, no broker).
 
 Lading runs with `REGISTRY_LOG_LEVEL=warn` so neither registry writes a line per request.
@@ -17,6 +23,7 @@ Every process is started in its own session and stopped by its process group id.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +52,7 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_NAMES = ("distribution", "lading-scaled", "lading-embedded")
+SCALED_SHAPE = re.compile(r"lading-scaled-(\d+)x(\d+)")  # N API processes x M workers
 REDIS_DB = 11  # the benchmark's own DB number on whichever Redis it uses
 ROLE_SERVER = "server"  # the registry itself: API + workers (what the table reports)
 ROLE_REDIS = "redis"  # reported separately
@@ -225,6 +233,7 @@ def _lading_env(root: Path, port: int, **extra: str) -> dict[str, str]:
             "REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}",
             "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(root),
             "REGISTRY_LOG_LEVEL": "warn",
+            "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": "inmemory",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO_ROOT),
         }
@@ -272,7 +281,14 @@ def _start_redis(target: Target, workdir: Path) -> str:
 
 
 def _start_lading_scaled(
-    target: Target, workdir: Path, redis_url: str | None, pool: str, concurrency: int, config: list[str]
+    target: Target,
+    workdir: Path,
+    redis_url: str | None,
+    pool: str | None,
+    concurrency: int | None,
+    config: list[str],
+    apis: int = 1,
+    workers: int = 1,
 ) -> None:
     if redis_url is None:
         broker = _start_redis(target, workdir)
@@ -280,23 +296,41 @@ def _start_lading_scaled(
     else:
         broker = redis_url
         target.notes.append(f"shared Redis {redis_url} (its CPU is not measured)")
-    port = free_port()
-    env = _lading_env(
-        target.root, port, REGISTRY_CELERY_BROKER_URL=broker, REGISTRY_CELERY_RESULT_BACKEND=broker
-    )
+    broker_env = {"REGISTRY_CELERY_BROKER_URL": broker, "REGISTRY_CELERY_RESULT_BACKEND": broker}
     worker_args = [*lading_command(), "worker", *config, "--queues", "ingest,verify"]
-    worker_args += ["--pool", pool, "--concurrency", str(concurrency)]
-    worker = start_process(worker_args, workdir / "worker.log", ROLE_SERVER, "worker", env)
-    target.stack.callback(worker.stop)
-    target.services.append(worker)
-    target.notes.append(f"1 worker: ingest+verify, --pool {pool} --concurrency {concurrency}")
-    log_path = workdir / "lading-api.log"
-    api = start_process([*lading_command(), "serve", *config], log_path, ROLE_SERVER, "api", env)
-    target.stack.callback(api.stop)
-    target.services.append(api)
-    target.url = f"http://127.0.0.1:{port}"
-    wait_http(target.url + "/v2/", api.popen, log_path)
-    _wait_worker_ready(worker, workdir / "worker.log")
+    shape = "defaults"
+    if pool:
+        worker_args += ["--pool", pool]
+    if concurrency:
+        worker_args += ["--concurrency", str(concurrency)]
+    if pool or concurrency:
+        shape = f"--pool {pool or 'default'} --concurrency {concurrency or 'default'}"
+    started: list[tuple[Service, Path]] = []
+    for i in range(workers):
+        label = "worker" if i == 0 else f"worker{i + 1}"
+        log_path = workdir / f"{label}.log"
+        env = _lading_env(target.root, free_port(), **broker_env)
+        worker = start_process(worker_args, log_path, ROLE_SERVER, label, env)
+        target.stack.callback(worker.stop)
+        target.services.append(worker)
+        started.append((worker, log_path))
+    target.notes.append(f"{workers} worker(s) `lading worker --queues ingest,verify` ({shape})")
+    urls = []
+    for i in range(apis):
+        label = "api" if i == 0 else f"api{i + 1}"
+        port = free_port()
+        env = _lading_env(target.root, port, **broker_env)
+        log_path = workdir / f"lading-{label}.log"
+        api = start_process([*lading_command(), "serve", *config], log_path, ROLE_SERVER, label, env)
+        target.stack.callback(api.stop)
+        target.services.append(api)
+        urls.append(f"http://127.0.0.1:{port}")
+        wait_http(urls[-1] + "/v2/", api.popen, log_path)
+    if apis > 1:
+        target.notes.append(f"{apis} API processes (client round robin)")
+    target.url = ",".join(urls)
+    for worker, log_path in started:
+        _wait_worker_ready(worker, log_path)
 
 
 def _wait_worker_ready(worker: Service, log_path: Path, timeout: float = 60.0) -> None:
@@ -330,8 +364,8 @@ def start_target(
     name: str,
     workdir: Path,
     redis_url: str | None = None,
-    worker_pool: str = "threads",
-    worker_concurrency: int = 2,
+    worker_pool: str | None = None,
+    worker_concurrency: int | None = None,
     lading_config: Path | None = None,
 ) -> Target:
     """Start `name` (one of TARGET_NAMES) with fresh storage under `workdir/<name>/root`.
@@ -346,8 +380,12 @@ def start_target(
     try:
         if name == "distribution":
             _start_distribution(target, base)
-        elif name == "lading-scaled":
-            _start_lading_scaled(target, base, redis_url, worker_pool, worker_concurrency, config)
+        elif name == "lading-scaled" or SCALED_SHAPE.fullmatch(name):
+            m = SCALED_SHAPE.fullmatch(name)
+            apis, workers = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+            _start_lading_scaled(
+                target, base, redis_url, worker_pool, worker_concurrency, config, apis, workers
+            )
             if lading_config:
                 target.notes.append(f"config {lading_config.name}")
         elif name == "lading-embedded":

@@ -52,6 +52,8 @@ def test_smoke_run_covers_every_scenario_on_both_registries(tmp_path: Path) -> N
 
     report = done.stdout
     assert "Machine limits" in report and "Throughput ratio Lading / distribution" in report
+    assert "Server CPU by process kind" in report
+    assert "api" in results[("push-small-c8", "lading-embedded")]["cpu_by_kind"]
     for name in SCENARIOS:
         assert name in report
     # Every server the run started is gone (storage and logs stay in --workdir).
