@@ -388,7 +388,8 @@ class BlobTail(io.RawIOBase):
     """A blob being fetched into the cache, read as it arrives (see module docstring):
     `read` blocks for new bytes, holds the last HOLD_BACK bytes back until the commit has
     verified the blob, and raises OSError when the fetch fails (the response then ends
-    short, so no client takes the bytes for the blob)."""
+    short, so no client takes the bytes for the blob). `read_available` is the same
+    without waiting, for callers that wait elsewhere (an event loop)."""
 
     def __init__(
         self, registry: Registry, repository: str, digest: Digest, upload_id: str, size: int, timeout: float
@@ -402,37 +403,46 @@ class BlobTail(io.RawIOBase):
         self.offset = 0
         self.timeout = timeout
         self._verified: io.RawIOBase | Any = None
+        self._progress = time.monotonic()
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
+        """The next bytes, waiting for them (b"" only at the end)."""
+        while self.offset < self.size:
+            data = self.read_available(n)
+            if data:
+                return data
+            time.sleep(POLL_SECONDS)
+        return b""
+
+    def read_available(self, n: int = -1) -> bytes:
+        """The next bytes that may be sent now, without waiting: b"" when none have
+        arrived yet (or at the end). OSError when the fetch failed or made no progress for
+        `timeout` seconds."""
         if self.offset >= self.size:
             return b""
         want = self.size - self.offset if n is None or n < 0 else min(n, self.size - self.offset)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self._verified is not None:
-                return self._take(self._verified.read(want))
+        if self._verified is None:
             limit = self.size - min(HOLD_BACK, self.size)
             if self.offset < limit:
                 data = self._from_session(min(want, limit - self.offset))
                 if data:
                     return self._take(data)
-            if self._committed():
-                self._verified = self.registry.blobs.open(self.digest, self.offset)
-                continue
-            record = blob_fetch_state(self.registry, self.repository, self.digest)
-            if record is None or record.get("state") == "failed":
-                if self._committed():
-                    continue
-                raise OSError(f"fetch of {self.digest} from the upstream failed")
-            if time.monotonic() > deadline:
-                raise OSError(f"fetch of {self.digest} stalled")
-            time.sleep(POLL_SECONDS)
+            if not self._committed():
+                record = blob_fetch_state(self.registry, self.repository, self.digest)
+                if (record is None or record.get("state") == "failed") and not self._committed():
+                    raise OSError(f"fetch of {self.digest} from the upstream failed")
+                if time.monotonic() - self._progress > self.timeout:
+                    raise OSError(f"fetch of {self.digest} stalled")
+                return b""
+            self._verified = self.registry.blobs.open(self.digest, self.offset)
+        return self._take(self._verified.read(want))
 
     def _take(self, data: bytes) -> bytes:
         self.offset += len(data)
+        self._progress = time.monotonic()
         return data
 
     def _from_session(self, n: int) -> bytes:
