@@ -24,16 +24,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
+import anyio.to_thread
 from starlette.responses import JSONResponse, Response
+from starlette.types import Send
 
 from api.routes import blobs
 from api.routes.blobs import OCTET_STREAM, etag_of, if_none_match
 from api.routes.context import RequestContext
 from api.routes.pagination import next_link, page_size
-from api.streaming import ContentResponse, first_error
+from api.streaming import READ_CHUNK, ContentResponse, first_error
 from pipeline import jobs as joblib
 from pipeline.digest import Digest
 from pipeline.errors import BlobUnknown, JobTimeout, ManifestUnknown, OperationUnsupported, RegistryError
@@ -48,6 +50,7 @@ log = logging.getLogger("lading.proxy")
 
 STALE = '110 - "Response is Stale"'
 MAX_FETCH_ATTEMPTS = 3
+STALE_AFTER = 30.0  # seconds a pull with a cached copy waits for the upstream's answer
 
 
 def prepare(settings: Settings) -> None:
@@ -86,19 +89,21 @@ async def get_manifest(ctx: RequestContext) -> Response:
     if digest is not None:
         stats.add(target.upstream.label, "cache_hits")
     else:
+        # With a copy to fall back on, a pull waits for the upstream's word only so long.
+        cached = await ctx.blocking(_any_cached, ctx, reference)
+        timeout = ctx.settings.celery.manifest_timeout
         try:
             value = await ctx.jobs.run(
                 joblib.PROXY_MANIFEST,
-                timeout=ctx.settings.celery.manifest_timeout,
+                timeout=min(timeout, STALE_AFTER) if cached is not None else timeout,
                 repository=ctx.name,
                 reference=reference,
                 accept=_accept(ctx),
             )
         except JobTimeout as exc:
-            digest = await ctx.blocking(_any_cached, ctx, reference)
-            if digest is None:
+            if cached is None:
                 raise
-            stale = f"no answer in time ({exc.text})"
+            digest, stale = cached, f"no answer in time ({exc.text})"
         else:
             digest = Digest.parse(str(value["digest"]))
             stale = value.get("stale")
@@ -236,7 +241,28 @@ def _tail(ctx: RequestContext, digest: Digest, upload_id: str, size: int, timeou
     if ctx.head or size == 0:
         return ContentResponse(None, size, 200, headers, OCTET_STREAM)
     stream = cache.BlobTail(ctx.registry, ctx.name, digest, upload_id, size, timeout)
-    return ContentResponse(stream, size, 200, headers, OCTET_STREAM)  # type: ignore[arg-type]
+    return TailResponse(stream, size, 200, headers, OCTET_STREAM)  # type: ignore[arg-type]
+
+
+class TailResponse(ContentResponse):
+    """A ContentResponse over a pipeline.proxy.cache.BlobTail that waits for bytes on the
+    event loop, not in a thread: a thread per waiting client would exhaust the pool that
+    every request's storage calls share when many clients pull one cold layer."""
+
+    async def _stream(self, stream: BinaryIO, send: Send) -> None:
+        assert isinstance(stream, cache.BlobTail)
+        remaining = self.length
+        try:
+            while remaining > 0:
+                chunk = await anyio.to_thread.run_sync(stream.read_available, min(READ_CHUNK, remaining))
+                if not chunk:
+                    await anyio.sleep(cache.POLL_SECONDS)
+                    continue
+                remaining -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+        except OSError as exc:
+            # The fetch failed (or the client left): end the response short.
+            log.warning("proxied blob stream ended early: %s", exc)
 
 
 # --- lists ----------------------------------------------------------------------------
