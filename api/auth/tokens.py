@@ -37,6 +37,13 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from pipeline.errors import ConfigurationError
 
@@ -240,25 +247,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _cert_time_ok(cert: x509.Certificate, now: dt.datetime) -> bool:
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
-
-
-def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except Exception:
-        return False
-    return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 class TrustStore:
     """The keys and root certificates tokens may be signed with."""
 
@@ -317,28 +305,28 @@ class TrustStore:
             raise InvalidToken(f"undecodable x5c certificate: {exc}") from exc
         if len(chain) != len(x5c):
             raise InvalidToken("malformed x5c chain")
-        now = _now()
         leaf, intermediates = chain[0], chain[1:]
-        if not all(_cert_time_ok(c, now) for c in chain):
-            raise InvalidToken("x5c certificate outside its validity period")
-        current = leaf
-        for _ in range(MAX_CHAIN_LENGTH + 1):
-            if current.public_bytes(serialization.Encoding.DER) in self._root_der:
-                break
-            root = next(
-                (r for r in self.roots if _cert_time_ok(r, now) and _directly_issued(current, r)), None
-            )
-            if root is not None:
-                break
-            parent = next(
-                (c for c in intermediates if c is not current and _is_ca(c) and _directly_issued(current, c)),
-                None,
-            )
-            if parent is None:
-                raise InvalidToken("x5c chain does not lead to a trusted root")
-            current = parent
-        else:
-            raise InvalidToken("x5c chain too long")
+        if not self.roots:
+            raise InvalidToken("x5c chain but no rootcertbundle to verify it against")
+        # RFC 5280 path validation (cryptography's verifier, as Go's x509.Verify under
+        # distribution): validity periods, signatures, CA basic constraints and path-length
+        # limits. Token-signing leaves carry no particular EKU or SAN, so the leaf's
+        # extensions are not held to any profile.
+        ca_policy = ExtensionPolicy.permit_all().require_present(
+            x509.BasicConstraints, Criticality.AGNOSTIC, None
+        )
+        verifier = (
+            PolicyBuilder()
+            .store(Store(self.roots))
+            .time(_now())
+            .max_chain_depth(MAX_CHAIN_LENGTH)
+            .extension_policies(ca_policy=ca_policy, ee_policy=ExtensionPolicy.permit_all())
+            .build_client_verifier()
+        )
+        try:
+            verifier.verify(leaf, intermediates)
+        except VerificationError as exc:
+            raise InvalidToken(f"x5c chain does not validate to a trusted root: {exc}") from None
         public = _as_public(leaf.public_key())
         if public is None:
             raise InvalidToken("unsupported x5c leaf key")

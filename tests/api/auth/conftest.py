@@ -154,6 +154,7 @@ def make_cert(
     ca: bool = False,
     days: int = 30,
     start_days_ago: int = 1,
+    path_length: int | None = None,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     signer = issuer_key or key
@@ -165,7 +166,7 @@ def make_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=start_days_ago))
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)
     )
     algorithm = None if signer.__class__.__name__.startswith("Ed25519") else hashes.SHA256()
     return builder.sign(signer, algorithm)

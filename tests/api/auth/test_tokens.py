@@ -236,6 +236,32 @@ def test_x5c_chain_to_a_root_in_the_bundle(client_for: Any, tmp_path: Path) -> N
     _rejected(client, make_token(leaf_key, kid=None, x5c=["not base64!"]))
 
 
+def test_x5c_chain_over_a_root_path_length_limit_is_rejected(client_for: Any, tmp_path: Path) -> None:
+    # A root with pathLen 0 may sign only leaves; a CA intermediate under it breaks the
+    # limit, and distribution (Go's x509.Verify) refuses the chain. Before: accepted.
+    root_key, inter_key, leaf_key = ec_key(), ec_key(), ec_key()
+    root = make_cert(root_key, "root", ca=True, path_length=0)
+    inter = make_cert(inter_key, "intermediate", issuer_key=root_key, issuer_cn="root", ca=True)
+    leaf = make_cert(leaf_key, "leaf", issuer_key=inter_key, issuer_cn="intermediate")
+    client, _ = client_for(token_settings(rootcertbundle=str(write_bundle(tmp_path / "b.pem", root))))
+    _rejected(client, make_token(leaf_key, kid=None, x5c=[der_b64(leaf), der_b64(inter)]))
+    # The same leaf directly under that root is fine.
+    direct = make_cert(leaf_key, "leaf", issuer_key=root_key, issuer_cn="root")
+    token = make_token(leaf_key, kid=None, x5c=[der_b64(direct)])
+    assert client.get("/check?repo=a&actions=pull", headers=bearer(token)).status_code == 200
+    # And an intermediate limited to pathLen 0 may not sign another CA either.
+    limited = make_cert(
+        inter_key, "intermediate", issuer_key=root_key, issuer_cn="root", ca=True, path_length=0
+    )
+    sub_key = ec_key()
+    sub = make_cert(sub_key, "sub", issuer_key=inter_key, issuer_cn="intermediate", ca=True)
+    sub_leaf = make_cert(leaf_key, "leaf", issuer_key=sub_key, issuer_cn="sub")
+    root1 = make_cert(root_key, "root", ca=True)
+    client, _ = client_for(token_settings(rootcertbundle=str(write_bundle(tmp_path / "b1.pem", root1))))
+    chain = [der_b64(sub_leaf), der_b64(sub), der_b64(limited)]
+    _rejected(client, make_token(leaf_key, kid=None, x5c=chain))
+
+
 def test_x5c_with_an_expired_certificate_is_rejected(client_for: Any, tmp_path: Path) -> None:
     root_key, leaf_key = ec_key(), ec_key()
     root = make_cert(root_key, "root", ca=True)
