@@ -36,9 +36,21 @@ def route(settings: Settings, name: str) -> ProxyTarget | None:
         return None
     for upstream in proxy.upstreams:
         if upstream.prefix == "":
-            return ProxyTarget(upstream, name)
+            return ProxyTarget(upstream, _official(upstream, name))
         if name.startswith(upstream.prefix + "/"):
-            return ProxyTarget(upstream, name[len(upstream.prefix) + 1 :])
+            return ProxyTarget(upstream, _official(upstream, name[len(upstream.prefix) + 1 :]))
     if not proxy.local:
         raise OperationUnsupported(f"repository {name!r} is outside every proxied prefix")
     return None
+
+
+DOCKER_HUB_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com")
+
+
+def _official(upstream: Upstream, name: str) -> str:
+    """Docker Hub keeps its official images under `library/`: `hub/alpine` is
+    `library/alpine` there (what the docker client itself asks for)."""
+    host = upstream.remoteurl.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    if "/" not in name and host in DOCKER_HUB_HOSTS:
+        return f"library/{name}"
+    return name

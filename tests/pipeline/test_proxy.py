@@ -44,6 +44,9 @@ def test_route_maps_prefixes_and_refuses_other_names_when_local_is_off() -> None
     mirror = Upstream(prefix="", remoteurl="http://mirror.test")
     assert route(proxy_settings(True, mirror), "library/alpine").remote_name == "library/alpine"  # type: ignore[union-attr]
     assert route(Settings(), "hub/x") is None
+    docker_hub = Upstream(prefix="hub", remoteurl="https://registry-1.docker.io")
+    assert route(proxy_settings(True, docker_hub), "hub/alpine").remote_name == "library/alpine"  # type: ignore[union-attr]
+    assert route(proxy_settings(True, docker_hub), "hub/bitnami/redis").remote_name == "bitnami/redis"  # type: ignore[union-attr]
 
 
 def test_parse_challenge() -> None:
