@@ -52,7 +52,7 @@ from redis.exceptions import RedisError
 
 from pipeline import errors, jobs
 from pipeline.coordination import RedisTarget, redis_target
-from pipeline.errors import JobTimeout, LadingError, StorageUnavailable
+from pipeline.errors import JobsUnavailable, JobTimeout, LadingError
 from pipeline.handlers import run_job
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class _ResultListener:
             except RedisError as exc:
                 self._futures.pop(key, None)
                 self._watchers.pop(key, None)
-                raise StorageUnavailable(f"result backend unreachable: {exc}") from exc
+                raise JobsUnavailable(f"result backend unreachable: {exc}") from exc
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="lading-job-results")
         self._watchers[key] += 1
@@ -159,7 +159,7 @@ class _ResultListener:
         try:
             raw = await self._client.get(self.key(job_id))
         except RedisError as exc:
-            raise StorageUnavailable(f"result backend unreachable: {exc}") from exc
+            raise JobsUnavailable(f"result backend unreachable: {exc}") from exc
         return _ready_meta(raw)
 
     async def _read(self) -> None:
@@ -386,7 +386,7 @@ class CeleryJobClient:
         try:
             self._sender.publish(job, job_id, kwargs)
         except OperationalError as exc:
-            raise StorageUnavailable(f"job broker unreachable: {exc}") from exc
+            raise JobsUnavailable(f"job broker unreachable: {exc}") from exc
 
     async def _publish_async(self, job: str, job_id: str, kwargs: dict[str, Any]) -> None:
         if self._publish_inline:

@@ -9,6 +9,7 @@ LadingError
 │   ├── InvalidOffset                 a read or append at an offset the file does not have
 │   ├── UnsupportedMethod             the driver lacks an optional capability
 │   └── StorageUnavailable            transient backend failure; the only *retryable* error
+├── JobsUnavailable                   the job broker or result backend is unreachable (503)
 ├── DeliveryFailed                    a webhook endpoint did not accept a notification (retried)
 └── RegistryError                     what a registry client can be told (api maps to OCI codes)
     ├── NameInvalid                   repository name breaks the distribution-spec grammar
@@ -114,6 +115,14 @@ class StorageUnavailable(StorageError):
     """Transient backend failure (timeouts, throttling). Jobs retry it; the API says 503."""
 
     message = "storage temporarily unavailable"
+
+
+class JobsUnavailable(LadingError):
+    """The job broker (sending a job) or the result backend (waiting for one) cannot be
+    reached. Nothing was committed; the client retries later (503 + Retry-After). Distinct
+    from StorageUnavailable so the operator is told which service is down."""
+
+    message = "job broker or result backend temporarily unavailable"
 
 
 class DeliveryFailed(LadingError):

@@ -213,6 +213,32 @@ def test_serve_scaled_with_broker_down_starts_and_reports_unhealthy(tmp_path: Pa
         assert exc.value.code == 503
         body = json.loads(exc.value.read())
         assert body["checks"]["storage"]["ok"] and not body["checks"]["broker"]["ok"]
+        # A push now cannot be committed: the client is told which service is down, and when
+        # to retry, not that storage is unavailable.
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": "sha256:" + "a" * 64,
+                    "size": 2,
+                },
+                "layers": [],
+            }
+        ).encode()
+        put = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/team/app/manifests/v1",
+            data=manifest,
+            method="PUT",
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(put, timeout=60)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"]
+        error = json.loads(refused.value.read())["errors"][0]
+        assert error["code"] == "UNAVAILABLE"
+        assert error["message"] == "job broker or result backend temporarily unavailable", error
         assert proc.stop() == 0, proc.output
     assert "scaled mode" in proc.output
 

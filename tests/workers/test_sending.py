@@ -15,7 +15,7 @@ from kombu import Connection, Exchange, Queue
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
-from pipeline.errors import StorageUnavailable
+from pipeline.errors import JobsUnavailable
 from pipeline.settings import CelerySettings, Settings, StorageSettings
 from workers.app import create_app
 
@@ -130,7 +130,7 @@ def test_unknown_jobs_are_refused_and_an_unreachable_broker_is_storage_unavailab
     client = CeleryJobClient(create_app(settings))
     with pytest.raises(ValueError, match="unknown job"):
         client.send("lading.nope")
-    with pytest.raises(StorageUnavailable, match="broker unreachable"):
+    with pytest.raises(JobsUnavailable, match="broker unreachable"):
         client.send(jobs.COMMIT_BLOB, **KWARGS)
-    with pytest.raises(StorageUnavailable):  # the failed producer was dropped, a new one fails too
+    with pytest.raises(JobsUnavailable):  # the failed producer was dropped, a new one fails too
         client.send(jobs.COMMIT_BLOB, **KWARGS)
