@@ -106,9 +106,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings, quiet_celery=True)
     assembly = assemble(settings)
     host, port = parse_addr(settings.http.addr)
-    log.info(
-        "lading %s: data in %s; listening on http://%s:%d", version(), data_location(settings), host, port
-    )
+    scheme = "https" if settings.http.tls is not None else "http"
+    where = f"{scheme}://{host}:{port}"
+    log.info("lading %s: data in %s; listening on %s", version(), data_location(settings), where)
     try:
         serve(assembly.app, settings, metrics_registry=assembly.metrics.registry)
     finally:

@@ -14,7 +14,9 @@ setting that cannot be honoured stops start-up, never falls back to plain HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
 import logging
 import math
 import signal
@@ -24,7 +26,7 @@ from types import FrameType
 
 import uvicorn
 from prometheus_client import start_http_server
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lading.http_limits import HeadLimits, limited_protocol
 from pipeline.config import parse_addr
@@ -73,6 +75,75 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     )
 
 
+class _ProbesAtDebug(logging.Filter):
+    """uvicorn warns "Invalid HTTP request received." for every byte stream that is not
+    HTTP, and clients probing for TLS on a plain-HTTP port (skopeo, docker) send one per
+    command: noise, not a problem. Those records are demoted to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("Invalid HTTP request"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = None  # the parser's exception says nothing more
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+_PROBES_AT_DEBUG = _ProbesAtDebug()
+
+
+def answer_cut_requests(app: ASGIApp, shutting_down: Callable[[], bool], drain_seconds: float) -> ASGIApp:
+    """`app`, but a request still running when the graceful shutdown's `http.draintimeout`
+    runs out (uvicorn cancels it) gets 503 + Retry-After and one log line, not uvicorn's
+    traceback and 500. The client retries the upload against a replica that is up (upload
+    sessions live in storage, so it resumes where it was cut)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if not shutting_down():
+                raise
+            log.warning(
+                "%s %s cut by shutdown: still running after http.draintimeout (%gs)%s",
+                scope.get("method"),
+                scope.get("path"),
+                drain_seconds,
+                "" if started else "; answered 503",
+            )
+            if not started:
+                body = json.dumps(
+                    {
+                        "errors": [
+                            {
+                                "code": "UNAVAILABLE",
+                                "message": "registry shutting down: retry",
+                                "detail": None,
+                            }
+                        ]
+                    }
+                ).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"5"),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+
+    return guarded
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -81,8 +152,14 @@ def serve(app: ASGIApp, settings: Settings, metrics_registry: object | None = No
     """Serve `app` on `settings.http.addr` until SIGTERM/SIGINT; return after a graceful
     shutdown. With `settings.http.metrics_addr` set, `metrics_registry` (a prometheus
     CollectorRegistry) is served there on a separate port for as long."""
+    holder: list[uvicorn.Server] = []
+    app = answer_cut_requests(
+        app, lambda: bool(holder and holder[0].should_exit), settings.http.drain_timeout_seconds
+    )
     config = uvicorn_config(app, settings)
     server = uvicorn.Server(config)
+    holder.append(server)
+    logging.getLogger("uvicorn.error").addFilter(_PROBES_AT_DEBUG)
     metrics_server = None
     http = settings.http
     if http.metrics_enabled and http.metrics_addr and metrics_registry is not None:
