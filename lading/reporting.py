@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 __all__ = ["PLAIN_INTERVAL", "TTY_INTERVAL", "ProgressDisplay", "exit_code", "human_bytes", "summary"]
@@ -145,6 +146,7 @@ def _gc(result: Mapping[str, Any]) -> list[str]:
             "nothing was changed."
         )
         lines.append(f"  {examined}; {result.get('marked', 0)} in use")
+        lines += _held(result)
         lines += _listed(list(would.get("digests") or []), would.get("blobs"))
         lines += _listed(list(would.get("revisions") or []), would.get("manifests"))
     else:
@@ -158,6 +160,7 @@ def _gc(result: Mapping[str, Any]) -> list[str]:
             f"  {examined}; {result.get('marked', 0)} in use; "
             f"{result.get('rescued', 0)} kept for pushes that arrived meanwhile; {result.get('seconds', 0)} s"
         )
+        lines += _held(result)
         recovered = result.get("recovered") or {}
         if recovered.get("restored") or recovered.get("markers"):
             lines.append(
@@ -167,6 +170,28 @@ def _gc(result: Mapping[str, Any]) -> list[str]:
     if result.get("sweep_skipped"):
         lines.append(f"  Sweep skipped (nothing deleted): {result['sweep_skipped']}")
     return lines
+
+
+def human_seconds(seconds: float) -> str:
+    """'1h', '30m', '90s', '1h30m' for a duration."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
+    return text or "0s"
+
+
+def _held(result: Mapping[str, Any]) -> list[str]:
+    """The line about unreferenced blobs the grace period keeps (none: no line)."""
+    held = result.get("held_by_grace") or {}
+    if not held.get("blobs"):
+        return []
+    until = datetime.fromtimestamp(float(held["until"]), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    grace = human_seconds(float(held.get("grace_seconds", 0)))
+    return [
+        f"  {_plural(held['blobs'], 'unreferenced blob')} ({human_bytes(held.get('bytes', 0))}) "
+        f"held back by the {grace} grace period (lading.maintenance.gc.grace), the last until {until}"
+    ]
 
 
 def _impact(item: Mapping[str, Any]) -> str:

@@ -173,10 +173,19 @@ class _Collection:
             return self._skip(f"manifests whose references cannot be read: {first.unreadable[:20]}")
         now = time.time()
         candidates: dict[Digest, int] = {}
+        held = {"blobs": 0, "bytes": 0, "until": 0.0, "grace_seconds": self.grace}
         for entry in iter_blobs(self.driver):
             self.summary["blobs_examined"] += 1
-            if entry.digest not in first.blobs and now - entry.modified.timestamp() >= self.grace:
+            if entry.digest in first.blobs:
+                continue
+            if now - entry.modified.timestamp() >= self.grace:
                 candidates[entry.digest] = entry.size
+            else:  # unreferenced but fresh: maybe a push's layer whose manifest is on its way
+                held["blobs"] += 1
+                held["bytes"] += entry.size
+                held["until"] = max(held["until"], entry.modified.timestamp() + self.grace)
+        # Unreferenced blobs the grace period keeps, and when the last of them becomes collectable.
+        self.summary["held_by_grace"] = held
         revisions = [
             (scan.name, d)
             for scan in first.scans

@@ -241,3 +241,45 @@ def test_the_servers_metrics_count_runs_made_by_other_processes(registry: Regist
         after = maintenance_metrics(host)
     assert after["lading_scrub_blobs_total"] == 3 and after["lading_scrub_bytes_total"] == total
     assert after["lading_scrub_corrupt_blobs_total"] == 0 and after["lading_gc_blobs_total"] == 0
+
+
+def _bytes_on_disk(root: Path) -> int:
+    blobs = root / "docker" / "registry" / "v2" / "blobs"
+    return sum(p.stat().st_size for p in blobs.rglob("data"))
+
+
+def test_scrubs_bytes_checked_are_the_bytes_stored_even_with_a_corrupt_blob(
+    capsys: pytest.CaptureFixture[str], registry: Registry, root: Path
+) -> None:
+    # A digest mismatch is re-read once (a push may have replaced the bytes meanwhile); the
+    # second read used to be counted too, so the figure exceeded what is on disk.
+    image = push_image(registry, "team/app", "v1", layers=[os.urandom(500_000), os.urandom(300_000)])
+    flip_byte(registry, Digest.of(image.layers[0]))
+    code, out, _ = run(capsys, "scrub", "--dry-run", "--json")
+    result = json.loads(out)
+    assert code == 1 and result["checked"] == 4
+    assert result["bytes"] == _bytes_on_disk(root)
+    code, out, _ = run(capsys, "scrub", "--dry-run")
+    assert out.startswith(f"Scrub (dry run): checked 4 blobs ({human_bytes(_bytes_on_disk(root))})")
+
+
+def test_gc_dry_run_says_what_the_grace_period_holds_back_and_until_when(
+    capsys: pytest.CaptureFixture[str], registry: Registry
+) -> None:
+    old = unreferenced_image(registry)  # aged: collectable
+    fresh = push_image(registry, "new", "v1", layers=[os.urandom(7000)])
+    delete_manifest(registry, "new", str(fresh.digest))  # unreferenced, but pushed just now
+    newest = max(registry.driver.stat(paths.blob_data(d)).modified.timestamp() for d in fresh.all_digests())
+    code, out, err = run(capsys, "gc", "--dry-run")
+    assert code == 0, err
+    size = len(fresh.manifest) + len(fresh.config) + len(fresh.layers[0])
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(newest + 3600))
+    assert (
+        f"  3 unreferenced blobs ({human_bytes(size)}) held back by the 1h grace period "
+        f"(lading.maintenance.gc.grace), the last until {until}"
+    ) in out.splitlines(), out
+    assert out.startswith("Garbage collection (dry run): would delete 3 blobs")  # only `old`'s
+    code, out, _ = run(capsys, "gc", "--dry-run", "--json")
+    held = json.loads(out)["held_by_grace"]
+    assert (held["blobs"], held["bytes"], held["grace_seconds"]) == (3, size, 3600.0)
+    assert all(stored(registry, d) for d in (*old.all_digests(), *fresh.all_digests()))
