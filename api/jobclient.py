@@ -50,6 +50,7 @@ from kombu import Producer
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from api.request_id import note_job
 from pipeline import errors, jobs
 from pipeline.coordination import RedisTarget, redis_target
 from pipeline.errors import JobsUnavailable, JobTimeout, LadingError
@@ -337,6 +338,7 @@ class CeleryJobClient:
     def send(self, job: str, **kwargs: Any) -> str:
         """Publish now, in the caller's thread (1-2 ms; `run` publishes off the loop)."""
         job_id = str(uuid.uuid4())
+        note_job(job_id)  # listed in the request's access-log line (api.request_id)
         self._publish(job, job_id, kwargs)
         return job_id
 
@@ -355,6 +357,7 @@ class CeleryJobClient:
 
     async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
         job_id = str(uuid.uuid4())
+        note_job(job_id)  # listed in the request's access-log line (api.request_id)
         add_callback = self._add_result_callback
         if add_callback is not None:
             return await self._wait_pushed(add_callback, job_id, timeout, (job, kwargs))
@@ -501,6 +504,7 @@ class InlineJobClient:
             raise ValueError(f"unknown job {job!r}")
         payload = json.loads(json.dumps(kwargs))
         job_id = str(uuid.uuid4())
+        note_job(job_id)  # listed in the request's access-log line (api.request_id)
         self._pending[job_id] = self._executor.submit(run_job, self._registry, job, payload)
         return job_id
 

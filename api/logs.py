@@ -1,71 +1,53 @@
 """Structured JSON logs: one line per request, and the request id every log line carries.
 
 `RequestLog` takes the client's `X-Request-Id` (or makes one), has it echoed on the
-response, keeps it in the `request_id` context variable for everything the request does
-(the job client logs job ids with it), and logs method, route template, path, status,
-bytes in/out and duration when the response ends. It runs inside api.middleware's one
-pure ASGI middleware (streamed bodies are not buffered); `RequestLogMiddleware` is that
-middleware with the request log alone. `JsonFormatter` (pipeline.logs, shared with the
-workers and beat) renders any log record as one JSON object and adds the current request
-id, so lines from deeper code are linked to their request.
+response, keeps it current (api.request_id) for everything the request does, and logs
+method, route template, path, status, bytes in/out, duration and the ids of the jobs the
+request sent (`jobs`) when the response ends. It runs inside api.middleware's one pure
+ASGI middleware (streamed bodies are not buffered). `JsonFormatter` (pipeline.logs, shared
+with the workers and beat) renders any log record as one JSON object and adds the current
+request id, so lines from deeper code are linked to their request.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from contextvars import Token
 
-from starlette.types import ASGIApp, Scope
+from starlette.types import Scope
 
-from api.middleware import RequestMiddleware
-from pipeline.logs import JsonFormatter, configure_logging, request_id
+from api.request_id import HEADER_KEY, incoming_id, job_ids, new_id, request_id
+from pipeline.logs import JsonFormatter, configure_logging
 
-__all__ = [
-    "REQUEST_ID_HEADER",
-    "JsonFormatter",
-    "RequestLog",
-    "RequestLogMiddleware",
-    "configure_logging",
-    "current_request_id",
-    "request_id",
-]
-
-REQUEST_ID_HEADER = "X-Request-Id"
-_HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
-# A client-supplied id is echoed into headers and logs: accept only a safe, short token.
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+__all__ = ["JsonFormatter", "RequestLog", "configure_logging"]
 
 access_log = logging.getLogger("lading.access")
 
-
-def current_request_id() -> str | None:
-    """The id of the request being handled in this context, or None outside a request."""
-    return request_id.get()
+_Tokens = tuple[Token[str | None], Token[list[str] | None]]
 
 
 class RequestLog:
     """The request id and the access log of requests, for api.middleware.RequestMiddleware:
     `begin` when a request arrives, `end` once its response was sent (or it failed)."""
 
-    header_key = _HEADER_KEY
+    header_key = HEADER_KEY
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or access_log
 
-    def begin(self, scope: Scope) -> tuple[str, Token[str | None]]:
+    def begin(self, scope: Scope) -> tuple[str, _Tokens]:
         """The request's id (the client's `X-Request-Id` when safe, else a new one), made
-        current for everything the request does; the token gives it back to `end`."""
-        rid = _incoming_id(scope) or os.urandom(16).hex()  # as random as uuid4().hex, cheaper
+        current for everything the request does, with an empty list of the jobs it sends;
+        the tokens give both back to `end`."""
+        rid = incoming_id(scope) or new_id()
         scope.setdefault("state", {})["request_id"] = rid
-        return rid, request_id.set(rid)
+        return rid, (request_id.set(rid), job_ids.set([]))
 
     def end(
         self,
         scope: Scope,
         rid: str,
-        token: Token[str | None],
+        token: _Tokens,
         route: str,
         status: int,
         bytes_in: int,
@@ -88,24 +70,12 @@ class RequestLog:
                 "request_id": rid,
                 "client": (scope.get("client") or ("", 0))[0],
             }
+            sent = job_ids.get()
+            if sent:
+                fields["jobs"] = list(sent)
             if error is not None:
                 fields["error"] = f"{type(error).__name__}: {error}"
             self.logger.info("%s %s %s", scope["method"], scope["path"], status, extra=fields)
         finally:
-            request_id.reset(token)
-
-
-class RequestLogMiddleware(RequestMiddleware):
-    """Pure ASGI middleware: request id in, request id out, one access-log line per request
-    (the request log alone; lading.embedded combines it with metrics in one middleware)."""
-
-    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
-        super().__init__(app, log=RequestLog(logger))
-
-
-def _incoming_id(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == _HEADER_KEY:
-            text = value.decode("latin-1").strip()
-            return text if _VALID_ID.match(text) else None
-    return None
+            job_ids.reset(token[1])
+            request_id.reset(token[0])

@@ -5,13 +5,12 @@ so a test can build several apps in one process. Requests are labelled by *route
 (`/v2/{name:path}/blobs/{digest}`), never by raw path, so cardinality stays bounded.
 
 Requests are recorded by api.middleware's one middleware, which calls
-`Metrics.request_started` / `request_finished`. Wiring: `instrument(app, settings)` adds
-`MetricsMiddleware` (that middleware with only the metrics) to a Starlette app, serves
-`settings.http.metrics_path` on the main port when enabled (unless `metrics_addr` asks
-for a separate port, which `lading serve` starts, or `metrics_protected` asks the app to
-route it behind auth with `metrics_endpoint`), and returns the `Metrics` it stored on
-`app.state.metrics`. Wrap the job client with `InstrumentedJobs(jobs, metrics)` to time
-job round trips.
+`Metrics.request_started` / `request_finished`. Wiring happens once, in lading.embedded:
+the composition root (lading.composition) builds the `Metrics` and wraps the job client in
+`InstrumentedJobs(jobs, metrics)` to time job round trips; lading.embedded puts the
+middleware around the app, serves `metrics_endpoint(metrics)` at `http.metrics_path`
+(unless `metrics_addr` asks for a separate port, which `lading serve` starts) and adds
+`add_queue_depth`.
 
 Numbers produced elsewhere are read at scrape time by custom collectors: the scrub and gc
 totals that maintenance runs (in worker processes) keep in storage (`MaintenanceTotals`,
@@ -31,10 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.middleware import RequestMiddleware, route_of
 from pipeline import events
 from pipeline.coordination import RedisTarget, coordination_for, redis_target
 from pipeline.errors import LadingError
@@ -48,12 +45,10 @@ __all__ = [
     "InstrumentedJobs",
     "MaintenanceTotals",
     "Metrics",
-    "MetricsMiddleware",
     "NotificationCounts",
     "RedisQueueDepth",
-    "instrument",
+    "add_queue_depth",
     "metrics_endpoint",
-    "route_of",
 ]
 
 log = logging.getLogger("lading.metrics")
@@ -306,17 +301,6 @@ def metrics_endpoint(metrics: Metrics) -> ASGIApp:
     return app
 
 
-class MetricsMiddleware(RequestMiddleware):
-    """Pure ASGI middleware (streaming bodies pass through untouched) recording request
-    counts, latency, bytes in/out and uploads in progress: api.middleware's middleware with
-    the metrics alone. When `serve_path` is set it also answers GET/HEAD on that path with
-    the exposition."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, serve_path: str | None = None) -> None:
-        endpoints = {serve_path: metrics_endpoint(metrics)} if serve_path else None
-        super().__init__(app, metrics=metrics, endpoints=endpoints)
-
-
 class InstrumentedJobs:
     """A JobClient that times each job from send to result and counts failures by kind."""
 
@@ -368,25 +352,3 @@ def add_queue_depth(settings: Settings, metrics: Metrics) -> None:
     broker = coordination_for(settings).redis
     if broker is not None and broker.url == settings.celery.broker_url:
         metrics.registry.register(RedisQueueDepth(broker))
-
-
-def instrument(app: Starlette, settings: Settings, metrics: Metrics | None = None) -> Metrics:
-    """Add MetricsMiddleware to `app` and return its Metrics (also on app.state.metrics).
-
-    The exposition is served on the main port at `settings.http.metrics_path` unless
-    metrics are disabled, go to a separate `metrics_addr`, or are `metrics_protected`
-    (then the app routes `metrics_endpoint(metrics)` behind its access control).
-    A Redis broker adds the queue-depth collector; the app's registry (app.state.registry)
-    the maintenance totals.
-    """
-    metrics = metrics or Metrics()
-    registry = getattr(app.state, "registry", None)
-    if registry is not None:
-        metrics.watch_maintenance(registry.driver)
-    http = settings.http
-    serve_here = http.metrics_enabled and not http.metrics_addr and not settings.metrics_protected
-    add_queue_depth(settings, metrics)
-    serve_path = http.metrics_path if serve_here else None
-    app.add_middleware(MetricsMiddleware, metrics=metrics, serve_path=serve_path)
-    app.state.metrics = metrics
-    return metrics

@@ -3,24 +3,23 @@ send wrapper however many concerns it serves (a wrapper per concern used to cost
 call per response message each).
 
 Per request, each part optional:
-- the request id (api.logs.RequestLog): taken from the client or made, kept in the
-  `request_id` context variable while the app runs, set as the response's `X-Request-Id`;
+- the request id (api.logs.RequestLog, api.request_id): taken from the client or made,
+  current while the app runs, set as the response's `X-Request-Id`;
 - fixed response headers set on every response (the API version, see api.app);
 - endpoints answered before the app (GET/HEAD on the metrics and health paths): logged, not
   counted in the metrics;
 - once the response is sent: the request counted in api.metrics.Metrics and one access-log
-  line written by the RequestLog, both labelled with `route_of(scope)`.
+  line written by the RequestLog, both labelled with `route_of(scope)`: the route template
+  the app set in `scope["lading.route"]` (api.routes.router sets it on every request).
 
-api.logs.RequestLogMiddleware and api.metrics.MetricsMiddleware are this middleware with
-only their own part; lading.embedded wraps the app in one instance doing all of it.
+lading.embedded wraps the app in one instance doing all of it (api.app's own instance only
+sets the version header when the app is used without lading.embedded).
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,40 +37,13 @@ _FILE_SENDS = ("http.response.pathsend", "http.response.zerocopysend")
 
 def route_of(scope: Scope) -> str:
     """The route template a request matched, never the raw path: `scope["lading.route"]`
-    if the app set one, else the Starlette route's path template, else the template of the
-    registry router's route matching the path, else "<unmatched>"."""
+    (set by the registry router and by this middleware's endpoints), else the Starlette
+    route's path template, else "<unmatched>"."""
     explicit = scope.get("lading.route")
     if isinstance(explicit, str):
         return explicit
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    return _registry_template(scope.get("path", ""))
-
-
-_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
-
-
-@functools.lru_cache(maxsize=64)
-def _template(pattern: str) -> str:
-    return _GROUP.sub(r"{\1}", pattern).lstrip("^").rstrip("$").replace("/?", "/")
-
-
-@functools.lru_cache(maxsize=1)
-def _router_match() -> Callable[[str], Any] | None:
-    try:
-        from api.routes.router import match
-    except ImportError:  # the app may not use the registry router (tests, tools)
-        return None
-    return match
-
-
-def _registry_template(path: str) -> str:
-    start = path.find("/v2")  # past any http.prefix
-    match = _router_match() if start >= 0 else None
-    found = match(path[start:]) if match is not None else None
-    return _template(found[0].pattern.pattern) if found else UNMATCHED
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED
 
 
 class RequestMiddleware:

@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from api.logs import current_request_id
+from api.request_id import current_request_id
 from pipeline import events
 from pipeline.events import Action
 from pipeline.jobs import NOTIFY_EVENT, JobClient

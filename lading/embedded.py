@@ -9,7 +9,7 @@ in-process Celery worker that runs the jobs.
   consume them and `lading beat` schedules maintenance.
 
 Either way the app is wrapped in request logging and metrics (api.logs, api.metrics) and
-answers `http.health_path`, unless api.app already did so itself: all in one
+answers `http.health_path` (unless the app routes it itself): all in one
 api.middleware.RequestMiddleware, which also sets the API version header.
 """
 
@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import VERSION_HEADERS
 from api.health import HealthCheck
-from api.logs import RequestLog, RequestLogMiddleware
-from api.metrics import Metrics, MetricsMiddleware, add_queue_depth, metrics_endpoint
+from api.logs import RequestLog
+from api.metrics import Metrics, add_queue_depth, metrics_endpoint
 from api.middleware import RequestMiddleware
 from lading.composition import compose
 from pipeline.coordination import redacted
@@ -100,7 +100,7 @@ def assemble(settings: Settings, *, start: bool = True) -> Assembly:
             lifespan=_lifespan(jobs),
             version_header=False,
         )
-        asgi = _observe(app, settings, registry, metrics, worker, parts.access)
+        asgi = observe(app, settings, registry, metrics, worker, parts.access)
     except BaseException:
         for closer in reversed(closers):
             closer()
@@ -136,37 +136,31 @@ def _lifespan(jobs: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     return lifespan
 
 
-def _observe(
+def observe(
     app: Any, settings: Settings, registry: Registry, metrics: Metrics, worker: Any, access: Any = None
 ) -> ASGIApp:
-    """`app` in one RequestMiddleware (api.middleware) doing the request log, metrics, the
-    API version header and the health and metrics endpoints, each part only if the api app
-    does not do it itself."""
-    state = getattr(app, "state", None)
-    user_middleware = [m.cls for m in getattr(app, "user_middleware", ())]
+    """`app` in the one RequestMiddleware (api.middleware) doing the request log, metrics,
+    the API version header and the health and metrics endpoints."""
     endpoints: dict[str, ASGIApp] = {}
-    counted: Metrics | None = None
-    if getattr(state, "metrics", None) is None and MetricsMiddleware not in user_middleware:
-        http = settings.http
-        counted = metrics
-        if http.metrics_enabled and not http.metrics_addr:
-            endpoint = metrics_endpoint(metrics)
-            if settings.metrics_protected:
-                if access is None:
-                    log.warning("lading.metrics.protected is set but no auth is configured: /metrics is open")
-                else:
-                    endpoint = _authenticated(endpoint, access)
-            endpoints[http.metrics_path] = endpoint
-        if state is not None:
-            state.metrics = metrics
-        add_queue_depth(settings, metrics)
+    http = settings.http
+    if http.metrics_enabled and not http.metrics_addr:
+        endpoint = metrics_endpoint(metrics)
+        if settings.metrics_protected:
+            if access is None:
+                log.warning("lading.metrics.protected is set but no auth is configured: /metrics is open")
+            else:
+                endpoint = _authenticated(endpoint, access)
+        endpoints[http.metrics_path] = endpoint
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.metrics = metrics
+    add_queue_depth(settings, metrics)
     if not _has_route(app, settings.http.health_path):
         alive = (lambda: bool(worker.alive)) if worker is not None else None
         check = HealthCheck(settings, registry.driver, embedded_alive=alive)
         endpoints[settings.http.health_path] = _health_endpoint(check)
-    request_log = RequestLog() if RequestLogMiddleware not in user_middleware else None
     return RequestMiddleware(
-        app, log=request_log, metrics=counted, headers=VERSION_HEADERS, endpoints=endpoints
+        app, log=RequestLog(), metrics=metrics, headers=VERSION_HEADERS, endpoints=endpoints
     )
 
 

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import errors
 from api.access_table import Access, enforce
+from api.middleware import UNMATCHED
 from api.notify import Notifier
 from api.routes import base, blobs, catalog, manifests, proxy, referrers, tags, uploads
 from api.routes.context import RequestContext, Urls
@@ -141,6 +142,9 @@ class RegistryRouter:
 
     async def dispatch(self, request: Request) -> Response:
         head = request.method == "HEAD"
+        # The label of this request in metrics and logs (api.middleware.route_of): the
+        # matched route's template below, never the raw path.
+        request.scope["lading.route"] = UNMATCHED
         # request.url.path without building the whole URL (host, scheme, query): the
         # decoded path with what would end it escaped.
         path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -15,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.logs import JsonFormatter, RequestLogMiddleware, current_request_id
+from api.logs import JsonFormatter, RequestLog
+from api.middleware import RequestMiddleware
+from api.request_id import current_job_ids, current_request_id, note_job
 from tests.api.helpers import json_lines, json_log
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +53,8 @@ async def blob(request: Request) -> Response:
 
 
 async def upload(request: Request) -> Response:
+    note_job("job-commit-1")  # what the job client does for each job it sends
+    await anyio.to_thread.run_sync(note_job, "job-commit-2")  # also from a worker thread
     body = await request.body()
     return Response(status_code=202, headers={"Location": "/next"}, content=b"" if body else b"?")
 
@@ -66,7 +71,7 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("kaput")
 
 
-def app() -> RequestLogMiddleware:
+def app() -> RequestMiddleware:
     inner = Starlette(
         routes=[
             Route("/v2/{name:path}/blobs/{digest}", blob),
@@ -75,7 +80,7 @@ def app() -> RequestLogMiddleware:
             Route("/boom", boom),
         ]
     )
-    return RequestLogMiddleware(inner)
+    return RequestMiddleware(inner, log=RequestLog())
 
 
 def client(raise_errors: bool = True) -> httpx.AsyncClient:
@@ -97,6 +102,15 @@ async def test_one_json_line_per_request_with_the_fields(log_lines: io.StringIO)
     assert entry["duration_ms"] >= 0
     assert entry["request_id"] == response.headers["x-request-id"]
     assert entry["level"] == "info" and "time" in entry
+    assert entry["jobs"] == ["job-commit-1", "job-commit-2"]
+    assert current_job_ids() == []  # reset after the request
+
+
+async def test_a_request_that_sent_no_job_lists_none(log_lines: io.StringIO) -> None:
+    async with client() as c:
+        await c.get("/stream")
+    (entry,) = access_entries(log_lines)
+    assert "jobs" not in entry
 
 
 async def test_request_id_is_generated_and_echoed_and_unique(log_lines: io.StringIO) -> None:

@@ -20,12 +20,15 @@ from starlette.routing import Route
 
 from api.app import create_app
 from api.jobclient import InlineJobClient
-from api.metrics import InstrumentedJobs, Metrics, MetricsMiddleware, RedisQueueDepth, instrument, route_of
+from api.metrics import InstrumentedJobs, Metrics, RedisQueueDepth, add_queue_depth, metrics_endpoint
+from api.middleware import RequestMiddleware
+from lading.embedded import observe
 from pipeline import events
 from pipeline.digest import Digest
 from pipeline.errors import DeliveryFailed, DigestInvalid
 from pipeline.maintenance import garbage_collect, scrub
 from pipeline.manifest_commit import delete_manifest
+from pipeline.registry import Registry
 from pipeline.settings import CelerySettings, HttpSettings, NotificationEndpoint, Settings
 from tests.pipeline.maintenance.helpers import age_blobs, flip_byte, fs_registry, push_image
 from tests.support import redis_server
@@ -76,7 +79,7 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("boom")
 
 
-def tiny_app(**http: Any) -> tuple[Starlette, Metrics]:
+def tiny_app(**http: Any) -> tuple[Any, Metrics]:
     app = Starlette(
         routes=[
             Route("/items/{id}", item),
@@ -85,8 +88,10 @@ def tiny_app(**http: Any) -> tuple[Starlette, Metrics]:
             Route("/boom", boom),
         ]
     )
-    metrics = instrument(app, Settings(http=HttpSettings(**http)))
-    return app, metrics
+    settings = Settings(http=HttpSettings(**http))
+    metrics = Metrics()
+    # Wired as `lading serve` wires its app (lading.embedded, the one place).
+    return observe(app, settings, Registry.in_memory(settings), metrics, worker=None), metrics
 
 
 def client(app: Any) -> httpx.AsyncClient:
@@ -208,19 +213,43 @@ async def test_explicit_route_label_wins() -> None:
         await PlainTextResponse("ok")(scope, receive, send)
 
     metrics = Metrics()
-    app = MetricsMiddleware(endpoint, metrics, serve_path="/metrics")
+    app = RequestMiddleware(endpoint, metrics=metrics, endpoints={"/metrics": metrics_endpoint(metrics)})
     async with client(app) as c:
         await c.get("/v2/some/repo/manifests/latest")
         text = (await c.get("/metrics")).text
     assert value(text, "lading_http_requests_total", method="GET", route="manifest", status="200") == 1
 
 
-def test_registry_paths_get_the_registry_routers_templates() -> None:
-    pytest.importorskip("api.routes.router")
-    assert route_of({"path": "/v2/a/b/manifests/latest"}) == "/v2/{name}/manifests/{reference}"
-    assert route_of({"path": "/v2/a/blobs/sha256:00"}) == "/v2/{name}/blobs/{digest}"
-    assert route_of({"path": "/v2/"}) == "/v2/"
-    assert route_of({"path": "/favicon.ico"}) == "<unmatched>"
+async def test_the_registry_router_labels_each_request_with_its_route_template(tmp_path: Path) -> None:
+    registry = fs_registry(str(tmp_path))
+    push_image(registry, "a/b", "latest", layers=[b"layer"])
+    metrics = Metrics()
+    app = observe(
+        create_app(registry.settings, registry, InlineJobClient(registry)),
+        registry.settings,
+        registry,
+        metrics,
+        None,
+    )
+    async with client(app) as c:
+        assert (await c.get("/v2/a/b/manifests/latest")).status_code == 200
+        assert (await c.head(f"/v2/a/b/blobs/{Digest.of(b'layer')}")).status_code == 200
+        assert (await c.get("/v2/")).status_code == 200
+        assert (await c.get("/v2/a/b/nothing/here")).status_code == 404
+        assert (await c.get("/favicon.ico")).status_code == 404
+        text = (await c.get("/metrics")).text
+    labelled = {
+        (labels["method"], labels["route"], labels["status"])
+        for (name, pairs), _ in samples(text).items()
+        if name == "lading_http_requests_total"
+        for labels in [dict(pairs)]
+    }
+    assert labelled == {
+        ("GET", "/v2/{name}/manifests/{reference}", "200"),
+        ("HEAD", "/v2/{name}/blobs/{digest}", "200"),
+        ("GET", "/v2/", "200"),
+        ("GET", "<unmatched>", "404"),
+    }
 
 
 class FakeJobs:
@@ -322,8 +351,8 @@ async def test_the_apps_metrics_endpoint_reads_maintenance_totals_from_its_regis
     push_image(registry, "app", "v1", layers=[b"layer" * 100])
     summary = scrub(registry)
     app = create_app(registry.settings, registry, InlineJobClient(registry))
-    instrument(app, registry.settings)
-    async with client(app) as c:
+    asgi = observe(app, registry.settings, registry, Metrics(driver=registry.driver), worker=None)
+    async with client(asgi) as c:
         text = (await c.get("/metrics")).text
     assert value(text, "lading_scrub_blobs_total") == summary["checked"] == 3
     assert value(text, "lading_scrub_bytes_total") == summary["bytes"] > 500
@@ -367,10 +396,10 @@ def test_queue_depth_with_broker_down_does_not_break_the_scrape() -> None:
     assert value(text, "lading_http_requests_total", method="GET", route="/x", status="200") == 1
 
 
-async def test_instrument_adds_queue_depth_for_a_redis_broker() -> None:
-    app = Starlette(routes=[])
-    metrics = instrument(app, Settings(celery=CelerySettings(broker_url=REDIS_URL)))
-    assert app.state.metrics is metrics
-    async with client(app) as c:
-        text = (await c.get("/metrics")).text
-    assert value(text, "lading_queue_depth", queue="ingest") is not None
+async def test_a_redis_broker_adds_queue_depth() -> None:
+    metrics = Metrics()
+    add_queue_depth(Settings(celery=CelerySettings(broker_url=REDIS_URL)), metrics)
+    assert value(metrics.exposition().decode(), "lading_queue_depth", queue="ingest") is not None
+    embedded = Metrics()
+    add_queue_depth(Settings(), embedded)
+    assert "lading_queue_depth" not in embedded.exposition().decode()

@@ -16,9 +16,10 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.app import VERSION_HEADERS
-from api.logs import RequestLog, current_request_id
+from api.logs import RequestLog
 from api.metrics import Metrics, metrics_endpoint
 from api.middleware import RequestMiddleware
+from api.request_id import current_request_id
 from tests.api.helpers import json_lines, json_log
 
 pytestmark = pytest.mark.anyio

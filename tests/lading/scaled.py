@@ -114,13 +114,13 @@ def random_image(repo: str, tag: str, layers: int = 1) -> Image:
     return Image(repo, tag, config, [os.urandom(2000 + i * 100) for i in range(layers)])
 
 
-def push_blob(client: httpx.Client, repo: str, data: bytes) -> None:
+def push_blob(client: httpx.Client, repo: str, data: bytes, request_id: str | None = None) -> None:
     """Monolithic upload: POST with the digest and the bytes (201)."""
+    headers = {"Content-Type": "application/octet-stream"}
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
     r = client.post(
-        f"/v2/{repo}/blobs/uploads/",
-        params={"digest": sha256(data)},
-        content=data,
-        headers={"Content-Type": "application/octet-stream"},
+        f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(data)}, content=data, headers=headers
     )
     assert r.status_code == 201, r.text
 

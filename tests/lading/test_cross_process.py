@@ -13,6 +13,7 @@ one Redis (the test session's server, DB 13) for the broker, results and locks.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import threading
@@ -270,3 +271,17 @@ def test_processes_name_their_lock_connections(scaled: Deployment, redis_client:
     names = {str(c.get("name", "")) for c in redis_client.client_list()}
     assert f"{LOCK_CLIENT_PREFIX}{scaled.worker.proc.pid}" in names
     assert f"{LOCK_CLIENT_PREFIX}{scaled.server.proc.pid}" in names
+
+
+def test_the_api_request_log_names_the_jobs_the_worker_ran(scaled: Deployment) -> None:
+    data = os.urandom(1000)
+    with scaled.client() as client:
+        push_blob(client, "logged/app", data, request_id="trace-jobs-1")
+    line = next(
+        json.loads(text)
+        for text in scaled.server.wait_for(r'"request_id":"trace-jobs-1"').splitlines()
+        if '"request_id":"trace-jobs-1"' in text and '"logger":"lading.access"' in text
+    )
+    assert line["route"] == "/v2/{name}/blobs/uploads/" and line["status"] == 201
+    (job_id,) = line["jobs"]
+    scaled.worker.wait_for(rf"lading\.commit_blob\[{job_id}\] succeeded")
