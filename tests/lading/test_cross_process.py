@@ -98,7 +98,9 @@ def finished(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, di
 
 
 def send_gc(d: Deployment) -> Any:
-    """A GARBAGE_COLLECT job for the worker process (an AsyncResult)."""
+    """A GARBAGE_COLLECT job for the worker process (an AsyncResult; its `get` is called
+    with disable_sync_subtasks=False because an embedded worker run earlier in this test
+    process may have left Celery believing it runs inside a task)."""
     sender = compose(d.settings, "beat").celery
     assert sender is not None
     return sender.send_task(jobs.GARBAGE_COLLECT, kwargs={"grace_seconds": 0})
@@ -120,13 +122,13 @@ def test_the_gc_lock_excludes_a_worker_and_the_cli_either_way_round(
         code, result = finished(lading_gc(d), timeout=120)
         assert code == 1, result
         assert result == {"skipped": "another garbage collection is running"}
-    envelope = job.get(timeout=120)
+    envelope = job.get(timeout=120, disable_sync_subtasks=False)
     assert envelope["ok"] and "skipped" not in envelope["value"], envelope
 
     with locks.lock("held/app"):
         cli = lading_gc(d)
         wait_until(lambda: bool(redis_client.exists(GC_LOCK_KEY)), "lading gc takes the gc lock")
-        envelope = send_gc(d).get(timeout=120)
+        envelope = send_gc(d).get(timeout=120, disable_sync_subtasks=False)
         assert envelope == {"ok": True, "value": {"skipped": "another garbage collection is running"}}
     code, result = finished(cli, timeout=120)
     assert code == 0 and "skipped" not in result and not result.get("sweep_skipped"), result
