@@ -132,6 +132,15 @@ class GatedJobs:
     gate: threading.Event = field(default_factory=threading.Event)
     _executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8))
     _futures: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
+    waited: list[str] = field(default_factory=list)  # job ids someone awaited, in order
+
+    async def until_waited(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` waits began (a request is blocked on jobs); fail after `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.waited) < count:
+            assert loop.time() < deadline, f"{len(self.waited)} of {count} waits began within {timeout}s"
+            await asyncio.sleep(0.005)
 
     def _run(self, job: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if job == joblib.COMMIT_BLOB:
@@ -144,6 +153,7 @@ class GatedJobs:
         return job_id
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        self.waited.append(job_id)
         future = self._futures.get(job_id)
         if future is None:
             raise JobTimeout({"job_id": job_id})

@@ -100,8 +100,9 @@ async def test_manifest_put_in_another_replica_waits_for_pending_commits(
     assert (await batch_put(replica_a, LAYER)).status_code == 202
     body = oci_manifest(CONFIG, [LAYER])
 
+    before = len(gated.waited)
     put = asyncio.create_task(push_manifest(replica_b.client, "repo", "v1", body))
-    await asyncio.sleep(0.2)
+    await gated.until_waited(before + 2)  # the PUT is waiting on both blob commits (gate closed)
     assert not put.done(), "the manifest PUT must wait for the blob commits"
     gated.gate.set()
     r = await asyncio.wait_for(put, 30)
@@ -173,8 +174,9 @@ async def test_manifest_job_is_sent_once_when_its_blobs_are_still_committing(
     assert (await batch_put(api, LAYER)).status_code == 202
     body = oci_manifest(CONFIG, [LAYER])
 
+    before = len(gated.waited)
     put = asyncio.create_task(push_manifest(api.client, "repo", "v1", body))
-    await asyncio.sleep(0.2)
+    await gated.until_waited(before + 2)  # the PUT is waiting on both blob commits (gate closed)
     assert not put.done()
     assert manifest_sends(jobs) == 0, "the manifest job must wait for the blob commits"
     gated.gate.set()

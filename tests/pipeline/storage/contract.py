@@ -289,9 +289,11 @@ class DriverContract:
         first = d.writer("/up/data", append=True)
         first.write(b"aaa")
         outcome: dict[str, object] = {}
+        calling = threading.Event()
 
         def second_appender() -> None:
             try:
+                calling.set()
                 w = d.writer("/up/data", append=True)
                 outcome["size"] = w.size
                 w.write(b"bbb")
@@ -301,7 +303,11 @@ class DriverContract:
 
         thread = threading.Thread(target=second_appender)
         thread.start()
-        threading.Event().wait(0.05)  # give it a chance to block on the lock
+        assert calling.wait(10)
+        # The second appender must still be waiting (not refused, not writing) while the
+        # first is open: give it a moment to return, well inside the drivers' 1 s lock wait.
+        thread.join(timeout=0.2)
+        assert thread.is_alive() and outcome == {}, outcome
         first.write(b"AAA")
         first.commit()
         thread.join(timeout=30)
