@@ -3,7 +3,7 @@
 Every command that reads configuration takes an optional CONFIG path (else `$LADING_CONFIG`,
 else distribution's `$REGISTRY_CONFIGURATION_PATH`, else built-in defaults) and applies
 `REGISTRY_*` environment overrides on top (pipeline.config). Exit codes: 0 success,
-1 runtime or configuration error, 2 usage error or a command not available in this build.
+1 runtime or configuration error, 2 usage error.
 The maintenance one-shots (gc, scrub, purge-uploads) draw progress on stderr and print a
 summary (lading.reporting); they also exit 1 when skipped or when they found trouble.
 """
@@ -11,7 +11,6 @@ summary (lading.reporting); they also exit 1 when skipped or when they found tro
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -31,14 +30,6 @@ log = logging.getLogger("lading")
 POOLS = ("prefork", "threads", "solo")
 DEFAULT_POOL = "threads"
 EXIT_ERROR = 1
-EXIT_UNAVAILABLE = 2
-
-# one-shot maintenance command → the pipeline.maintenance function it runs
-MAINTENANCE_COMMANDS: dict[str, str] = {
-    "gc": "garbage_collect",
-    "scrub": "scrub",
-    "purge-uploads": "purge_uploads",
-}
 
 
 class CommandError(Exception):
@@ -235,20 +226,16 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def maintenance_function(command: str) -> Callable[..., Any]:
-    """The pipeline.maintenance function behind a one-shot command, or CommandError(2)."""
-    name = MAINTENANCE_COMMANDS[command]
-    try:
-        module = importlib.import_module("pipeline.maintenance")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("pipeline.maintenance", "pipeline"):
-            raise
-        module = None
-    function = getattr(module, name, None)
-    if not callable(function):
-        message = f"`lading {command}` is not available yet in this build of Lading"
-        raise CommandError(message, EXIT_UNAVAILABLE)
-    return function
+def maintenance_function(command: str) -> Callable[..., dict[str, Any]]:
+    """The pipeline.maintenance function a one-shot command runs."""
+    from pipeline.maintenance import garbage_collect, purge_uploads, scrub
+
+    functions: dict[str, Callable[..., dict[str, Any]]] = {
+        "gc": garbage_collect,
+        "scrub": scrub,
+        "purge-uploads": purge_uploads,
+    }
+    return functions[command]
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:

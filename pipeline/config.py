@@ -958,8 +958,6 @@ def _storage(s: Mapping[str, Any]) -> StorageSettings:
             raise ConfigurationError("storage.inmemory: this driver takes no parameters")
         kwargs["driver"] = "inmemory"
     elif driver == "s3":
-        if "s3_bucket" not in fields:
-            raise ConfigurationError("storage.s3: this build of Lading has no s3 driver")
         kwargs["driver"] = "s3"
         for key, value in (s.get("s3") or {}).items():
             target = f"s3_{key}"

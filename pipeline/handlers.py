@@ -7,18 +7,16 @@ API, see `pipeline.jobs`) and returns a JSON-serialisable dict. `run_job` turns 
 `StorageUnavailable` through so the task layer retries it, and lets anything else through
 as a genuine job failure (a bug: it shows as a failed task).
 
-Maintenance and notification jobs are looked up when they run:
-`pipeline.maintenance.scrub.scrub`, `pipeline.maintenance.purge.purge_uploads`,
-`pipeline.maintenance.gc.garbage_collect`, `pipeline.maintenance.reconcile.reconcile` and
-`pipeline.events.notify_event`, each `(registry, **kwargs) -> dict`. Until a module exists
-its job answers OperationUnsupported.
+Maintenance and notification jobs run `pipeline.maintenance.scrub`, `purge_uploads`,
+`garbage_collect`, `reconcile` and `pipeline.events.notify_event`, each
+`(registry, **kwargs) -> dict`, imported here like every other use case so mypy and the
+import contracts see each edge.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,8 @@ from pipeline import jobs
 from pipeline.blob_commit import advance_digest, commit_blob
 from pipeline.deepverify import deep_verify, tarsum_blob
 from pipeline.errors import ManifestInvalid, OperationUnsupported, RegistryError
+from pipeline.events import notify_event
+from pipeline.maintenance import garbage_collect, purge_uploads, reconcile, scrub
 from pipeline.manifest_commit import commit_manifest
 
 if TYPE_CHECKING:
@@ -92,34 +92,17 @@ def _proxy_expire(registry: Registry) -> dict[str, Any]:
     return cache.expire(registry)
 
 
-def _later(job: str, module: str, function: str) -> Handler:
-    """A handler that runs `module.function` once that module exists."""
-
-    def handler(registry: Registry, **kwargs: Any) -> dict[str, Any]:
-        try:
-            found = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module.startswith(exc.name):
-                raise OperationUnsupported(f"{job}: not implemented yet") from None
-            raise
-        result: dict[str, Any] = getattr(found, function)(registry, **kwargs)
-        return result
-
-    handler.__name__ = function
-    return handler
-
-
 HANDLERS: dict[str, Handler] = {
     jobs.COMMIT_BLOB: _commit_blob,
     jobs.ADVANCE_DIGEST: _advance_digest,
     jobs.COMMIT_MANIFEST: _commit_manifest,
     jobs.TARSUM: _tarsum,
     jobs.DEEP_VERIFY: _deep_verify,
-    jobs.SCRUB: _later(jobs.SCRUB, "pipeline.maintenance.scrub", "scrub"),
-    jobs.PURGE_UPLOADS: _later(jobs.PURGE_UPLOADS, "pipeline.maintenance.purge", "purge_uploads"),
-    jobs.GARBAGE_COLLECT: _later(jobs.GARBAGE_COLLECT, "pipeline.maintenance.gc", "garbage_collect"),
-    jobs.RECONCILE: _later(jobs.RECONCILE, "pipeline.maintenance.reconcile", "reconcile"),
-    jobs.NOTIFY_EVENT: _later(jobs.NOTIFY_EVENT, "pipeline.events", "notify_event"),
+    jobs.SCRUB: scrub,
+    jobs.PURGE_UPLOADS: purge_uploads,
+    jobs.GARBAGE_COLLECT: garbage_collect,
+    jobs.RECONCILE: reconcile,
+    jobs.NOTIFY_EVENT: notify_event,
     jobs.PROXY_MANIFEST: _proxy_manifest,
     jobs.PROXY_BLOB: _proxy_blob,
     jobs.PROXY_WARM: _proxy_warm,

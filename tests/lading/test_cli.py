@@ -171,15 +171,6 @@ def test_tarsum_of_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert code == 1 and "nope.tar" in err
 
 
-@pytest.mark.parametrize("command", ["gc", "scrub", "purge-uploads"])
-def test_maintenance_commands_say_when_not_available(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
-) -> None:
-    monkeypatch.setitem(sys.modules, "pipeline.maintenance", types.ModuleType("pipeline.maintenance"))
-    code, _, err = run_main(capsys, command, "--dry-run")
-    assert code == 2 and "not available yet" in err
-
-
 def test_maintenance_command_runs_the_pipeline_function(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
