@@ -23,6 +23,7 @@ resumed digest disagrees the commit re-hashes from byte 0 before rejecting anyth
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from pipeline import paths
@@ -34,6 +35,7 @@ from pipeline.errors import (
     DigestInvalid,
     PathNotFound,
     SizeInvalid,
+    StorageError,
 )
 from pipeline.hashstate import ResumableHash, resumable_available
 from pipeline.names import validate_name
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 1 << 20
 KEEP_STATES = 2
+DROP_ATTEMPTS = 5
+
+log = logging.getLogger("lading.pipeline")
 
 
 class _Hasher(Protocol):
@@ -176,10 +181,19 @@ def _place_blob(
 
 
 def _drop_session(driver: StorageDriver, repository: str, upload_id: str) -> None:
-    try:
-        driver.delete(paths.upload_dir(repository, upload_id))
-    except PathNotFound:
-        pass
+    for attempt in range(DROP_ATTEMPTS):
+        try:
+            driver.delete(paths.upload_dir(repository, upload_id))
+            return
+        except PathNotFound:
+            return
+        except StorageError:
+            # An advance_digest job (sent while the body streamed) saved a hash state into
+            # the directory while it was being removed ("directory not empty"); that job
+            # drops the session itself once it sees the data gone. The blob is in place:
+            # try again, and leave any remainder to upload purging rather than fail.
+            if attempt == DROP_ATTEMPTS - 1:
+                log.warning("could not remove upload session %s of %s", upload_id, repository, exc_info=True)
 
 
 # --- hashing ----------------------------------------------------------------------------

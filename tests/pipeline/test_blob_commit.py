@@ -23,6 +23,7 @@ from pipeline.errors import (
     DigestInvalid,
     NameInvalid,
     SizeInvalid,
+    StorageError,
 )
 from pipeline.hashstate import resumable_available
 from pipeline.registry import Registry
@@ -515,3 +516,27 @@ def test_advance_racing_a_commit_leaves_no_session_behind(registry: Registry, dr
         advance_digest(registry, "repo", upload_id)
     assert not driver.exists(paths.upload_dir("repo", upload_id))
     assert_committed(registry, "repo", upload_id, data, sha256(data))
+
+
+def test_a_hash_state_saved_while_the_session_is_removed_does_not_fail_the_commit(
+    registry: Registry, driver: FaultyDriver
+) -> None:
+    """An advance_digest job sent mid-body may write a hash state into the session while the
+    commit removes it ("directory not empty"): the blob is in place, the commit succeeds."""
+    data = b"x" * 5000
+    upload_id = upload(registry, "repo", data)
+    failed: list[str] = []
+    real_delete = driver.delete
+
+    def racing_delete(path: str) -> None:
+        if path == paths.upload_dir("repo", upload_id) and not failed:
+            failed.append(path)
+            raise StorageError(f"{path}: conflicts with an existing file or directory (Directory not empty)")
+        real_delete(path)
+
+    driver.delete = racing_delete  # type: ignore[method-assign]
+    result = commit_blob(registry, "repo", upload_id, str(Digest.of(data)), len(data))
+    assert result == {"digest": str(Digest.of(data)), "size": 5000} and failed
+    assert registry.repo_blobs.stat("repo", Digest.of(data)) == 5000
+    with pytest.raises(BlobUploadUnknown):
+        registry.uploads.status("repo", upload_id)
