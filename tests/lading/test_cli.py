@@ -7,10 +7,8 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
-import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -180,9 +178,7 @@ def test_maintenance_command_runs_the_pipeline_function(
         calls.append((registry, dry_run))
         return {"purged": 0}
 
-    module = types.ModuleType("pipeline.maintenance")
-    module.purge_uploads = purge_uploads  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pipeline.maintenance", module)
+    monkeypatch.setattr("pipeline.maintenance.purge_uploads", purge_uploads)
     monkeypatch.setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", str(tmp_path))
     code, out, _ = run_main(capsys, "purge-uploads", "--dry-run", "--json")
     assert code == 0 and json.loads(out) == {"purged": 0}
