@@ -145,11 +145,15 @@ def _has_body(ctx: RequestContext) -> bool:
 
 class _AdvancingWriter(FileWriter):
     """A session writer that sends ADVANCE_DIGEST each time the bytes written cross an
-    ADVANCE_EVERY boundary (from the thread that wrote them, once they reached storage)."""
+    ADVANCE_EVERY boundary (from the thread that wrote them, once they reached storage).
+    Not when the body ends less than a quarter interval later (`end`: where the body ends,
+    when its length is known): the commit that follows would race the job and both would
+    hash the same bytes, so the commit hashes that short tail alone."""
 
-    def __init__(self, inner: FileWriter, advance: Callable[[], None]) -> None:
+    def __init__(self, inner: FileWriter, advance: Callable[[], None], end: int | None = None) -> None:
         self.inner = inner
         self.advance = advance
+        self.end = end
 
     @property
     def size(self) -> int:
@@ -158,7 +162,9 @@ class _AdvancingWriter(FileWriter):
     def write(self, data: bytes) -> int:
         before = self.inner.size
         written = self.inner.write(data)
-        if self.inner.size // ADVANCE_EVERY > before // ADVANCE_EVERY:
+        size = self.inner.size
+        crossed = size // ADVANCE_EVERY > before // ADVANCE_EVERY
+        if crossed and (self.end is None or self.end - size >= ADVANCE_EVERY // 4):
             self.advance()
         return written
 
@@ -189,7 +195,9 @@ async def _append(ctx: RequestContext, upload_id: str) -> tuple[int, int]:
         return await ctx.blocking(_append_small, ctx.registry, ctx.name, upload_id, offset, body)
     inner = await ctx.blocking(ctx.registry.uploads.open_append, ctx.name, upload_id, offset)
     algorithm = _algorithm(ctx) or CANONICAL
-    writer = _AdvancingWriter(inner, partial(_advance_digest, ctx.jobs, ctx.name, upload_id, algorithm))
+    length = expected if expected is not None else declared
+    end = inner.size + length if length is not None else None
+    writer = _AdvancingWriter(inner, partial(_advance_digest, ctx.jobs, ctx.name, upload_id, algorithm), end)
     try:
         before = writer.size
         written = await write_body(ctx.request, writer)

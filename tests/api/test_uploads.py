@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from typing import Any
 
 import pytest
@@ -489,4 +490,32 @@ async def test_hash_states_are_saved_while_a_long_body_streams(
     assert all(offset % mib == 0 or offset > 4 * mib for offset in seen_mid_body)
     assert jobs.names().count(joblib.ADVANCE_DIGEST) >= 5  # one per boundary crossed
     assert api.registry.repo_blobs.stat("repo", Digest.parse(sha(data))) == len(data)
+    jobs.inner.close()
+
+
+async def test_no_advance_digest_for_a_boundary_at_the_end_of_the_body(
+    make_api: Any, monkeypatch: Any
+) -> None:
+    """A 64 MiB monolithic PUT ends on a boundary: the commit follows at once, so a job
+    there would only hash the same bytes twice. A boundary well before the end still sends."""
+    mib = 1024 * 1024
+    monkeypatch.setattr(upload_routes, "ADVANCE_EVERY", mib)
+    api = await make_api()
+    jobs = RecordingJobs(InlineJobClient(api.registry))
+    api = await make_api(registry=api.registry, jobs=jobs)
+    for size, advances in ((mib, 0), (4 * mib, 3)):  # 4 MiB: at 1, 2 and 3 MiB, not at 4
+        data = os.urandom(size)
+
+        async def pieces(data: bytes = data) -> Any:
+            for offset in range(0, len(data), 256 * 1024):
+                yield data[offset : offset + 256 * 1024]
+
+        r = await api.client.post(
+            "/v2/repo/blobs/uploads/",
+            params={"digest": sha(data)},
+            content=pieces(),
+            headers={"Content-Length": str(size)},
+        )
+        assert r.status_code == 201, r.text
+        assert jobs.names().count(joblib.ADVANCE_DIGEST) == advances
     jobs.inner.close()
