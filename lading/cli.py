@@ -226,6 +226,17 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signing_key(args: argparse.Namespace) -> int:
+    from lading.signing import write_signing_key
+
+    try:
+        key, cert = write_signing_key(args.directory, bits=args.bits)
+    except FileExistsError as exc:
+        raise CommandError(f"{exc.filename} exists; remove it first or choose another directory") from None
+    print(f"lading.signing.key: {key}\nlading.signing.certificate: {cert}")
+    return 0
+
+
 def maintenance_function(command: str) -> Callable[..., dict[str, Any]]:
     """The pipeline.maintenance function a one-shot command runs."""
     from pipeline.maintenance import garbage_collect, purge_uploads, scrub
@@ -374,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER")
     _add_config(p)
     p.set_defaults(run=cmd_tokens_revoke)
+
+    p = sub.add_parser(
+        "signing-key",
+        help="create the key and certificate that sign job messages (lading.signing)",
+        description="Write DIR/key.pem (RSA, readable by the owner only) and DIR/cert.pem (self-signed). "
+        "Give both to the API, beat and workers; never the key to Flower.",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--bits", type=int, choices=(2048, 3072, 4096), default=2048, help="RSA key size (2048)")
+    p.set_defaults(run=cmd_signing_key)
 
     p = sub.add_parser(
         "check-config",

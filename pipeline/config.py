@@ -40,6 +40,9 @@ lading:
     maxheaders: 100           # header fields per request, else 431
     headertimeout: 30s        # a request head must arrive within this (slowloris)
     maxconnections: 1000      # concurrent connections; beyond → 503 (0: unlimited)
+  signing:                    # signed job messages: workers refuse unsigned jobs (Flower's send-task)
+    key: /etc/lading/signing/key.pem          # RSA; on the API, beat and workers, never Flower
+    certificate: /etc/lading/signing/cert.pem # `lading signing-key DIR` makes both
   metrics: {protected: true}    # default: true with auth (a named user, or a token granting something)
   health: {path: /healthz}
 ```
@@ -82,6 +85,7 @@ from pipeline.settings import (
     NotificationEndpoint,
     ProxySettings,
     Settings,
+    SigningSettings,
     StorageSettings,
     TlsSettings,
     TokenAuth,
@@ -441,6 +445,7 @@ SCHEMA = _s(
                     }
                 ),
                 "metrics": _s({"protected": BOOL}),
+                "signing": _s({"key": STR, "certificate": STR, "trusted": STR}),
                 "health": _s({"path": STR}),
                 "proxy": _s(
                     {
@@ -904,6 +909,15 @@ def _build(t: Mapping[str, Any], warnings: list[str]) -> Settings:
             _get(t, "lading", "maintenance") or {}, _get(t, "lading", "beat", "schedule")
         ),
         proxy=_proxy(t),
+        signing=_signing(_get(t, "lading", "signing") or {}),
+    )
+
+
+def _signing(sg: Mapping[str, Any]) -> SigningSettings:
+    if (sg.get("key") or sg.get("trusted")) and not sg.get("certificate"):
+        raise ConfigurationError("lading.signing.certificate: required with lading.signing.key or trusted")
+    return SigningSettings(
+        **_pick(key=sg.get("key"), certificate=sg.get("certificate"), trusted=sg.get("trusted"))
     )
 
 

@@ -63,6 +63,24 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class SigningSettings:
+    """Signed job messages (`lading.signing`): workers run only jobs signed by a key whose
+    certificate they trust, so whoever reaches the broker (Flower's send-task, a stray
+    client) cannot make them commit a tag. `key` + `certificate` (PEM, RSA: Celery's auth
+    serializer) on every process that sends jobs (API, beat, workers, whose retries are
+    re-sent); `trusted`: certificate files or a glob workers accept (default: `certificate`).
+    A process with the certificate but no key (Flower) can watch but not send."""
+
+    key: str = ""
+    certificate: str = ""
+    trusted: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certificate)
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     addr: str = "127.0.0.1:5000"
     prefix: str = ""
@@ -209,6 +227,7 @@ class Settings:
     deep_verification: DeepVerification = "off"
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    signing: SigningSettings = field(default_factory=SigningSettings)
     warnings: tuple[str, ...] = ()  # unsupported keys seen while loading
 
     @property

@@ -21,6 +21,12 @@ worker started after Flower is covered within seconds. An operator who wants the
     celery:
       worker_send_task_events: true
       task_send_sent_event: true
+
+Signed jobs (`lading.signing`, `signing_config`): with a key and certificate, every job
+message is signed (Celery's `auth` serializer: RSA-PSS over the JSON body) and workers
+accept nothing else, so Flower's send-task or any client of the broker without the key
+cannot make a worker commit a tag. RSA-2048 costs ~0.25 ms of CPU to sign a job and
+~0.02 ms to verify it (RSA-3072: 0.65 / 0.04 ms).
 """
 
 from __future__ import annotations
@@ -147,6 +153,46 @@ def apply_extra(config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def signing_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for signed job messages (`lading.signing`; none when embedded:
+    the in-process broker is not reachable from outside). Workers accept only `auth`
+    content, so an unsigned job is refused before it is decoded."""
+    signing = settings.signing
+    if not signing.enabled or settings.celery.embedded:
+        return {}
+    return {
+        # Without a key this process can watch but not send (Flower): its sends go out
+        # unsigned and every worker refuses them.
+        "task_serializer": "auth" if signing.key else "json",
+        "accept_content": ["auth"],
+        "security_key": signing.key or None,
+        "security_certificate": signing.certificate,
+        "security_cert_store": signing.trusted or signing.certificate,
+        "security_digest": "sha256",
+    }
+
+
+def _setup_signing(app: Celery, settings: Settings) -> None:
+    """Register Celery's `auth` serializer (process-wide: kombu has one registry) with the
+    key and trusted certificates, and disable every other serializer but json (results and
+    events stay json). A file that cannot be read or a non-RSA key is a ConfigurationError."""
+    signing = settings.signing
+    if not signing.enabled or settings.celery.embedded:
+        return
+    from celery.exceptions import SecurityError
+    from celery.security import register_auth
+    from kombu.serialization import disable_insecure_serializers
+
+    try:
+        if signing.key:
+            app.setup_security(allowed_serializers=["json"], digest="sha256")
+        else:
+            disable_insecure_serializers(allowed=["json"])
+            register_auth(store=signing.trusted or signing.certificate, digest="sha256")
+    except (OSError, SecurityError, ValueError) as exc:
+        raise ConfigurationError(f"lading.signing: {exc}") from None
+
+
 def create_app(
     settings: Settings,
     *,
@@ -162,7 +208,9 @@ def create_app(
     `pipeline.registry.build_registry(settings)`."""
     check_extra(dict(settings.celery.extra))
     app = Celery(main, set_as_current=False)
-    app.conf.update(apply_extra(celery_config(settings), dict(settings.celery.extra)))
+    config = {**celery_config(settings), **signing_config(settings)}
+    app.conf.update(apply_extra(config, dict(settings.celery.extra)))
+    _setup_signing(app, settings)
     register_tasks(app, settings, registry=registry, factory=registry_factory)
     tag_job_logs()
     return app
