@@ -17,6 +17,7 @@ import re
 import shlex
 import socket
 import subprocess
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 
@@ -39,8 +41,30 @@ from tests.support.net import free_port, wait_http
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 CONFIG_IN_CONTAINER = "/etc/lading/config.yml"
-FLOWER_AUTH = "ops:s3cret"
-INTERPOLATION = {"FLOWER_BASIC_AUTH": FLOWER_AUTH, "REGISTRY_HTTP_SECRET": "", "MINIO_ROOT_PASSWORD": "x"}
+HTPASSWD_IN_CONTAINER = "/etc/lading/htpasswd"
+
+
+def documented_commands() -> dict[str, dict[str, str]]:
+    """The `docker compose … up` command lines the compose file's header documents, each
+    with the environment it sets (VAR=value before `docker`): what a user types."""
+    commands: dict[str, dict[str, str]] = {}
+    for line in COMPOSE.read_text().splitlines():
+        text = line.lstrip("# ").strip()
+        if not line.startswith("#") or "docker compose" not in text or not text.endswith(" up"):
+            continue
+        words = shlex.split(text)
+        env = dict(w.split("=", 1) for w in words[: words.index("docker")])
+        commands[" ".join(words[words.index("docker") :])] = env
+    return commands
+
+
+def documented_environment() -> dict[str, str]:
+    """The environment of the plain `docker compose up` the header documents."""
+    return documented_commands()["docker compose up"]
+
+
+INTERPOLATION = documented_environment()
+FLOWER_AUTH = INTERPOLATION["FLOWER_BASIC_AUTH"]
 
 
 def interpolate(text: str, values: dict[str, str]) -> str:
@@ -56,6 +80,16 @@ def interpolate(text: str, values: dict[str, str]) -> str:
 
     text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", one, text)
     return text.replace("$$", "$")
+
+
+def interpolate_values(node: Any, values: dict[str, str]) -> Any:
+    """Compose's substitution over every string of the parsed file (as compose does: after
+    YAML parsing, so comments are not touched; keys included)."""
+    if isinstance(node, dict):
+        return {interpolate(str(k), values): interpolate_values(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate_values(v, values) for v in node]
+    return interpolate(node, values) if isinstance(node, str) else node
 
 
 def compose() -> dict[str, Any]:
@@ -87,8 +121,38 @@ def test_the_deployment_has_the_expected_services() -> None:
     assert {"redis", "api", "beat", "flower", "minio"} <= set(services)
     assert services["minio"].get("profiles") == ["s3"]  # optional
     for name, service in services.items():
-        if name != "beat":
-            assert "healthcheck" in service, f"{name} has no healthcheck"
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+
+
+def test_the_documented_commands_interpolate_the_whole_file() -> None:
+    # Compose substitutes variables in the whole file before applying profiles: a required
+    # variable (${VAR:?…}) anywhere, even in a profile-gated service, must be set by every
+    # documented command, or `docker compose up` stops before starting anything.
+    commands = documented_commands()
+    assert {"docker compose up", "docker compose --profile s3 up"} <= set(commands)
+    for line, env in commands.items():
+        try:
+            interpolate_values(compose(), env)
+        except AssertionError as exc:
+            raise AssertionError(f"`{line}` with {env}: {exc}") from None
+    assert set(documented_environment()) == {"FLOWER_BASIC_AUTH"}  # nothing else to prepare
+
+
+def test_it_ships_safe() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    settings = load_settings(str(REPO / "deploy/config.yml"), {})
+    assert settings.storage.delete_enabled is False
+    assert settings.auth.htpasswd is not None and settings.auth.htpasswd.path == HTPASSWD_IN_CONTAINER
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["api"]["volumes"]}
+    assert mounts[HTPASSWD_IN_CONTAINER] == "./deploy/htpasswd"
+    assert "/deploy/htpasswd" in (REPO / ".gitignore").read_text().splitlines()  # never committed
+    header = COMPOSE.read_text().split("services:", 1)[0]
+    assert "htpasswd -Bc deploy/htpasswd" in header  # the documented first step
+    flower = " ".join(command(services["flower"]))
+    assert "--basic-auth=" in flower
 
 
 def test_every_lading_command_is_accepted_by_the_real_parser() -> None:
@@ -192,9 +256,12 @@ def local_args(cmd: list[str], config: Path, tmp: Path, ports: dict[str, int]) -
 
 
 def healthcheck(
-    service: dict[str, Any], env: dict[str, str], ports: dict[str, int]
+    service: dict[str, Any], env: dict[str, str], ports: dict[str, int], tmp: Path
 ) -> subprocess.CompletedProcess[str]:
-    test = [interpolate(str(a), env) for a in service["healthcheck"]["test"]]
+    test = [
+        interpolate(str(a), env).replace("/var/lib/lading/beat/", f"{tmp}/")
+        for a in service["healthcheck"]["test"]
+    ]
     kind, rest = test[0], test[1:]
     script = rest[0] if kind == "CMD-SHELL" else shlex.join(rest)
     script = script.replace("127.0.0.1:5000", f"127.0.0.1:{ports['api']}")
@@ -215,13 +282,50 @@ def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def wait_until_workers_answer(services: dict[str, Any], procs: dict[str, Running], broker: str) -> None:
+    """Until every worker group answers a control ping (Celery's own liveness check)."""
+    from celery import Celery
+
+    names = [s["environment"]["WORKER_NAME"] for s in services.values() if "WORKER_NAME" in s["environment"]]
+    app = Celery("compose-test", broker=broker, set_as_current=False)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            replies = app.control.ping(timeout=1.0)
+            alive = {name.split("@")[0] for reply in replies for name in reply}
+            if set(names) <= alive:
+                return
+            for name, proc in procs.items():
+                assert proc.proc.poll() is None, f"{name} exited:\n{proc.output[-3000:]}"
+            assert time.monotonic() < deadline, f"workers {sorted(set(names) - alive)} never answered"
+    finally:
+        app.close()
+
+
+def wait_until_beat_scheduled(procs: dict[str, Running], tmp: Path) -> None:
+    """Until beat has written its schedule state (it has loaded the schedule)."""
+    deadline = time.monotonic() + 120
+    while not list(tmp.glob("celerybeat-schedule*")):
+        assert procs["beat"].proc.poll() is None, procs["beat"].output[-3000:]
+        assert time.monotonic() < deadline, "beat wrote no schedule state"
+        time.sleep(0.1)
+
+
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_the_compose_deployment_runs_as_local_processes(private_redis: str, tmp_path: Path) -> None:
     services = lading_services()
     ports = {"api": free_port(), "flower": free_port()}
     config = REPO / "deploy" / "config.yml"
+    user, password = "admin", "push-and-pull"
+    htpasswd = tmp_path / "htpasswd"  # step 1 of the compose file's header
+    htpasswd.write_text(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()}\n")
+    creds = f"{user}:{password}"
     env = process_env(
+        # Container paths and service addresses mapped to this machine (what compose's
+        # mounts and network provide); everything else is the documented command's.
+        **INTERPOLATION,
+        REGISTRY_AUTH_HTPASSWD_PATH=str(htpasswd),
         LADING_CONFIG=str(config),
         REGISTRY_HTTP_ADDR=f"127.0.0.1:{ports['api']}",
         REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=str(tmp_path / "data"),
@@ -229,7 +333,6 @@ def test_the_compose_deployment_runs_as_local_processes(private_redis: str, tmp_
         REGISTRY_CELERY_RESULT_BACKEND=f"{private_redis}/1",
         FLOWER_UNAUTHENTICATED_API="",
     )
-    ready = {"serve": None, "worker": r" ready\.", "beat": r"beat: Starting", "flower": None}
     procs: dict[str, Running] = {}
     with ExitStack() as stack:
         for name, service in services.items():
@@ -237,12 +340,8 @@ def test_the_compose_deployment_runs_as_local_processes(private_redis: str, tmp_
             service_env["LADING_CONFIG"] = str(config)
             cmd = local_args(command(service), config, tmp_path, ports)
             procs[name] = stack.enter_context(running(cmd, service_env, cwd=tmp_path))
-        for name, service in services.items():
-            cmd = command(service)
-            kind = "flower" if cmd[0] == "celery" else cli.build_parser().parse_args(cmd[1:]).command
-            pattern = ready[kind]
-            if pattern:
-                procs[name].wait_for(pattern, timeout=120)
+        wait_until_workers_answer(services, procs, f"{private_redis}/0")
+        wait_until_beat_scheduled(procs, tmp_path)
         wait_http(f"http://127.0.0.1:{ports['api']}/v2/", timeout=120, proc=procs["api"].proc)
         wait_http(f"http://127.0.0.1:{ports['flower']}/healthcheck", timeout=120, proc=procs["flower"].proc)
 
@@ -253,7 +352,7 @@ def test_the_compose_deployment_runs_as_local_processes(private_redis: str, tmp_
                 continue
             check_env = {**env, **{k: str(v) for k, v in service["environment"].items()}}
             check_env.update(HOSTNAME=hostname, LADING_CONFIG=str(config))
-            result = healthcheck(service, check_env, ports)
+            result = healthcheck(service, check_env, ports, tmp_path)
             assert result.returncode == 0, f"{name} healthcheck failed:\n{result.stdout}\n{result.stderr}"
 
         # Flower requires the configured credentials and sees every worker group.
@@ -268,11 +367,20 @@ def test_the_compose_deployment_runs_as_local_processes(private_redis: str, tmp_
         image = make_image([1500, 40_000])
         source = write_oci_layout(image, tmp_path / "image")
         target = f"docker://127.0.0.1:{ports['api']}/compose/smoke:1"
-        skopeo.copy(f"oci:{source}:latest", target)
-        skopeo.copy(target, f"oci:{tmp_path / 'pulled'}:1")
+        assert _get(f"http://127.0.0.1:{ports['api']}/v2/")[0] == 401  # auth is on
+        skopeo.copy(f"oci:{source}:latest", target, "--dest-creds", creds)
+        skopeo.copy(target, f"oci:{tmp_path / 'pulled'}:1", "--src-creds", creds)
         pulled = read_oci_layout(tmp_path / "pulled")
         assert pulled[image.manifest_digest] == image.manifest
         assert all(pulled[layer.digest] == layer.blob for layer in image.layers)
+        delete = urllib.request.Request(
+            f"http://127.0.0.1:{ports['api']}/v2/compose/smoke/manifests/{image.manifest_digest}",
+            method="DELETE",
+            headers={"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(delete, timeout=10)
+        assert refused.value.code == 405  # deletes are off
 
         codes = {name: proc.stop() for name, proc in procs.items()}
         # Every lading process shuts down cleanly on SIGTERM (what `docker compose stop` sends).
