@@ -5,6 +5,10 @@ root has nothing yet). Broker: a Redis PING (or a kombu connection for other bro
 bounded by a timeout; in embedded mode the in-process worker is the broker, so it is
 reported as such (or checked with the `embedded_alive` callable if given).
 Answers 200 `{"status": "ok", "checks": {...}}` or 503 `{"status": "unavailable", ...}`.
+With access control, `checks.auth` reports an htpasswd or policy file that changed on disk
+but could not be loaded (the last good version stays in force): `"status": "degraded"`,
+still 200, since every replica reads the same file and taking them all out of a load
+balancer would turn a bad edit into an outage.
 """
 
 from __future__ import annotations
@@ -66,8 +70,10 @@ class HealthCheck:
         ping: BrokerPing | None = None,
         embedded_alive: Callable[[], bool] | None = None,
         timeout: float = CHECK_TIMEOUT,
+        auth_failures: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.settings = settings
+        self.auth_failures = auth_failures
         self.driver = driver
         self.timeout = timeout
         self.embedded_alive = embedded_alive
@@ -110,10 +116,14 @@ class HealthCheck:
     async def respond(self, request: Request) -> Response:
         storage, broker = await asyncio.gather(self.check_storage(), self.check_broker())
         healthy = storage["ok"] and broker["ok"]
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "checks": {"storage": storage, "broker": broker},
-        }
+        checks: dict[str, Any] = {"storage": storage, "broker": broker}
+        status = "ok" if healthy else "unavailable"
+        if self.auth_failures is not None:
+            stale = dict(await anyio.to_thread.run_sync(self.auth_failures))
+            checks["auth"] = {"ok": not stale, **({"stale": stale} if stale else {})}
+            if stale and healthy:
+                status = "degraded"  # still serving (every replica shares the file): 200
+        body = {"status": status, "checks": checks}
         return JSONResponse(body, status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 

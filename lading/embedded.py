@@ -155,9 +155,14 @@ def observe(
     if state is not None:
         state.metrics = metrics
     add_queue_depth(settings, metrics)
+    if access is not None:
+        from api.auth.watch import ReloadFailedCollector
+
+        metrics.registry.register(ReloadFailedCollector(access.reload_failures, access.watched_paths))
     if not _has_route(app, settings.http.health_path):
         alive = (lambda: bool(worker.alive)) if worker is not None else None
-        check = HealthCheck(settings, registry.driver, embedded_alive=alive)
+        failures = access.reload_failures if access is not None else None
+        check = HealthCheck(settings, registry.driver, embedded_alive=alive, auth_failures=failures)
         endpoints[settings.http.health_path] = _health_endpoint(check)
     return RequestMiddleware(
         app, log=RequestLog(), metrics=metrics, headers=VERSION_HEADERS, endpoints=endpoints

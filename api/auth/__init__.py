@@ -188,6 +188,26 @@ class Access:
             return None
         return cls(settings, token_records=token_records, failure_counters=failure_counters)
 
+    def reload_failures(self) -> dict[str, str]:
+        """{path: reason} of each htpasswd or policy file whose current version on disk could
+        not be loaded, so the last good one is still in force (checked now: one stat each)."""
+        files = [self.policy.watched, self.htpasswd.watched if self.htpasswd else None]
+        if self.token_endpoint is not None:
+            files.append(self.token_endpoint.credentials.watched)
+        failures: dict[str, str] = {}
+        for watched in files:
+            if watched is not None:
+                watched.get()
+                if watched.failure is not None:
+                    failures[watched.path] = watched.failure
+        return failures
+
+    def watched_paths(self) -> list[str]:
+        files = [self.policy.watched, self.htpasswd.watched if self.htpasswd else None]
+        if self.token_endpoint is not None:
+            files.append(self.token_endpoint.credentials.watched)
+        return sorted({w.path for w in files if w is not None})
+
     def routes(self) -> list[Route]:
         """The built-in token endpoint's route (empty when it is not enabled)."""
         token = self.settings.auth.token

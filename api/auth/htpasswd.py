@@ -116,6 +116,10 @@ class Htpasswd:
         self._remembered: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._remembered_for: HtpasswdEntries | None = None
 
+    @property
+    def watched(self) -> WatchedFile[HtpasswdEntries]:
+        return self._file
+
     def _mark(self, username: str, password: str) -> bytes:
         return hmac.new(
             self._secret, username.encode("utf-8") + b"\0" + password.encode("utf-8"), hashlib.sha256

@@ -36,6 +36,10 @@ class PolicySource:
     def from_settings(cls, auth: AuthSettings) -> PolicySource:
         return cls(auth.policy_path, anonymous_pull=auth.anonymous_pull)
 
+    @property
+    def watched(self) -> WatchedFile[Policy] | None:
+        return self._file
+
     def current(self) -> Policy:
         if self._file is not None:
             return self._file.get()
