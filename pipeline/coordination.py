@@ -17,9 +17,13 @@ URLs, classified by `kind_of(url)`:
 
 Decisions (`coordination_for(settings)`):
 
-- embedded (no `celery.broker_url`): every worker is a thread of the one process, so
-  repository locks are in-process (`pipeline.locks.LocalLocks`) and job results live in
-  the in-process result store (workers.embedded).
+- embedded (no `celery.broker_url`): every worker is a thread of the one process and job
+  results live in the in-process result store (workers.embedded). Locks are file locks
+  beside filesystem storage (`pipeline.locks.FileLocks` in `<rootdirectory>/.lading-locks`),
+  so a `lading gc` run from the command line next to `lading serve` on the same host
+  shares them; with in-memory storage nothing outside the process can reach the data and
+  they are in-process (`LocalLocks`). Embedded mode on S3 storage has no lock shared with
+  another process: run maintenance through the embedded schedule, or scale out.
 - scaled out: locks live in the Redis of the broker when the broker is Redis (plain or
   Sentinel), else in the Redis of the result backend (RabbitMQ broker + Redis results).
   Job results live in the Celery result backend. A scaled-out configuration with no Redis
@@ -45,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pipeline.errors import ConfigurationError
-from pipeline.locks import LocalLocks, RepositoryLocks
+from pipeline.locks import FileLocks, LocalLocks, RepositoryLocks
 
 if TYPE_CHECKING:
     import redis
@@ -64,6 +68,10 @@ __all__ = [
 ]
 
 Kind = Literal["redis", "sentinel", "amqp", "memory", "other"]
+
+LOCK_DIR = ".lading-locks"
+"""Embedded mode on filesystem storage: the lock files' directory, in the storage root
+beside distribution's `docker/` tree (outside its layout)."""
 
 LOCK_CLIENT_PREFIX = "lading-locks-"
 """Lock connections are named `lading-locks-<pid>` (CLIENT LIST shows who waits)."""
@@ -285,11 +293,12 @@ class Coordination:
     redis: RedisTarget | None = None
     results: RedisTarget | None = None
     lock_lease: float = 30.0
+    lock_dir: str | None = None  # embedded mode on filesystem storage: FileLocks there
 
     def locks(self) -> RepositoryLocks:
         """The repository locks every process of the deployment shares."""
         if self.redis is None:
-            return LocalLocks()
+            return FileLocks(self.lock_dir) if self.lock_dir is not None else LocalLocks()
         from pipeline.locks import RedisLocks
 
         name = f"{LOCK_CLIENT_PREFIX}{os.getpid()}"
@@ -297,7 +306,8 @@ class Coordination:
 
     def describe(self) -> str:
         if self.redis is None:
-            return "embedded: in-process locks and results"
+            where = f"file locks in {self.lock_dir}" if self.lock_dir else "in-process locks"
+            return f"embedded: {where}, in-process results"
         return f"locks in Redis ({self.redis.describe()})"
 
 
@@ -322,7 +332,9 @@ def coordination_for(settings: Settings) -> Coordination:
     ConfigurationError for a scaled-out configuration with no Redis for locks."""
     cfg = settings.celery
     if cfg.embedded:
-        return Coordination(embedded=True)
+        storage = settings.storage
+        lock_dir = os.path.join(storage.root, LOCK_DIR) if storage.driver == "filesystem" else None
+        return Coordination(embedded=True, lock_dir=lock_dir)
     broker = redis_target(cfg.broker_url, _options(settings, "broker_transport_options"))
     if cfg.result_backend:
         results = redis_target(cfg.result_backend, _options(settings, "result_backend_transport_options"))

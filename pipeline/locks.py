@@ -4,8 +4,11 @@ and maintenance runs (`pipeline.maintenance.locking`, lock names starting with `
 Locks are scoped to one name and never global, so a slow commit in one repository never
 holds up another. Two implementations of `RepositoryLocks`:
 
-- `LocalLocks`: in-process, for embedded mode (every worker a thread of one process) and
-  tests;
+- `LocalLocks`: in-process, for tests and embedded mode on storage no other process
+  reaches (in-memory);
+- `FileLocks`: `flock(2)` on files beside the storage, for embedded mode on filesystem
+  storage, where `lading gc` / `scrub` / `purge-uploads` run as other processes next to
+  `lading serve` on the same host;
 - `RedisLocks`: one redis-py `Lock` per name in the deployment's shared Redis. The lock
   holds a short lease that a background thread renews while the holder runs, so a long
   critical section keeps its lock and a process that dies releases it within one lease.
@@ -15,9 +18,12 @@ Which one a process uses is decided once, by `pipeline.coordination.coordination
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -71,6 +77,49 @@ class LocalLocks:
                 entry.users -= 1
                 if entry.users == 0:
                     del self._entries[repository]
+
+    def lock(self, repository: str, timeout: float = 60.0) -> AbstractContextManager[None]:
+        return self._hold(repository, timeout)
+
+
+class FileLocks:
+    """Locks shared by the processes of one host: an exclusive `flock` on one file per name
+    in `directory` (files are kept: removing one another process holds would split the
+    lock). Threads of one process first queue on an in-process lock, so flock only ever
+    arbitrates between processes, which poll for it every `poll` seconds."""
+
+    def __init__(self, directory: str, poll: float = 0.01) -> None:
+        self.directory = directory  # made on first use
+        self._poll = poll
+        self._local = LocalLocks()
+
+    @contextmanager
+    def _hold(self, name: str, timeout: float) -> Iterator[None]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._local.lock(name, timeout):
+            path = os.path.join(self.directory, hashlib.sha256(name.encode()).hexdigest()[:32])
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:
+                os.makedirs(self.directory, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise TooManyRequests(
+                                {"repository": name, "reason": "locked by another process"}
+                            ) from None
+                        time.sleep(self._poll)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
     def lock(self, repository: str, timeout: float = 60.0) -> AbstractContextManager[None]:
         return self._hold(repository, timeout)

@@ -3,15 +3,19 @@ of a scaled-out deployment shares its locks through Redis."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lading.cli import main
 from lading.composition import compose
+from pipeline.config import load_settings
 from pipeline.errors import ConfigurationError
-from pipeline.locks import LocalLocks, RedisLocks
+from pipeline.locks import FileLocks, RedisLocks
 from pipeline.settings import CelerySettings, Settings, StorageSettings
+from tests.lading.procs import lading_command, process_env
 from tests.support import redis_server
 
 
@@ -39,7 +43,31 @@ def test_embedded_api_shares_its_registry_with_the_in_process_worker(tmp_path: P
     settings = Settings(storage=StorageSettings(driver="filesystem", root=str(tmp_path)))
     api = compose(settings, "api")
     assert api.coordination.embedded
-    assert api.registry is not None and isinstance(api.registry.locks, LocalLocks)
+    assert api.registry is not None and isinstance(api.registry.locks, FileLocks)
+    assert api.celery is not None and api.registry.locks.directory == str(tmp_path / ".lading-locks")
+
+
+def test_lading_gc_beside_an_embedded_server_shares_its_locks(tmp_path: Path) -> None:
+    """The two-command set-up: `lading serve` (embedded, filesystem storage) and a
+    `lading gc` process run from a shell beside it take the same locks."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n")
+    server = compose(load_settings(str(config), {}), "api")  # what `lading serve` builds
+    assert server.registry is not None
+    with server.registry.locks.lock("_gc"):  # as while its scheduled gc runs
+        run = subprocess.run(
+            [*lading_command(), "gc", str(config), "--json"],
+            env=process_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 1, run.stderr
+    assert json.loads(run.stdout) == {"skipped": "another garbage collection is running"}
+    again = subprocess.run(
+        [*lading_command(), "gc", str(config), "--json"], env=process_env(), capture_output=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
 
 
 @pytest.mark.parametrize("kind", ["api", "worker", "beat", "cli"])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.coordination import celery_url, coordination_for, is_redis, kind_of, redacted, redis_target
 from pipeline.errors import ConfigurationError
-from pipeline.locks import LocalLocks, RedisLocks
-from pipeline.settings import CelerySettings, Settings
+from pipeline.locks import FileLocks, LocalLocks, RedisLocks
+from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.support import redis_server
 
 
@@ -63,8 +64,16 @@ def test_sentinel_without_master_name_is_refused_naming_the_key() -> None:
         coordination_for(settings("sentinel://10.0.0.1:26379"))
 
 
-def test_embedded_mode_uses_in_process_locks() -> None:
-    coordination = coordination_for(settings(None))
+def test_embedded_mode_on_filesystem_storage_uses_file_locks_beside_it(tmp_path: Path) -> None:
+    fs = Settings(storage=StorageSettings(driver="filesystem", root=str(tmp_path)))
+    coordination = coordination_for(fs)
+    assert coordination.embedded
+    locks = coordination.locks()
+    assert isinstance(locks, FileLocks) and locks.directory == str(tmp_path / ".lading-locks")
+
+
+def test_embedded_mode_on_memory_storage_uses_in_process_locks() -> None:
+    coordination = coordination_for(Settings(storage=StorageSettings(driver="inmemory")))
     assert coordination.embedded
     assert isinstance(coordination.locks(), LocalLocks)
 
