@@ -39,6 +39,10 @@ def push_pull_and_collect(d: Deployment, client: redis.Redis) -> None:
         r = http.delete(f"/v2/topology/app/manifests/{sha256(deleted.body)}")  # under the lock
         assert r.status_code == 202, r.text
         assert_pullable(http, image)
+        # /healthz PINGs the broker and /metrics reads its queue lengths: same Redis.
+        health = http.get("/healthz")
+        assert health.status_code == 200 and health.json()["checks"]["broker"]["ok"], health.text
+        assert 'lading_queue_depth{queue="ingest"}' in http.get("/metrics").text
     # The API and the worker keep their locks in this Redis: both have a named lock
     # connection (the API's from the DELETE, the worker's from the commits).
     names = {str(c.get("name", "")) for c in client.client_list()}
