@@ -195,10 +195,16 @@ def cmd_tarsum(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from lading.embedded import assemble
+    from lading.server import uvicorn_config
 
     settings = load(args)
-    # Everything `lading serve` builds at start, started nothing: the same checks, one path.
-    assemble(settings, start=False).close()
+    # Everything `lading serve` builds at start, started nothing: the same checks, one path
+    # (the app and what it loads, then the server's own: TLS files, limits).
+    assembly = assemble(settings, start=False)
+    try:
+        uvicorn_config(assembly.app, settings)
+    finally:
+        assembly.close()
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     mode = "embedded worker" if settings.celery.embedded else "broker"

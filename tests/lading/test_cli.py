@@ -283,6 +283,7 @@ def _serve_once(config: Path, tmp_path: Path) -> subprocess.CompletedProcess[str
         ("celery: {broker_ur: 'redis://127.0.0.1:1/0'}\n", "did you mean celery.broker_url?"),
         ("proxy: {remoteurl: 'ftp://registry-1.docker.io'}\n", "proxy.remoteurl: expected an http"),
         ("http: {adress: ':5000'}\n", "did you mean http.addr?"),
+        ("http: {tls: {certificate: MISSING, key: MISSING}}\n", "http.tls.certificate/key: cannot load"),
     ],
 )
 def test_check_config_fails_exactly_where_serve_fails(
