@@ -228,7 +228,7 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
             "password or remove them from the htpasswd file, which revokes their refresh tokens at once"
         )
     token_records_for(coordination_for(settings)).revoke_subject(args.user, time.time())
-    print(f"revoked every refresh token of {args.user!r} issued until now")
+    print(f"revoked every token of {args.user!r} issued until now")
     return 0
 
 
@@ -384,9 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = p.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
     p = tokens.add_parser(
         "revoke",
-        help="revoke every refresh token of a user",
-        description="Revoke every refresh token USER holds (shared by all replicas through Redis). "
-        "Access tokens already handed out live until they expire (lading.auth.token.expiration).",
+        help="revoke every token of a user",
+        description="Revoke every refresh and access token USER was issued so far (recorded in the "
+        "deployment's Redis; every API replica refuses them within 5 seconds).",
     )
     p.add_argument("user", metavar="USER")
     _add_config(p)

@@ -29,7 +29,9 @@ Access controllers (from `Settings.auth`):
 from __future__ import annotations
 
 import logging
+import time
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -46,6 +48,7 @@ from api.auth.tokens import (
     TokenSigner,
     TokenVerifier,
     TrustStore,
+    VerifiedToken,
     generate_private_key,
     load_certificates,
     load_jwks,
@@ -61,6 +64,8 @@ from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 __all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
 
 log = logging.getLogger("lading.auth")
+
+REVOCATION_CACHE_SECONDS = 5.0  # how late `lading tokens revoke` may reach an access token
 
 
 def realm_url(settings: Settings) -> str:
@@ -100,6 +105,7 @@ class Access:
     ) -> None:
         auth = settings.auth
         self.token_records: TokenRecords = token_records if token_records is not None else LocalTokenRecords()
+        self._revocations: dict[str, tuple[float | None, float]] = {}  # subject → (revoked at, until)
         self.throttle = LoginThrottle(
             failure_counters if failure_counters is not None else LocalFailureCounters(),
             pair_limit=auth.login_failures_per_user_address,
@@ -223,7 +229,7 @@ class Access:
         parts = split_authorization(request.headers.get("authorization"))
         scheme, credentials = parts if parts is not None else ("", "")
         if scheme == "bearer" and self.verifier is not None:
-            identity = self._token_identity(request, credentials, repository, wanted)
+            identity = await self._unrevoked(request, credentials, repository, wanted)
             if self._token_permits(identity, repository, wanted):
                 return identity
             raise Denied(access_detail(repository, wanted))
@@ -244,7 +250,7 @@ class Access:
         parts = split_authorization(request.headers.get("authorization"))
         scheme, credentials = parts if parts is not None else ("", "")
         if scheme == "bearer" and self.verifier is not None:
-            identity = self._token_identity(request, credentials, None, frozenset())
+            identity = await self._unrevoked(request, credentials, None, frozenset())
             if identity.name and identity.token_access:
                 return identity
             raise Denied([{"Type": "metrics", "Name": "metrics", "Action": "read"}])
@@ -293,16 +299,52 @@ class Access:
             value = basic_challenge(self.basic_realm)
         return unauthorized(value, access_detail(repository, wanted))
 
-    def _token_identity(
+    def _verified(
         self, request: Request, raw: str, repository: str | None, wanted: frozenset[str]
-    ) -> Identity:
+    ) -> tuple[Identity, VerifiedToken]:
         assert self.verifier is not None
         try:
             verified = self.verifier.verify(raw)
         except InvalidToken as exc:
             log.info("bearer token rejected: %s", exc)
             raise self._challenge(request, repository, wanted, "invalid_token") from None
-        return Identity(name=verified.subject or None, source="token", token_access=verified.access)
+        identity = Identity(name=verified.subject or None, source="token", token_access=verified.access)
+        return identity, verified
+
+    async def _unrevoked(
+        self, request: Request, raw: str, repository: str | None, wanted: frozenset[str]
+    ) -> Identity:
+        """The token's identity; for the built-in token server's tokens, not issued before a
+        `lading tokens revoke` of their subject (looked up at most every REVOCATION_CACHE_SECONDS
+        per subject; a record store that cannot answer is logged and does not refuse)."""
+        identity, verified = self._verified(request, raw, repository, wanted)
+        if self.token_endpoint is None or not verified.subject:
+            return identity
+        revoked_at = await self._revoked_at(verified.subject)
+        if revoked_at is None:
+            return identity
+        claims = verified.claims
+        issued_ms = claims.get("iat_ms")
+        issued = issued_ms / 1000 if isinstance(issued_ms, int) else claims.get("iat")
+        if isinstance(issued, int | float) and issued > revoked_at:
+            return identity
+        log.info("bearer token of %s refused: issued before its revocation", name_for_log(verified.subject))
+        raise self._challenge(request, repository, wanted, "invalid_token")
+
+    async def _revoked_at(self, subject: str) -> float | None:
+        now = time.monotonic()
+        cached = self._revocations.get(subject)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            value = await run_in_threadpool(self.token_records.subject_revoked_at, subject)
+        except Exception as exc:
+            log.warning("cannot read token revocations: %s", exc)
+            return None
+        if len(self._revocations) > 10_000:
+            self._revocations.clear()
+        self._revocations[subject] = (value, now + REVOCATION_CACHE_SECONDS)
+        return value
 
     async def _basic_identity(
         self, request: Request, credentials: str, repository: str | None, wanted: frozenset[str]

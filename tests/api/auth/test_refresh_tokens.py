@@ -161,8 +161,11 @@ def test_lading_tokens_revoke_revokes_every_refresh_token_of_a_user(
 ) -> None:
     settings = settings_for(files)
     api = replica(settings, redis_records)
+    other = replica(settings, RedisTokenRecords(redis.Redis.from_url(redis_server.url(REDIS_DB))))
     alice_tokens = [login(api), login(api)]
     bob = post(api, **{**ALICE, "username": "bob", "password": "builder"}).json()["refresh_token"]
+    access = post(api, **{**ALICE, "scope": "repository:team/a:pull"}).json()["access_token"]
+    assert other.get("/check?repo=team/a&actions=pull", headers=bearer(access)).status_code == 200
 
     config = {
         "storage": {"inmemory": {}},
@@ -188,6 +191,8 @@ def test_lading_tokens_revoke_revokes_every_refresh_token_of_a_user(
 
     for token in alice_tokens:
         assert refresh(api, token).status_code == 401
+    # Her access tokens too (this replica has not looked her up yet: nothing cached).
+    assert api.get("/check?repo=team/a&actions=pull", headers=bearer(access)).status_code == 401
     assert refresh(api, bob).status_code == 200
     assert refresh(api, login(api)).status_code == 200  # a later login works again
 
