@@ -72,6 +72,10 @@ TABLE: list[tuple[Callable[..., str], tuple[Any, ...], str]] = [
     (paths.gc_trash, (D,), f"{V2}/lading/gc/trash/sha256/{HEX}"),
     (paths.gc_trash_data, (D,), f"{V2}/lading/gc/trash/sha256/{HEX}/data"),
     (paths.gc_sweeping, (), f"{V2}/lading/gc/sweeping"),
+    (paths.proxy_dir, (NAME,), f"{REPO}/_lading/proxy"),
+    (paths.proxy_tag_record, (NAME, "v1.0"), f"{REPO}/_lading/proxy/tags/v1.0"),
+    (paths.proxy_use_dir, (NAME,), f"{REPO}/_lading/proxy/used"),
+    (paths.proxy_use_record, (NAME, D), f"{REPO}/_lading/proxy/used/sha256/{HEX}"),
 ]
 
 
