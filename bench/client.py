@@ -204,6 +204,11 @@ class RegistryClient:
 
     # --- blobs -----------------------------------------------------------------------------
 
+    async def blob_exists(self, repo: str, digest: str) -> bool:
+        """HEAD the blob, as docker and skopeo do before uploading each one."""
+        status, _, _ = await self._call("HEAD", self.url(f"/v2/{repo}/blobs/{digest}"), (200, 404))
+        return status == 200
+
     async def start_upload(self, repo: str) -> str:
         _, headers, _ = await self._call("POST", self.url(f"/v2/{repo}/blobs/uploads/"), (202,))
         return headers["location"]

@@ -85,6 +85,7 @@ _FULL_COUNTS = {
     "manifest-get-c16": 3000,
     "ci-batch-c16": 1000,
     "ci-batch-async-c16": 1000,
+    "ci-shared-c16": 1000,
 }
 
 PROFILES: dict[str, Profile] = {
@@ -98,7 +99,7 @@ PROFILES: dict[str, Profile] = {
             "push-mono-c1": 2, "push-mono-c4": 4, "push-chunked-c1": 2,
             "push-small-c1": 100, "push-small-c8": 200, "push-small-c32": 400,
             "push-image-c8": 40, "pull-c1": 4, "pull-c4": 8, "manifest-get-c16": 1000,
-            "ci-batch-c16": 150, "ci-batch-async-c16": 150,
+            "ci-batch-c16": 150, "ci-batch-async-c16": 150, "ci-shared-c16": 150,
         },
         30.0,
         {"hash": 128 * MIB, "disk": 64 * MIB, "gets": 1500, "puts": 2, "put_size": 64 * MIB},
@@ -107,7 +108,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", 1 * MIB, 256 * KIB, 4 * KIB, 4 * KIB, 16 * KIB, 1,
         {name: 2 for name in _FULL_COUNTS}
-        | {"ci-batch-c16": 4, "ci-batch-async-c16": 4, "manifest-get-c16": 16},
+        | {"ci-batch-c16": 4, "ci-batch-async-c16": 4, "ci-shared-c16": 4, "manifest-get-c16": 16},
         20.0,
         {"hash": 8 * MIB, "disk": 4 * MIB, "gets": 50, "puts": 1, "put_size": 1 * MIB},
     ),
@@ -144,8 +145,11 @@ class Image:
     manifest: bytes
 
 
-def make_image(rng: random.Random, layers: int, size_min: int, size_max: int, label: str) -> Image:
-    blobs = _hash_all(os.urandom(rng.randint(size_min, size_max)) for _ in range(layers))
+def make_image(
+    rng: random.Random, layers: int, size_min: int, size_max: int, label: str, base: list[Blob] | None = None
+) -> Image:
+    """`layers` fresh random layers on top of `base` (shared layers), a config, a manifest."""
+    blobs = [*(base or []), *_hash_all(os.urandom(rng.randint(size_min, size_max)) for _ in range(layers))]
     config = make_blob(
         json.dumps(
             {
@@ -167,12 +171,22 @@ def make_image(rng: random.Random, layers: int, size_min: int, size_max: int, la
 
 
 async def push_image(
-    client: RegistryClient, repo: str, tag: str, image: Image, result: OpsResult | None, batch: bool = False
+    client: RegistryClient,
+    repo: str,
+    tag: str,
+    image: Image,
+    result: OpsResult | None,
+    batch: bool = False,
+    head_first: bool = False,
 ) -> int:
     """Layers, then config, then the manifest under `tag`, one after the other (each
-    completing PUT with `Prefer: respond-async` when `batch`). Records `manifest_put`."""
+    completing PUT with `Prefer: respond-async` when `batch`; with `head_first`, a HEAD
+    before each blob and no upload of one the repository has, as docker and skopeo do).
+    Records `manifest_put`."""
     moved = 0
     for blob in [*image.layers, image.config]:
+        if head_first and await client.blob_exists(repo, blob.digest):
+            continue
         moved += await client.push_blob(repo, blob, prefer_async=batch)
     t0 = time.perf_counter()
     await client.put_manifest(repo, tag, image.manifest)
@@ -230,6 +244,12 @@ class Scenario:
                 make_image(rng, layers, profile.layer_min, profile.layer_max, f"{self.prefix}-{i}")
                 for i in range(n)
             ]
+        elif self.kind == "ci-shared":
+            base = _hash_all(os.urandom(rng.randint(profile.layer_min, profile.layer_max)) for _ in range(2))
+            self.images = [
+                make_image(rng, 1, profile.layer_min, profile.layer_max, f"{self.prefix}-{i}", base)
+                for i in range(n)
+            ]
         elif self.kind == "manifest-get":
             self.images = [make_image(rng, 1, profile.small, profile.small, self.prefix)]
 
@@ -264,10 +284,13 @@ class Scenario:
             return size
         if self.kind == "image":
             return await push_image(client, self.repo, f"t{i}", self.images[i], result)
-        if self.kind == "ci":
+        if self.kind in ("ci", "ci-shared"):
             # 16 CI jobs, each pushing its builds into its own repository.
             repo = f"{self.repo}/app{i % self.concurrency}"
-            return await push_image(client, repo, f"build-{i}", self.images[i], result, batch=self.batch)
+            shared = self.kind == "ci-shared"
+            return await push_image(
+                client, repo, f"build-{i}", self.images[i], result, batch=self.batch, head_first=shared
+            )
         if self.kind == "manifest-get":
             body = await client.get_manifest(self.repo, "latest")
             if len(body) != len(self.images[0].manifest):
@@ -295,6 +318,8 @@ def _scenarios() -> list[Scenario]:
                  "images/s", 16, "ci"),
         Scenario("ci-batch-async-c16", "CI batch with Prefer: respond-async on blob PUTs (Lading batch mode)",
                  "images/s", 16, "ci", batch=True),
+        Scenario("ci-shared-c16", "CI batch as docker pushes: HEAD each blob first; 2 base layers shared "
+                 "by every image + 1 own layer", "images/s", 16, "ci-shared"),
     ]  # fmt: skip
 
 
