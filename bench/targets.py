@@ -329,23 +329,27 @@ def _start_lading_scaled(
     if apis > 1:
         target.notes.append(f"{apis} API processes (client round robin)")
     target.url = ",".join(urls)
-    for worker, log_path in started:
-        _wait_worker_ready(worker, log_path)
+    _wait_workers_ready(broker, started)
 
 
-def _wait_worker_ready(worker: Service, log_path: Path, timeout: float = 60.0) -> None:
-    """Celery logs `ready.` once the worker consumes; jobs sent earlier would only wait."""
+def _wait_workers_ready(broker: str, workers: list[tuple[Service, Path]], timeout: float = 90.0) -> None:
+    """Until every worker answers a Celery ping (it consumes then; jobs sent earlier would
+    only wait). RuntimeError if one exits first."""
+    from celery import Celery
+
+    app = Celery("lading-bench", broker=broker, set_as_current=False)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.popen.poll() is not None:
-            raise RuntimeError(f"lading worker exited with {worker.popen.returncode}:\n{_tail(log_path)}")
-        try:
-            if b"ready." in log_path.read_bytes():
+    try:
+        while time.monotonic() < deadline:
+            for worker, log_path in workers:
+                if worker.popen.poll() is not None:
+                    code = worker.popen.returncode
+                    raise RuntimeError(f"lading worker exited with {code}:\n{_tail(log_path)}")
+            if len(app.control.ping(timeout=0.5) or []) >= len(workers):
                 return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    # Log formats vary; the warm-up push will still prove the worker answers.
+    finally:
+        app.close()
+    # The warm-up push will still prove that the workers answer.
 
 
 def _start_lading_embedded(target: Target, workdir: Path, config: list[str]) -> None:
