@@ -256,7 +256,9 @@ def test_a_stale_pending_record_answers_the_manifest_put_at_once(scaled: Deploym
     # The old behaviour waited celery.manifest_timeout (10 min) for them: this client gives up
     # after a few seconds.
     with d.client(timeout=5.0) as client:
+        started = time.monotonic()
         r = put_manifest(client, image.repo, image.tag, image.body)
+        print(f"\nstale records: manifest PUT answered {r.status_code} in {time.monotonic() - started:.2f}s")
     assert r.status_code == 400, r.text
     entries = r.json()["errors"]
     assert {e["code"] for e in entries} == {"MANIFEST_BLOB_UNKNOWN"}
