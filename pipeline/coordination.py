@@ -150,25 +150,8 @@ class RedisTarget:
         import redis
         import redis.sentinel
 
-        if self.is_sentinel:
-            sentinel = redis.sentinel.Sentinel(
-                list(self.sentinels),
-                sentinel_kwargs={"socket_timeout": timeout, **dict(self.sentinel_kwargs)},
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-            return sentinel.master_for(
-                str(self.master_name),
-                db=self.db,
-                password=self.password,
-                username=self.username,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                client_name=name,
-            )
-        return redis.Redis.from_url(
-            _redis_py_url(self.url), socket_timeout=timeout, socket_connect_timeout=timeout, client_name=name
-        )
+        client: redis.Redis = self._build(redis.Redis, redis.sentinel.Sentinel, timeout, timeout, name)
+        return client
 
     def async_client(self, timeout: float | None = SOCKET_TIMEOUT) -> redis.asyncio.Redis:
         """The asyncio client of the same Redis (`timeout=None`: replies may take as long
@@ -177,23 +160,28 @@ class RedisTarget:
         import redis.asyncio.sentinel
 
         connect = timeout if timeout is not None else SOCKET_TIMEOUT
-        if self.is_sentinel:
-            sentinel = redis.asyncio.sentinel.Sentinel(
-                list(self.sentinels),
-                sentinel_kwargs={"socket_timeout": connect, **dict(self.sentinel_kwargs)},
-                socket_timeout=timeout,
-                socket_connect_timeout=connect,
-            )
-            return sentinel.master_for(
-                str(self.master_name),
-                db=self.db,
-                password=self.password,
-                username=self.username,
-                socket_timeout=timeout,
-                socket_connect_timeout=connect,
-            )
-        return redis.asyncio.Redis.from_url(
-            _redis_py_url(self.url), socket_timeout=timeout, socket_connect_timeout=connect
+        client: redis.asyncio.Redis = self._build(
+            redis.asyncio.Redis, redis.asyncio.sentinel.Sentinel, timeout, connect, None
+        )
+        return client
+
+    def _build(
+        self, redis_cls: Any, sentinel_cls: Any, timeout: float | None, connect: float, name: str | None
+    ) -> Any:
+        """One client of `redis_cls` (sync or asyncio: the two share their signatures)."""
+        timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect}
+        if name is not None:
+            timeouts["client_name"] = name
+        if not self.is_sentinel:
+            return redis_cls.from_url(_redis_py_url(self.url), **timeouts)
+        sentinel = sentinel_cls(
+            list(self.sentinels),
+            sentinel_kwargs={"socket_timeout": connect, **dict(self.sentinel_kwargs)},
+            socket_timeout=timeout,
+            socket_connect_timeout=connect,
+        )
+        return sentinel.master_for(
+            str(self.master_name), db=self.db, password=self.password, username=self.username, **timeouts
         )
 
     def describe(self) -> str:
