@@ -47,13 +47,19 @@ def _advance_digest(
 
 
 def _commit_manifest(
-    registry: Registry, *, repository: str, reference: str, body_b64: str, media_type: str | None = None
+    registry: Registry,
+    *,
+    repository: str,
+    reference: str,
+    body_b64: str,
+    media_type: str | None = None,
+    requested_at: int | None = None,
 ) -> dict[str, Any]:
     try:
         body = base64.b64decode(body_b64, validate=True)
     except (binascii.Error, ValueError):
         raise ManifestInvalid("manifest body is not valid base64") from None
-    return commit_manifest(registry, repository, reference, media_type, body)
+    return commit_manifest(registry, repository, reference, media_type, body, requested_at)
 
 
 def _tarsum(registry: Registry, *, digest: str) -> dict[str, Any]:

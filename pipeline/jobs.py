@@ -37,7 +37,9 @@ ADVANCE_DIGEST = "lading.advance_digest"
 
 COMMIT_MANIFEST = "lading.commit_manifest"
 """kwargs: repository, reference (tag or digest), media_type, body_b64 (the manifest
-bytes, base64). Verifies every reference, stores, links, tags, records the subject.
+bytes, base64), requested_at (ns since the epoch when the push arrived: a tag never moves
+back to an older request's manifest). Verifies every reference, stores, links, tags,
+records the subject.
 value: {digest, subject (str | None), media_type, size}."""
 
 TARSUM = "lading.tarsum"

@@ -29,9 +29,19 @@ if TYPE_CHECKING:
 
 
 def commit_manifest(
-    registry: Registry, repository: str, reference: str, media_type: str | None, body: bytes
+    registry: Registry,
+    repository: str,
+    reference: str,
+    media_type: str | None,
+    body: bytes,
+    requested_at: int | None = None,
 ) -> dict[str, Any]:
     """Verify and store a pushed manifest; tag it when `reference` is a tag.
+
+    `requested_at` (ns since the epoch, when the push arrived): the tag moves only if no
+    change of it requested later has been applied (pipeline.tags) — a redelivered job of
+    a client that gave up long ago stores the manifest (idempotent, harmless) but leaves
+    the tag where newer pushes put it.
 
     Returns {"digest", "media_type", "size", "subject"}; "subject" is the subject digest
     (for the `OCI-Subject` response header) or None. Raises ManifestInvalid,
@@ -62,7 +72,7 @@ def commit_manifest(
         if subject is not None:
             registry.referrers.add(repository, subject, manifest.digest)
         if isinstance(ref, str):
-            registry.tags.tag(repository, ref, manifest.digest)
+            registry.tags.tag(repository, ref, manifest.digest, requested_at)
 
     return {
         "digest": str(manifest.digest),

@@ -139,6 +139,12 @@ def referrer_link(name: str, subject: Digest, referrer: Digest) -> str:
     return f"{referrers_dir(name, subject)}/{referrer.algorithm}/{referrer.hex}/link"
 
 
+def tag_moved_at(name: str, tag: str) -> str:
+    """When `tag` was last moved or deleted: the request time (ns since the epoch) of the
+    change that is current, so a late, redelivered job never moves the tag back."""
+    return f"{lading_repository_dir(name)}/tags/{tag}/movedat"
+
+
 def tarsum_record(digest: Digest) -> str:
     """JSON record of a blob's TarSum / uncompressed digest (written by the tarsum job)."""
     return f"{LADING}/tarsum/{digest.algorithm}/{digest.hex}"

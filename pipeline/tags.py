@@ -5,9 +5,20 @@
 
 Moving a tag writes the index entry first and then replaces `current` (each write is an
 atomic `put_content`), so a reader sees the old or the new digest, never a torn link.
+
+A move or delete may carry the time it was requested at (`requested_at`, ns since the
+epoch, stamped by the API when the request arrived). The time of the change that is current
+is kept in `_lading/tags/<tag>/movedat` (where distribution never looks); a move requested
+before it is not applied. So a job redelivered long after its client gave up (a worker
+killed mid-commit, its message restored later) cannot move a tag back over a newer push
+or resurrect a tag deleted since. The stamp is written before the links: a crash between
+the two leaves a stamp equal to the job's own time, which its redelivery still satisfies.
+Callers hold the repository lock.
 """
 
 from __future__ import annotations
+
+import time
 
 from pipeline import paths
 from pipeline.digest import Digest
@@ -47,19 +58,44 @@ class TagStore:
         except DigestInvalid:
             raise ManifestUnknown(f"tag {tag!r} in {repo!r} has a corrupt link") from None
 
-    def tag(self, repo: str, tag: str, digest: Digest) -> None:
-        """Point `tag` at `digest`: the index entry first, then `current`."""
+    def moved_at(self, repo: str, tag: str) -> int | None:
+        """The request time (ns) of the tag's current state, None if never recorded (a tag
+        written by distribution, or before Lading kept stamps)."""
+        try:
+            text = self.driver.get_content(paths.tag_moved_at(repo, tag))
+        except PathNotFound:
+            return None
+        try:
+            return int(text.decode("ascii", "replace").strip())
+        except ValueError:
+            return None
+
+    def tag(self, repo: str, tag: str, digest: Digest, requested_at: int | None = None) -> bool:
+        """Point `tag` at `digest`: the index entry first, then `current`. With
+        `requested_at`, only if no newer change of the tag is recorded; returns whether the
+        tag was moved (False: a change requested later stands)."""
         validate_tag(tag)
+        if requested_at is not None:
+            current = self.moved_at(repo, tag)
+            if current is not None and current > requested_at:
+                return False
+            self.driver.put_content(paths.tag_moved_at(repo, tag), str(requested_at).encode("ascii"))
         content = str(digest).encode("ascii")
         self.driver.put_content(paths.tag_index_link(repo, tag, digest), content)
         self.driver.put_content(paths.tag_current_link(repo, tag), content)
+        return True
 
-    def untag(self, repo: str, tag: str) -> None:
-        """Remove the tag and its history; ManifestUnknown if it does not exist."""
+    def untag(self, repo: str, tag: str, requested_at: int | None = None) -> None:
+        """Remove the tag and its history; ManifestUnknown if it does not exist. The
+        deletion is recorded (at `requested_at`, default now) so an older move requested
+        before it does not bring the tag back."""
         try:
             self.driver.delete(paths.tag_dir(repo, tag))
         except PathNotFound:
             raise ManifestUnknown(f"tag {tag!r} not found in {repo!r}") from None
+        stamp = time.time_ns() if requested_at is None else requested_at
+        if (self.moved_at(repo, tag) or 0) < stamp:
+            self.driver.put_content(paths.tag_moved_at(repo, tag), str(stamp).encode("ascii"))
 
     def _all(self, repo: str) -> list[str]:
         try:

@@ -122,6 +122,8 @@ async def put_manifest(ctx: RequestContext) -> Response:
         "reference": reference,
         "media_type": _media_type(ctx.request.headers.get("content-type")),
         "body_b64": base64.b64encode(body).decode("ascii"),
+        # The tag moves only if no later push moved it meanwhile (a late, redelivered job).
+        "requested_at": time.time_ns(),
     }
     failed = await _await_pending(ctx, body, ctx.settings.celery.manifest_timeout)
     value = await _commit(ctx, kwargs, failed)

@@ -337,3 +337,32 @@ def test_local_locks_forget_idle_repositories() -> None:
         with locks.lock(f"repo{i}"):
             pass
     assert locks._entries == {}
+
+
+# --- late (redelivered) jobs never move a tag back -----------------------------------------
+
+
+def test_a_late_commit_never_moves_a_tag_back_over_a_newer_push(registry: Registry) -> None:
+    first, second = pushed_image(registry, "one"), pushed_image(registry, "two")
+    d1 = commit_manifest(registry, REPO, "latest", OCI_MANIFEST, first, requested_at=100)["digest"]
+    d2 = commit_manifest(registry, REPO, "latest", OCI_MANIFEST, second, requested_at=300)["digest"]
+    # the job of the push requested at 200 comes back after both (a redelivery)
+    late = commit_manifest(registry, REPO, "latest", OCI_MANIFEST, first, requested_at=200)
+    assert late["digest"] == d1  # stored (idempotent) ...
+    assert str(registry.tags.resolve(REPO, "latest")) == d2  # ... but the tag stays
+    # the same job redelivered again after it was applied still applies (equal time)
+    commit_manifest(registry, REPO, "other", OCI_MANIFEST, first, requested_at=400)
+    commit_manifest(registry, REPO, "other", OCI_MANIFEST, first, requested_at=400)
+    assert str(registry.tags.resolve(REPO, "other")) == d1
+
+
+def test_a_late_commit_does_not_bring_back_a_deleted_tag(registry: Registry) -> None:
+    body = pushed_image(registry)
+    commit_manifest(registry, REPO, "gone", OCI_MANIFEST, body, requested_at=100)
+    delete_manifest(registry, REPO, "gone")  # stamped now: far after 100
+    commit_manifest(registry, REPO, "gone", OCI_MANIFEST, body, requested_at=200)
+    with pytest.raises(ManifestUnknown):
+        registry.tags.resolve(REPO, "gone")
+    # distribution's layout is unchanged: the stamp lives under _lading/
+    assert all("/_manifests/tags/gone" not in path for path in files(registry))
+    assert any(path.endswith("/_lading/tags/gone/movedat") for path in files(registry))
