@@ -45,6 +45,7 @@ from pipeline.registry import Registry
 from pipeline.settings import Settings
 from workers.beat import beat_schedule
 from workers.embedded import BACKEND as EMBEDDED_BACKEND
+from workers.leases import RESTORE_INTERVAL, LeaseKeeper
 from workers.logs import tag_job_logs
 from workers.tasks import register_tasks, visibility_timeout
 
@@ -52,6 +53,11 @@ EMBEDDED_BROKER = "memory://localhost/"
 # The memory transport polls; its 1 s default makes every embedded job take a second.
 EMBEDDED_POLLING_INTERVAL = 0.005
 RESULT_EXPIRES = 3600  # the API waits minutes at most; nobody reads a result later
+# Every Redis operation of the broker and the result backend is bounded: a frozen or
+# partitioned Redis makes an operation fail after this many seconds (kombu's default is
+# no timeout at all, so a publish to a SIGSTOPped Redis blocked forever).
+REDIS_SOCKET_TIMEOUT = 5.0
+REDIS_CONNECT_TIMEOUT = 5.0
 
 _MERGED = ("broker_transport_options", "result_backend_transport_options")
 _SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs", "min_other_sentinels")
@@ -61,8 +67,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting Lading runs with, before `settings.celery.extra`."""
     cfg = settings.celery
     visibility = visibility_timeout()
-    broker_options: dict[str, Any] = {"visibility_timeout": visibility}
+    broker_options: dict[str, Any] = {
+        "visibility_timeout": visibility,
+        # Each worker looks for expired leases (a killed worker's jobs) this often.
+        "unacked_restore_interval": RESTORE_INTERVAL,
+        "unacked_restore_throttle": 1,
+    }
     results_options: dict[str, Any] = {"visibility_timeout": visibility}
+    redis_timeouts: dict[str, Any] = {}
     if cfg.embedded:
         broker_url: str = EMBEDDED_BROKER
         result_backend = cfg.result_backend or EMBEDDED_BACKEND
@@ -85,12 +97,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "celery.result_backend",
                 f"celery.result_backend: required with broker {broker_url.split('://', 1)[0]}://",
             )
+        if is_redis(broker_url):
+            broker_options["socket_timeout"] = REDIS_SOCKET_TIMEOUT
+            broker_options["socket_connect_timeout"] = REDIS_CONNECT_TIMEOUT
+        redis_timeouts = {
+            "redis_socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "redis_socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+            "redis_retry_on_timeout": False,
+        }
     return {
         "broker_url": broker_url,
         "result_backend": result_backend,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_options,
         "result_backend_transport_options": results_options,
+        **redis_timeouts,
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in jobs.QUEUES],
         "task_routes": {name: {"queue": queue, "routing_key": queue} for name, queue in jobs.ROUTES.items()},
         # Celery's own periodic tasks (backend cleanup) would otherwise go to an unconsumed queue.
@@ -213,4 +234,5 @@ def create_app(
     _setup_signing(app, settings)
     register_tasks(app, settings, registry=registry, factory=registry_factory)
     tag_job_logs()
+    app.steps["consumer"].add(LeaseKeeper)
     return app

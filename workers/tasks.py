@@ -8,7 +8,7 @@ below, declared on the task decorator:
   running them dies (`acks_late` + `reject_on_worker_lost`); every job is idempotent, so a
   redelivery repeats work and never corrupts or loses it.
 - maintenance jobs are acknowledged on receipt: beat triggers them again on schedule, and a
-  multi-hour scan must not set the broker's visibility timeout (see `visibility_timeout`).
+  multi-hour scan must not hold a message for hours.
 - only `StorageUnavailable` (transient storage failure) is retried, with exponential
   backoff and full jitter; `JobPolicy.retry_for` is where a job adds its own retryable error.
 - time limits are enforced by the prefork pool only (threads and solo ignore them).
@@ -28,6 +28,7 @@ from pipeline.errors import DeliveryFailed, StorageUnavailable
 from pipeline.handlers import run_job
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
+from workers.leases import LEASE
 
 HOUR = 3600.0
 
@@ -104,13 +105,10 @@ POLICIES: dict[str, JobPolicy] = {
 
 
 def visibility_timeout() -> int:
-    """Seconds a delivered, unacknowledged message stays invisible (Redis broker).
-
-    Above the longest run of any late-acknowledged job plus its longest retry countdown:
-    a shorter timeout re-delivers a job while it still runs, and a retry's ETA message is
-    held unacknowledged by the worker until its countdown ends."""
-    longest = max(p.time_limit + p.retry_backoff_max for p in POLICIES.values() if p.acks_late)
-    return int(longest + 300)
+    """Seconds a delivered, unacknowledged message stays invisible (Redis broker): the
+    lease of a held message, renewed while its worker lives (workers.leases), so a killed
+    worker's jobs come back within it instead of after the longest job's time limit."""
+    return LEASE
 
 
 class RegistryHolder:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -41,7 +42,8 @@ class RedisServer:
 
     `unixsocket`: also listen on that unix socket. `sentinel_of`: run as a Redis Sentinel
     (`redis-server --sentinel`, the same binary) monitoring that server as master
-    `master_name`."""
+    `master_name`. Fault tests use their own: `freeze()`/`thaw()` (SIGSTOP/SIGCONT) and
+    `restart()` (SIGKILL, then a new, empty server on the same port)."""
 
     def __init__(
         self,
@@ -51,17 +53,24 @@ class RedisServer:
         sentinel_of: RedisServer | None = None,
         master_name: str = "lading",
     ) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed: .ci/run installs it (apt redis-server)")
+        self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.unixsocket = unixsocket
+        self._sentinel_of = sentinel_of
+        self._master_name = master_name
+        self._start()
+
+    def _start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: .ci/run installs it (apt redis-server)")
+        workdir, unixsocket, sentinel_of = self.workdir, self.unixsocket, self._sentinel_of
         head: list[str] = []
         if sentinel_of is not None:
             conf = os.path.join(workdir, f"sentinel-{self.port}.conf")
             with open(conf, "w") as f:  # sentinel rewrites its config file: it must be its own
-                f.write(f"sentinel monitor {master_name} 127.0.0.1 {sentinel_of.port} 1\n")
+                f.write(f"sentinel monitor {self._master_name} 127.0.0.1 {sentinel_of.port} 1\n")
             head = [conf, "--sentinel"]
         extra = ["--unixsocket", unixsocket, "--unixsocketperm", "700"] if unixsocket else []
         persistence = (
@@ -101,11 +110,35 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
+        self.thaw()
         self._proc.terminate()
         try:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
+            self._proc.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung server)."""
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Kill the server (SIGKILL) and start a new, empty one on the same port."""
+        self._proc.kill()
+        self._proc.wait(10)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self._start()
+                return
+            except RuntimeError:  # the port may linger a moment
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def start() -> RedisServer | None:

@@ -17,6 +17,7 @@ from tests.support import redis_server
 from workers.app import create_app
 from workers.beat import beat_schedule
 from workers.embedded import InProcessBackend
+from workers.leases import LEASE, LeaseKeeper
 from workers.tasks import POLICIES
 
 REDIS = redis_server.url(7)
@@ -53,13 +54,19 @@ def test_commit_jobs_are_late_acked_and_allowed_time_for_multi_gigabyte_blobs() 
     assert app.tasks[jobs.NOTIFY_EVENT].max_retries >= 10
 
 
-def test_visibility_timeout_is_consistent_and_outlasts_every_late_acked_job() -> None:
-    conf = create_app(redis_settings()).conf
+def test_visibility_timeout_is_a_short_lease_that_workers_renew() -> None:
+    app = create_app(redis_settings())
+    conf = app.conf
     broker = conf.broker_transport_options["visibility_timeout"]
-    assert broker == conf.result_backend_transport_options["visibility_timeout"]
-    for policy in POLICIES.values():
-        if policy.acks_late:
-            assert broker > policy.time_limit + policy.retry_backoff_max
+    assert broker == conf.result_backend_transport_options["visibility_timeout"] == LEASE
+    assert broker <= 60  # a killed worker's jobs come back within a minute
+    # shorter than the longest job: only because running jobs' leases are renewed
+    assert any(p.acks_late and p.time_limit > broker for p in POLICIES.values())
+    assert LeaseKeeper in app.steps["consumer"]
+    # every Redis operation is bounded (a frozen Redis never blocks a request forever)
+    assert conf.broker_transport_options["socket_timeout"] > 0
+    assert conf.broker_transport_options["socket_connect_timeout"] > 0
+    assert conf.redis_socket_timeout > 0 and conf.redis_socket_connect_timeout > 0
 
 
 def test_production_settings_from_the_notes() -> None:

@@ -1,0 +1,107 @@
+"""Faults injected into a scaled-out Lading from outside, as on an operator's bad day: real
+`lading serve` and `lading worker` processes, real redis-server, SIGKILL and SIGSTOP.
+
+DB 18 of the session's Redis for tests that kill only workers; tests that freeze or restart
+Redis run their own redis-server (tests.support.redis_server.RedisServer)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support import redis_server
+from tests.support.cluster import Cluster, sha256
+
+pytestmark = pytest.mark.integration
+
+DB_KILL = 18
+
+
+@pytest.fixture
+def flushed_db() -> Iterator[str]:
+    url = redis_server.url(DB_KILL)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def held_job(client: redis.Redis, task: str, timeout: float = 30.0) -> str:
+    """The id of a `task` message delivered to a worker and not yet acknowledged (kombu's
+    Redis `unacked` hash holds [message, exchange, routing key] per delivery tag)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for raw in client.hvals("unacked"):
+            message = json.loads(raw)[0]
+            if message["headers"].get("task") == task:
+                return str(message["headers"]["id"])
+        time.sleep(0.05)
+    raise AssertionError(f"no {task} job was delivered within {timeout}s")
+
+
+def wait_result(client: redis.Redis, job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = client.get(f"celery-task-meta-{job_id}")
+        if raw is not None:
+            meta: dict[str, Any] = json.loads(raw)
+            if meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
+                return meta
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} was not run again within {timeout}s")
+
+
+def test_a_killed_workers_manifest_job_comes_back_within_a_minute_and_never_moves_a_tag_back(
+    tmp_path: Path, flushed_db: str
+) -> None:
+    repo = "faults/late"
+    cluster = Cluster(tmp_path, flushed_db, manifest_timeout=5, commit_timeout=30)
+    client = redis.Redis.from_url(flushed_db)
+    try:
+        cluster.serve()
+        first_worker = cluster.worker()
+        with cluster.client() as http:
+            m1, m2 = cluster.image(http, repo, "one"), cluster.image(http, repo, "two")
+            # Hold the repository lock: the worker's commit of M1 blocks inside commit_manifest.
+            lock = client.lock(f"lading:lock:repository:{repo}", timeout=120)
+            assert lock.acquire(blocking_timeout=10)
+            outcome: dict[str, httpx.Response] = {}
+            pushing = threading.Thread(
+                target=lambda: outcome.update(first=cluster.put_manifest(http, repo, "latest", m1))
+            )
+            pushing.start()
+            job_id = held_job(client, "lading.commit_manifest")
+            first_worker.kill()
+            killed_at = time.monotonic()
+            lock.release()
+            pushing.join(60)
+            assert outcome["first"].status_code == 503  # the client waited manifest_timeout
+
+            cluster.worker()  # the replacement
+            retried = cluster.put_manifest(http, repo, "latest", m1)
+            assert retried.status_code == 201, retried.text
+            newer = cluster.put_manifest(http, repo, "latest", m2)
+            assert newer.status_code == 201, newer.text
+            assert cluster.tag_digest(http, repo, "latest") == sha256(m2)
+
+            # The killed worker's job comes back (same id) and runs to completion...
+            meta = wait_result(client, job_id, timeout=90)
+            delay = time.monotonic() - killed_at
+            print(f"redelivery of the killed worker's job: {delay:.1f}s after the kill")
+            assert delay < 60
+            assert meta["status"] == "SUCCESS" and meta["result"]["ok"], meta
+            # ...stores M1 (idempotent) and leaves the tag where the newer push put it.
+            assert cluster.tag_digest(http, repo, "latest") == sha256(m2)
+            assert http.head(f"/v2/{repo}/manifests/{sha256(m1)}").status_code == 200
+    finally:
+        client.close()
+        cluster.close()
