@@ -3,10 +3,11 @@
 `CeleryJobClient` implements `pipeline.jobs.JobClient` on a Celery app, sending by job name
 (the API never imports `workers`). Two ways to wait:
 
-- Redis result backend: one `redis.asyncio` pub/sub connection per event loop. A waiter
-  subscribes to its result key's channel (before the job is sent, in `run`), GETs the key
-  in case the result already landed, and one reader task resolves every waiter's future.
-  The key is re-read every `RECHECK` seconds, so a message lost to a reconnect only delays.
+- Redis result backend: one `redis.asyncio` pub/sub connection per event loop, subscribed
+  once to the pattern of the result keys' channels (the backend publishes each result on
+  its key's name); one reader task resolves every waiter's future, and waiting adds no
+  Redis command. `wait` GETs the key in case the result already landed; the key is re-read
+  every `RECHECK` seconds, so a message lost to a reconnect only delays.
 - a backend that pushes results in-process (duck-typed: it has `add_result_callback`, as
   the embedded worker's `InProcessBackend` does): the callback, run in the worker thread
   that stored the result, resolves the waiter's asyncio future with
@@ -38,10 +39,10 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RECHECK = 1.0  # seconds between GETs of a result key while waiting on pub/sub
 POLL_INTERVAL = 0.02  # AsyncResult.get polling for backends without push
@@ -67,6 +69,10 @@ SENDERS = 8  # threads publishing for `run` (each keeps one producer and broker 
 REPR_MAX = 1024  # the `kwargsrepr` header Flower shows: as long as Celery's own
 REPR_STR_MAX = 100  # long string arguments (a manifest's body_b64) shown truncated
 META_PREFIX = "celery-task-meta-"
+REDIS_TIMEOUT = 5.0  # socket (connect and read) timeout of the result listener's connection
+# A job whose client gave up long ago should not run at all: it expires this long after the
+# client's own wait ends (a commit-manifest job redelivered an hour late is dropped).
+EXPIRES_AFTER_WAIT = 60.0
 _TIME_LIMITS = ("SoftTimeLimitExceeded", "TimeLimitExceeded")
 
 
@@ -112,59 +118,75 @@ def _redis_backend_url(app: Celery) -> RedisTarget | None:
 
 
 class _ResultListener:
-    """One pub/sub connection and one reader task, bound to one event loop."""
+    """One pub/sub connection, one pattern subscription and one reader task, bound to one
+    event loop.
+
+    The Redis result backend PUBLISHes each result on its own key's name
+    (`celery-task-meta-<id>`, behind the backend's `global_keyprefix`). The listener
+    subscribes once to the pattern of those names (PSUBSCRIBE, when the first job is
+    awaited) and resolves the future of each awaited id as its result passes: waiting for a
+    job costs no Redis command at all, and a frozen Redis cannot block the start or end of
+    a wait. Every API process sees every result (small envelopes; one pattern match per
+    publish on the server)."""
 
     def __init__(self, target: RedisTarget, key_prefix: str) -> None:
-        self._client = target.async_client(timeout=None)
+        # Socket timeouts: a frozen Redis fails a GET (and a read) instead of blocking.
+        self._client = target.async_client(timeout=REDIS_TIMEOUT)
         self._pubsub = self._client.pubsub()
         self._prefix = key_prefix + META_PREFIX
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._watchers: dict[str, int] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._subscribed = False
+        self._subscribing: asyncio.Lock | None = None
 
     def key(self, job_id: str) -> str:
         return self._prefix + job_id
 
-    async def watch(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
+    async def start(self) -> None:
+        """Subscribe to the results' pattern once (raises JobsUnavailable if Redis does
+        not answer); later calls return at once."""
+        if self._subscribed:
+            return
+        if self._subscribing is None:
+            self._subscribing = asyncio.Lock()
+        async with self._subscribing:
+            if self._subscribed:
+                return
+            try:
+                await self._pubsub.psubscribe(self._prefix + "*")
+            except (RedisError, OSError) as exc:
+                raise JobsUnavailable(f"result backend unreachable: {type(exc).__name__}") from exc
+            self._subscribed = True
+            self._reader = asyncio.create_task(self._read(), name="lading-job-results")
+
+    def watch(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
         key = self.key(job_id)
         future = self._futures.get(key)
         if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._futures[key] = future
+            future = self._futures[key] = asyncio.get_running_loop().create_future()
             self._watchers[key] = 0
-            try:
-                await self._pubsub.subscribe(key)
-            except RedisError as exc:
-                self._futures.pop(key, None)
-                self._watchers.pop(key, None)
-                raise JobsUnavailable(f"result backend unreachable: {exc}") from exc
-            if self._reader is None or self._reader.done():
-                self._reader = asyncio.create_task(self._read(), name="lading-job-results")
         self._watchers[key] += 1
         return future
 
-    async def unwatch(self, job_id: str) -> None:
+    def unwatch(self, job_id: str) -> None:
         key = self.key(job_id)
         self._watchers[key] = self._watchers.get(key, 1) - 1
         if self._watchers[key] > 0:
             return
         self._watchers.pop(key, None)
         self._futures.pop(key, None)
-        try:
-            await self._pubsub.unsubscribe(key)
-        except RedisError:
-            pass  # a reconnect resubscribes only what is still in pubsub.channels
 
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
         """The job's metadata if it is ready, else None."""
         try:
             raw = await self._client.get(self.key(job_id))
-        except RedisError as exc:
-            raise JobsUnavailable(f"result backend unreachable: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise JobsUnavailable(f"result backend unreachable: {type(exc).__name__}") from exc
         return _ready_meta(raw)
 
     async def _read(self) -> None:
-        while self._futures:
+        while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
@@ -172,16 +194,18 @@ class _ResultListener:
             except Exception as exc:
                 # Redis went away: pub/sub reconnects and resubscribes on the next read;
                 # waiters re-read their keys every RECHECK seconds meanwhile.
-                log.warning("job result listener: %s", exc)
+                log.warning("job result listener: %s", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            if not message or message.get("type") != "message":
+            if not message or message.get("type") != "pmessage":
                 continue
             channel = message["channel"]
             key = channel.decode() if isinstance(channel, bytes) else str(channel)
             future = self._futures.get(key)
+            if future is None or future.done():
+                continue
             meta = _ready_meta(message.get("data"))
-            if future is not None and meta is not None and not future.done():
+            if meta is not None:
                 future.set_result(meta)
 
     async def aclose(self) -> None:
@@ -233,7 +257,7 @@ class _Sender:
         self._opened: list[Producer] = []
         self._lock = threading.Lock()
 
-    def publish(self, job: str, job_id: str, kwargs: dict[str, Any]) -> None:
+    def publish(self, job: str, job_id: str, kwargs: dict[str, Any], expires: float | None = None) -> None:
         options, time_limit, soft_time_limit = self._route(job)
         app = self._app
         amqp = app.amqp
@@ -249,6 +273,7 @@ class _Sender:
             ignore_result=False,  # the API waits for it, whatever the task declares
             argsrepr="()",
             kwargsrepr=_kwargs_repr(kwargs),
+            expires=expires,
         )
         producer = self._take()
         try:
@@ -349,28 +374,41 @@ class CeleryJobClient:
         if self._redis_url is None:
             return await self._wait_blocking(job_id, timeout)
         listener = self._get_listener()
-        future = await listener.watch(job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await _bounded(listener.start(), deadline, "result backend")
+        future = listener.watch(job_id)
         try:
-            return await self._wait_pubsub(listener, job_id, future, timeout, check_now=True)
+            return await self._wait_pubsub(
+                listener, job_id, future, max(deadline - loop.time(), 0.001), check_now=True
+            )
         finally:
-            await listener.unwatch(job_id)
+            listener.unwatch(job_id)
 
     async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        """send + wait, all of it (subscribe, publish, wait) within `timeout` seconds:
+        a broker that is down, partitioned or frozen makes it fail with JobsUnavailable
+        or JobTimeout (both 503) by then."""
         job_id = str(uuid.uuid4())
         note_job(job_id)  # listed in the request's access-log line (api.request_id)
         add_callback = self._add_result_callback
         if add_callback is not None:
             return await self._wait_pushed(add_callback, job_id, timeout, (job, kwargs))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if self._redis_url is None:
-            await self._publish_async(job, job_id, kwargs)
-            return await self._wait_blocking(job_id, timeout)
+            await self._publish_async(job, job_id, kwargs, timeout)
+            return await self._wait_blocking(job_id, max(deadline - loop.time(), 0.001))
         listener = self._get_listener()
-        future = await listener.watch(job_id)  # subscribed before the job exists
+        await _bounded(listener.start(), deadline, "result backend")
+        future = listener.watch(job_id)  # before the job exists
         try:
-            await self._publish_async(job, job_id, kwargs)
-            return await self._wait_pubsub(listener, job_id, future, timeout, check_now=False)
+            await self._publish_async(job, job_id, kwargs, max(deadline - loop.time(), 0.001))
+            return await self._wait_pubsub(
+                listener, job_id, future, max(deadline - loop.time(), 0.001), check_now=False
+            )
         finally:
-            await listener.unwatch(job_id)
+            listener.unwatch(job_id)
 
     async def aclose(self) -> None:
         """Release the listener connection and the waiting threads (API shutdown)."""
@@ -385,22 +423,38 @@ class CeleryJobClient:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _publish(self, job: str, job_id: str, kwargs: dict[str, Any]) -> None:
+    def _publish(self, job: str, job_id: str, kwargs: dict[str, Any], expires: float | None = None) -> None:
         try:
-            self._sender.publish(job, job_id, kwargs)
-        except OperationalError as exc:
-            raise JobsUnavailable(f"job broker unreachable: {exc}") from exc
+            self._sender.publish(job, job_id, kwargs, expires)
+        except (OperationalError, RedisError, OSError) as exc:
+            raise JobsUnavailable(f"job broker unreachable: {type(exc).__name__}") from exc
 
-    async def _publish_async(self, job: str, job_id: str, kwargs: dict[str, Any]) -> None:
+    async def _publish_async(
+        self, job: str, job_id: str, kwargs: dict[str, Any], timeout: float | None = None
+    ) -> None:
+        """Publish `job`; with `timeout` (the caller's whole wait), within it, and the job
+        expires EXPIRES_AFTER_WAIT after the wait ends when its name is in
+        `jobs.EXPIRE_WITH_WAIT`."""
+        expires = (
+            timeout + EXPIRES_AFTER_WAIT if timeout is not None and job in jobs.EXPIRE_WITH_WAIT else None
+        )
         if self._publish_inline:
-            self._publish(job, job_id, kwargs)
+            self._publish(job, job_id, kwargs, expires)
             return
-        # Publishing to a broker takes about a millisecond and, with the broker unreachable,
-        # as long as its retries: off the event loop either way.
+        # Publishing to a broker takes about a millisecond and, with the broker unreachable
+        # or frozen, as long as its socket timeouts and retries: off the event loop, and the
+        # wait for it bounded by the caller's deadline (the thread finishes on its own).
         if self._send_executor is None:
             self._send_executor = ThreadPoolExecutor(SENDERS, thread_name_prefix="lading-job-send")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._send_executor, self._publish, job, job_id, kwargs)
+        sent = loop.run_in_executor(self._send_executor, self._publish, job, job_id, kwargs, expires)
+        if timeout is None:
+            await sent
+            return
+        try:
+            await asyncio.wait_for(sent, max(timeout, 0.001))
+        except TimeoutError:
+            raise JobsUnavailable(f"job broker did not answer within {timeout:g}s") from None
 
     def _get_listener(self) -> _ResultListener:
         loop = asyncio.get_running_loop()
@@ -420,7 +474,7 @@ class CeleryJobClient:
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        meta = await listener.fetch(job_id) if check_now else None
+        meta = await _bounded(listener.fetch(job_id), deadline, "result backend") if check_now else None
         while meta is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -428,7 +482,14 @@ class CeleryJobClient:
             try:
                 meta = await asyncio.wait_for(asyncio.shield(future), min(remaining, RECHECK))
             except TimeoutError:
-                meta = await listener.fetch(job_id)
+                try:
+                    meta = await _bounded(listener.fetch(job_id), deadline, "result backend")
+                except JobsUnavailable:
+                    # Redis is unreachable or frozen: keep waiting (it may come back and the
+                    # result with it) until the deadline, then answer JobTimeout.
+                    if deadline - loop.time() <= 0:
+                        raise JobTimeout({"job_id": job_id, "timeout": timeout}) from None
+                    await asyncio.sleep(min(RECHECK, max(deadline - loop.time(), 0)))
         return _value(job_id, str(meta.get("status")), meta.get("result"))
 
     async def _wait_pushed(
@@ -481,6 +542,16 @@ class CeleryJobClient:
         except CeleryTimeoutError:
             raise JobTimeout({"job_id": job_id, "timeout": timeout}) from None
         return result.state, value
+
+
+async def _bounded(awaitable: Awaitable[T], deadline: float, what: str) -> T:
+    """`awaitable`'s value if it completes before `deadline` (loop time), else
+    JobsUnavailable: nothing that waits on Redis waits past the request's bound."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(awaitable, max(remaining, 0.001))
+    except TimeoutError:
+        raise JobsUnavailable(f"{what} did not answer in time") from None
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], meta: dict[str, Any]) -> None:

@@ -90,6 +90,11 @@ ROUTES: dict[str, str] = {
 
 ALL_JOBS: tuple[str, ...] = tuple(ROUTES)
 
+# Jobs that expire shortly after the client's wait for them ends: nobody needs them later
+# (the client retries its push), and a manifest commit run an hour late is pure risk. A
+# blob commit is not among them: batch-mode pushes rely on it without waiting.
+EXPIRE_WITH_WAIT: frozenset[str] = frozenset({COMMIT_MANIFEST})
+
 
 # --- result envelope --------------------------------------------------------------------
 
