@@ -19,6 +19,7 @@ import redis
 
 from tests.support import redis_server
 from tests.support.cluster import Cluster, sha256
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -104,4 +105,76 @@ def test_a_killed_workers_manifest_job_comes_back_within_a_minute_and_never_move
             assert http.head(f"/v2/{repo}/manifests/{sha256(m1)}").status_code == 200
     finally:
         client.close()
+        cluster.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(str(workdir))
+    yield server
+    server.stop()
+
+
+def test_a_frozen_redis_never_holds_a_request_past_its_bound(tmp_path: Path, own_redis: RedisServer) -> None:
+    bound = 5.0  # commit_timeout and manifest_timeout
+    repo = "faults/frozen"
+    cluster = Cluster(tmp_path, own_redis.url + "/0", manifest_timeout=bound, commit_timeout=bound)
+    try:
+        cluster.serve()
+        cluster.worker()
+        with cluster.client(timeout=bound + 5) as http:
+            manifest = cluster.image(http, repo, "frozen")
+            uploads = []
+            for i in range(3):
+                started = http.post(f"/v2/{repo}/blobs/uploads/")
+                assert started.status_code == 202
+                uploads.append((started.headers["location"], f"blob {i}".encode()))
+
+            own_redis.freeze()
+            try:
+                durations: dict[str, float] = {}
+                statuses: dict[str, int] = {}
+
+                def timed(name: str, call: Any) -> None:
+                    start = time.monotonic()
+                    try:
+                        statuses[name] = call().status_code
+                    except httpx.TimeoutException:
+                        statuses[name] = -1  # no answer within bound + 5 s
+                    durations[name] = time.monotonic() - start
+
+                calls = {
+                    f"manifest-{i}": (lambda i=i: cluster.put_manifest(http, repo, f"t{i}", manifest))
+                    for i in range(3)
+                }
+                calls.update(
+                    {
+                        f"blob-{i}": (
+                            lambda location=location, data=data: http.put(
+                                location, params={"digest": sha256(data)}, content=data
+                            )
+                        )
+                        for i, (location, data) in enumerate(uploads)
+                    }
+                )
+                threads = [threading.Thread(target=timed, args=item) for item in calls.items()]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(bound + 30)
+                print("frozen Redis, request durations:", {k: round(v, 1) for k, v in durations.items()})
+                assert statuses == dict.fromkeys(calls, 503), statuses
+                assert max(durations.values()) < bound + 5
+            finally:
+                own_redis.thaw()
+
+            # the registry recovers once Redis answers again
+            deadline = time.monotonic() + 60
+            while (pushed := cluster.put_manifest(http, repo, "after", manifest)).status_code != 201:
+                assert time.monotonic() < deadline, pushed.text
+                time.sleep(0.5)
+            assert cluster.tag_digest(http, repo, "after") == sha256(manifest)
+    finally:
         cluster.close()
