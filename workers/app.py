@@ -48,6 +48,7 @@ from workers.embedded import BACKEND as EMBEDDED_BACKEND
 from workers.leases import RESTORE_INTERVAL, LeaseKeeper
 from workers.logs import tag_job_logs
 from workers.tasks import register_tasks, visibility_timeout
+from workers.transport import TRANSPORT as REDIS_TRANSPORT
 
 EMBEDDED_BROKER = "memory://localhost/"
 # The memory transport polls; its 1 s default makes every embedded job take a second.
@@ -75,6 +76,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     results_options: dict[str, Any] = {"visibility_timeout": visibility}
     redis_timeouts: dict[str, Any] = {}
+    transport: dict[str, Any] = {}
     if cfg.embedded:
         broker_url: str = EMBEDDED_BROKER
         result_backend = cfg.result_backend or EMBEDDED_BACKEND
@@ -97,9 +99,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "celery.result_backend",
                 f"celery.result_backend: required with broker {broker_url.split('://', 1)[0]}://",
             )
+        scheme = broker_url.split("://", 1)[0]
         if is_redis(broker_url):
             broker_options["socket_timeout"] = REDIS_SOCKET_TIMEOUT
             broker_options["socket_connect_timeout"] = REDIS_CONNECT_TIMEOUT
+        if scheme in ("redis", "rediss"):
+            # kombu's Redis transport minus a crash on Redis restarts (workers.transport).
+            transport["broker_transport"] = REDIS_TRANSPORT
         redis_timeouts = {
             "redis_socket_timeout": REDIS_SOCKET_TIMEOUT,
             "redis_socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
@@ -107,6 +113,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     return {
         "broker_url": broker_url,
+        **transport,
         "result_backend": result_backend,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_options,

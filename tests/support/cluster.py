@@ -32,6 +32,7 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
+        self.hostname = ""  # a worker's node name
         self._file = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
@@ -80,7 +81,9 @@ class Proc:
 class Cluster:
     """Config file + storage root in `workdir`; `serve()` and `worker()` start processes."""
 
-    def __init__(self, workdir: Path, broker_url: str, **celery: Any) -> None:
+    def __init__(
+        self, workdir: Path, broker_url: str, extra: dict[str, Any] | None = None, **celery: Any
+    ) -> None:
         self.workdir = workdir
         self.root = workdir / "root"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,7 @@ class Cluster:
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "celery": {"broker_url": broker_url, "result_backend": broker_url, **celery},
+            **(extra or {}),
         }
         self.config.write_text(yaml.safe_dump(document))
         self.procs: list[Proc] = []
@@ -118,6 +122,7 @@ class Cluster:
 
     def worker(self, pool: str = "threads", concurrency: int = 2, queues: str = "ingest,verify") -> Proc:
         self._workers += 1
+        hostname = f"w{self._workers}-{os.getpid()}@localhost"
         proc = Proc(
             [
                 *lading_command(),
@@ -130,11 +135,12 @@ class Cluster:
                 "--queues",
                 queues,
                 "--hostname",
-                f"w{self._workers}-{os.getpid()}@localhost",
+                hostname,
             ],
             self.env(),
             self.workdir / f"worker-{self._workers}.log",
         )
+        proc.hostname = hostname
         self.procs.append(proc)
         proc.wait_for_line(" ready.")
         return proc

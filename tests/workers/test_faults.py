@@ -16,10 +16,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from celery import Celery
 
+from pipeline.config import load_settings
 from tests.support import redis_server
-from tests.support.cluster import Cluster, sha256
+from tests.support.cluster import Cluster, Proc, sha256
+from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
+from workers.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -177,4 +181,55 @@ def test_a_frozen_redis_never_holds_a_request_past_its_bound(tmp_path: Path, own
                 time.sleep(0.5)
             assert cluster.tag_digest(http, repo, "after") == sha256(manifest)
     finally:
+        cluster.close()
+
+
+def answers_ping(app: Celery, worker: Proc, timeout: float = 60.0) -> None:
+    """Wait until `worker` answers a control ping through the broker (it consumes again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert worker.alive(), f"worker exited:\n{worker.text()[-3000:]}"
+        try:
+            if app.control.ping(destination=[worker.hostname], timeout=1.0):
+                return
+        except Exception:  # the broker is still coming back
+            time.sleep(0.2)
+        assert time.monotonic() < deadline, f"worker did not answer within {timeout}s"
+
+
+def test_workers_survive_twenty_redis_restarts(tmp_path: Path, own_redis: RedisServer) -> None:
+    repo = "faults/restarts"
+    # A webhook endpoint that never answers: every push leaves notify jobs that the workers
+    # hold, unacknowledged, through their retry countdowns (kombu's crash restoring held
+    # messages on reconnect needs some).
+    dead = {"name": "dead", "url": f"http://127.0.0.1:{free_port()}/", "timeout": "1s", "backoff": "1s"}
+    cluster = Cluster(
+        tmp_path,
+        own_redis.url + "/0",
+        extra={"notifications": {"endpoints": [dead]}},
+        manifest_timeout=30,
+        commit_timeout=30,
+    )
+    app = create_app(load_settings(str(cluster.config), {}))
+    queues = "ingest,verify,notify"
+    try:
+        cluster.serve()
+        workers = [
+            cluster.worker(pool="threads", queues=queues, concurrency=4),
+            cluster.worker(pool="prefork", queues=queues, concurrency=2),
+        ]
+        for restart in range(20):
+            with cluster.client() as http:  # more held notify jobs
+                manifest = cluster.image(http, repo, f"before-{restart}")
+                assert cluster.put_manifest(http, repo, "latest", manifest).status_code == 201
+            own_redis.restart()
+            for worker in workers:
+                answers_ping(app, worker)
+            print(f"restart {restart + 1}: both workers answer")
+        assert "Unrecoverable error" not in "".join(w.text() for w in workers)
+        with cluster.client() as http:  # and they still work
+            manifest = cluster.image(http, repo, "restarted")
+            assert cluster.put_manifest(http, repo, "latest", manifest).status_code == 201
+    finally:
+        app.close()
         cluster.close()
