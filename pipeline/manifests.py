@@ -115,6 +115,9 @@ def _load(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        # 100,000 nested `[` exhaust the parser's recursion: no manifest nests like that.
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid(f"manifest must be a JSON object, not {type(doc).__name__}")
     return doc
@@ -142,7 +145,7 @@ def detect_media_type(body: bytes) -> str:
     Never raises; bodies with no clue are served as OCI image manifests."""
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return OCI_MANIFEST
     if not isinstance(doc, dict):
         return OCI_MANIFEST

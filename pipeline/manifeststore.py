@@ -18,6 +18,7 @@ from pipeline.errors import (
     BlobUnknown,
     DigestInvalid,
     ManifestBlobUnknown,
+    ManifestInvalid,
     ManifestUnknown,
     PathNotFound,
 )
@@ -55,18 +56,26 @@ class ManifestStore:
             raise ManifestUnknown(f"manifest {digest} in {repo!r} has no bytes in storage") from None
         return body, detect_media_type(body)
 
-    def _blob_present(self, repo: str, digest: Digest) -> bool:
-        """Linked into `repo` AND its data present (RepositoryBlobs.stat's rule)."""
+    def _blob_size(self, repo: str, digest: Digest) -> int | None:
+        """The blob's size if it is linked into `repo` AND its data is present, else None
+        (RepositoryBlobs.stat's rule)."""
         try:
-            self.repo_blobs.stat(repo, digest)
+            return self.repo_blobs.stat(repo, digest)
         except BlobUnknown:
-            return False
-        return True
+            return None
+
+    def _blob_present(self, repo: str, digest: Digest) -> bool:
+        return self._blob_size(repo, digest) is not None
 
     def verify(self, repo: str, manifest: Manifest) -> None:
         """Raise ONE ManifestBlobUnknown listing, in manifest order and each once, every
-        referenced blob not linked into `repo` and every child manifest not in `repo`."""
+        referenced blob not linked into `repo` and every child manifest not in `repo`;
+        then ManifestInvalid if a descriptor's `size` is not the stored content's size (the
+        image spec: content whose length differs from the descriptor's must not be
+        trusted; the blob is known, so MANIFEST_BLOB_UNKNOWN would send the client to push
+        it again for nothing)."""
         missing: list[str] = []
+        wrong: list[dict[str, object]] = []
         seen: set[Digest] = set()
         for desc in manifest.blob_references():
             if desc.digest in seen:
@@ -74,17 +83,31 @@ class ManifestStore:
             seen.add(desc.digest)
             # The OCI empty descriptor's bytes are known (`{}`); `put` provides them.
             if desc.digest == EMPTY_DIGEST:
+                if desc.size != len(EMPTY_JSON):
+                    wrong.append({"digest": str(desc.digest), "size": desc.size, "stored": len(EMPTY_JSON)})
                 continue
-            if not self._blob_present(repo, desc.digest):
+            size = self._blob_size(repo, desc.digest)
+            if size is None:
                 missing.append(str(desc.digest))
+            elif size != desc.size:
+                wrong.append({"digest": str(desc.digest), "size": desc.size, "stored": size})
         for desc in manifest.manifest_references():
             if desc.digest in seen:
                 continue
             seen.add(desc.digest)
             if not self.exists(repo, desc.digest):
                 missing.append(str(desc.digest))
+                continue
+            try:
+                size = self.blobs.stat(desc.digest)
+            except BlobUnknown:
+                continue
+            if size != desc.size:
+                wrong.append({"digest": str(desc.digest), "size": desc.size, "stored": size})
         if missing:
             raise ManifestBlobUnknown(missing)
+        if wrong:
+            raise ManifestInvalid(wrong, "a descriptor's size differs from the stored content's size")
 
     def put(self, repo: str, manifest: Manifest) -> None:
         """Store the manifest bytes as a blob, then write its revision link (idempotent).

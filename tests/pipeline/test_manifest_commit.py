@@ -366,3 +366,23 @@ def test_a_late_commit_does_not_bring_back_a_deleted_tag(registry: Registry) -> 
     # distribution's layout is unchanged: the stamp lives under _lading/
     assert all("/_manifests/tags/gone" not in path for path in files(registry))
     assert any(path.endswith("/_lading/tags/gone/movedat") for path in files(registry))
+
+
+# --- hostile manifests ----------------------------------------------------------------------
+
+
+def test_deeply_nested_json_is_an_invalid_manifest(registry: Registry) -> None:
+    with pytest.raises(ManifestInvalid, match="nested too deeply"):
+        commit_manifest(registry, REPO, "deep", OCI_MANIFEST, b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_a_descriptor_size_that_differs_from_the_blob_is_rejected(registry: Registry) -> None:
+    config = upload(registry, b"config")
+    layer = upload(registry, b"layer bytes")
+    lying = manifest(config, {**layer, "size": layer["size"] + 1})
+    with pytest.raises(ManifestInvalid) as caught:
+        commit_manifest(registry, REPO, "lie", OCI_MANIFEST, lying)
+    assert caught.value.detail == [{"digest": layer["digest"], "size": layer["size"] + 1, "stored": layer["size"]}]
+    assert all("/_manifests/" not in path for path in files(registry))  # nothing stored
+    honest = manifest(config, layer)
+    commit_manifest(registry, REPO, "honest", OCI_MANIFEST, honest)
