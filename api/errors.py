@@ -138,6 +138,10 @@ def error_entries(error: LadingError) -> list[dict[str, Any]]:
             entries.append(entry(code, error.text, detail))
         if entries:
             return entries
+    if isinstance(error, StorageError):
+        # Storage errors carry paths and driver messages: logged by whoever handles them,
+        # never sent (a client learns only that storage failed or is unavailable).
+        return [entry(code, type(error).message, None)]
     return [entry(code, error.text, error.detail)]
 
 

@@ -24,9 +24,10 @@ Redis backend would subscribe its own, never-read pub/sub connection to every jo
 and unsubscribe when the returned AsyncResult is collected: two Redis commands per job).
 
 A job's own domain failure comes back in its envelope (`jobs.unwrap` re-raises it). A task
-that raised is mapped too: a `pipeline.errors` class by name (StorageUnavailable after its
-retries ran out → StorageUnavailable), a time limit → JobTimeout, anything else →
-LadingError. A wait that runs out raises JobTimeout (the job may still finish later).
+that raised is mapped too: a registry error class by name, StorageUnavailable after its
+retries ran out → StorageUnavailable, a time limit → JobTimeout, anything else (a bug,
+a storage fault) → JobFailed with only the job id (the exception is logged, never sent).
+A wait that runs out raises JobTimeout (the job may still finish later).
 
 `InlineJobClient` runs `pipeline.handlers.run_job` in threads of this process: for fast
 API tests only (no broker, no retries); the server always uses Celery.
@@ -54,7 +55,7 @@ from redis.exceptions import RedisError
 from api.request_id import note_job
 from pipeline import errors, jobs
 from pipeline.coordination import RedisTarget, redis_target
-from pipeline.errors import JobsUnavailable, JobTimeout, LadingError
+from pipeline.errors import JobFailed, JobsUnavailable, JobTimeout, LadingError, StorageUnavailable
 from pipeline.handlers import run_job
 
 if TYPE_CHECKING:
@@ -82,9 +83,14 @@ def job_error(job_id: str, exc_type: str, message: str) -> LadingError:
     if exc_type in _TIME_LIMITS:
         return JobTimeout({"job_id": job_id, "reason": f"the job hit its time limit ({exc_type})"})
     cls = getattr(errors, exc_type, None)
-    if isinstance(cls, type) and issubclass(cls, LadingError):
+    if isinstance(cls, type) and issubclass(cls, errors.RegistryError):
         return errors.from_payload({"kind": exc_type, "message": message or None, "detail": None})
-    return LadingError({"job_id": job_id, "error": f"{exc_type}: {message}"}, "job failed")
+    if isinstance(cls, type) and issubclass(cls, StorageUnavailable):
+        return StorageUnavailable({"job_id": job_id})  # after its retries; no paths shown
+    # A bug or an unexpected fault in the worker: its text stays in the log (it may name
+    # paths, hosts or code), the client gets a clean error with the job id to look for.
+    log.error("job %s failed: %s: %s", job_id, exc_type, message)
+    return JobFailed({"job_id": job_id})
 
 
 def _exception_parts(exc: Any) -> tuple[str, str]:

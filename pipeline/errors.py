@@ -272,6 +272,14 @@ class JobTimeout(RegistryError):
     message = "the job did not finish in time"
 
 
+class JobFailed(RegistryError):
+    """Raised when a job failed for a reason the client cannot fix: an unexpected error in
+    the worker (logged there, never sent to the client), or a job set aside after its
+    process died too often (pipeline.deadletter)."""
+
+    message = "the job failed"
+
+
 class UpstreamUnavailable(RegistryError):
     """Raised when the upstream of a proxied repository (pipeline.proxy) cannot be used:
     unreachable, 429/5xx, credentials refused, or content that fails its digest."""

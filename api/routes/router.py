@@ -184,7 +184,11 @@ class RegistryRouter:
             # Nobody is listening; whatever the handler started has been cancelled.
             return Response(status_code=400)
         except (errors.ApiError, LadingError) as exc:
-            return errors.error_response(exc, head)
+            response = errors.error_response(exc, head)
+            if response.status_code >= 500 and response.status_code != 503:
+                # A server fault the client cannot fix: the operator needs the traceback.
+                log.error("%d on %s %s", response.status_code, request.method, path, exc_info=exc)
+            return response
         except Exception:
             log.exception("unhandled error on %s %s", request.method, path)
             return errors.error_response(RuntimeError(), head)
