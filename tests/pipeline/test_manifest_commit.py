@@ -382,7 +382,9 @@ def test_a_descriptor_size_that_differs_from_the_blob_is_rejected(registry: Regi
     lying = manifest(config, {**layer, "size": layer["size"] + 1})
     with pytest.raises(ManifestInvalid) as caught:
         commit_manifest(registry, REPO, "lie", OCI_MANIFEST, lying)
-    assert caught.value.detail == [{"digest": layer["digest"], "size": layer["size"] + 1, "stored": layer["size"]}]
+    assert caught.value.detail == [
+        {"digest": layer["digest"], "size": layer["size"] + 1, "stored": layer["size"]}
+    ]
     assert all("/_manifests/" not in path for path in files(registry))  # nothing stored
     honest = manifest(config, layer)
     commit_manifest(registry, REPO, "honest", OCI_MANIFEST, honest)
