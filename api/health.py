@@ -1,7 +1,10 @@
 """`/healthz`: is this API process able to serve? Checks storage and the broker.
 
 Storage: `stat` of the storage root through the driver ("not found" is healthy: a fresh
-root has nothing yet). Broker: a Redis PING (or a kombu connection for other brokers),
+root has nothing yet), then a small write and delete (a full disk, a read-only remount or a
+revoked bucket permission fail it), and on a local filesystem the free space, unhealthy
+below `MIN_FREE_BYTES`. Errors are reported by kind only: no path or driver message.
+Broker: a Redis PING (or a kombu connection for other brokers),
 bounded by a timeout; in embedded mode the in-process worker is the broker, so it is
 reported as such (or checked with the `embedded_alive` callable if given).
 Answers 200 `{"status": "ok", "checks": {...}}` or 503 `{"status": "unavailable", ...}`.
@@ -14,6 +17,9 @@ balancer would turn a bad edit into an outage.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -22,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline import paths
 from pipeline.coordination import celery_url, redis_target
 from pipeline.errors import PathNotFound
 from pipeline.settings import Settings
@@ -29,7 +36,11 @@ from pipeline.storage.driver import StorageDriver
 
 __all__ = ["BrokerPing", "HealthCheck", "broker_ping", "health_route"]
 
+log = logging.getLogger(__name__)
+
 CHECK_TIMEOUT = 2.0
+MIN_FREE_BYTES = 256 * 1024 * 1024  # below this a push of one ordinary layer may not fit
+PROBE = f"{paths.LADING}/health/probe"
 
 BrokerPing = Callable[[], Awaitable[None]]
 
@@ -84,20 +95,37 @@ class HealthCheck:
         self.ping = ping
 
     async def check_storage(self) -> dict[str, Any]:
-        def stat_root() -> None:
+        stage = ["read"]
+
+        def probe() -> int | None:
             try:
                 self.driver.stat("/")
             except PathNotFound:
                 pass
+            stage[0] = "write"
+            self.driver.put_content(f"{PROBE}-{os.getpid()}", b"ok")
+            self.driver.delete(f"{PROBE}-{os.getpid()}")
+            root = getattr(self.driver, "root", None)  # a local filesystem's directory
+            if not isinstance(root, str) and self.settings.storage.driver == "filesystem":
+                root = self.settings.storage.root  # the driver is wrapped (metrics, cache)
+            if isinstance(root, str) and os.path.isdir(root):
+                return shutil.disk_usage(root).free
+            return None
 
         try:
             with anyio.fail_after(self.timeout):
-                await anyio.to_thread.run_sync(stat_root, abandon_on_cancel=True)
+                free = await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
         except TimeoutError:
-            return {"ok": False, "error": f"storage did not answer within {self.timeout}s"}
+            return {"ok": False, "error": f"storage did not answer within {self.timeout}s ({stage[0]})"}
         except Exception as exc:
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        return {"ok": True, "driver": self.settings.storage.driver}
+            log.error("health: storage %s failed", stage[0], exc_info=exc)
+            return {"ok": False, "error": f"storage {stage[0]} failed ({type(exc).__name__})"}
+        result: dict[str, Any] = {"ok": True, "driver": self.settings.storage.driver}
+        if free is not None:
+            result["free_bytes"] = free
+            if free < MIN_FREE_BYTES:
+                result.update(ok=False, error=f"storage nearly full: {free // (1024 * 1024)} MiB free")
+        return result
 
     async def check_broker(self) -> dict[str, Any]:
         if self.ping is None:
@@ -110,7 +138,7 @@ class HealthCheck:
         except TimeoutError:
             return {"ok": False, "error": f"broker did not answer within {self.timeout}s"}
         except Exception as exc:
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": f"broker unreachable ({type(exc).__name__})"}
         return {"ok": True}
 
     async def respond(self, request: Request) -> Response:

@@ -63,7 +63,9 @@ async def test_failing_storage_is_503_and_says_why() -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["checks"]["storage"]["ok"] is False and "disk on fire" in body["checks"]["storage"]["error"]
+    storage = body["checks"]["storage"]
+    assert storage["ok"] is False and storage["error"] == "storage read failed (StorageUnavailable)"
+    assert "disk on fire" not in response.text  # the driver's words stay in the log
 
 
 async def test_unreachable_redis_broker_is_503() -> None:
@@ -90,3 +92,48 @@ async def test_dead_embedded_worker_is_503() -> None:
     response = await get(app_for(Settings(), MemoryDriver(), embedded_alive=lambda: False))
     assert response.status_code == 503
     assert "not running" in response.json()["checks"]["broker"]["error"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 2 MiB tmpfs (needs the right to mount: skipped without it)."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_makes_a_real_registry_unhealthy_without_showing_paths(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    from tests.support.lading import lading_embedded
+
+    root = tiny_disk / "root"
+    with lading_embedded(root, tmp_path) as host, httpx.Client(base_url=f"http://{host}", timeout=30) as http:
+        low = http.get("/healthz")
+        assert low.status_code == 503
+        assert "nearly full" in low.json()["checks"]["storage"]["error"]
+        (tiny_disk / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 8192))  # nearly every byte
+        try:
+            with open(tiny_disk / "filler", "ab") as f:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass  # full now
+        full = http.get("/healthz")
+        assert full.status_code == 503
+        assert "write failed" in full.json()["checks"]["storage"]["error"]
+        # a push onto the full disk fails cleanly, and no answer names the storage root
+        started = http.post("/v2/full/blobs/uploads/")
+        answers = [full.text, low.text, started.text]
+        if started.status_code == 202:
+            pushed = http.patch(started.headers["location"], content=b"x" * 100_000)
+            assert pushed.status_code == 503, pushed.text
+            answers.append(pushed.text)
+        else:
+            assert started.status_code == 503, started.text
+        assert all(str(tiny_disk) not in text for text in answers)

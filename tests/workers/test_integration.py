@@ -21,6 +21,7 @@ from pipeline.digest import Digest
 from pipeline.errors import (
     BlobUploadUnknown,
     DigestInvalid,
+    JobFailed,
     JobTimeout,
     LadingError,
     ManifestBlobUnknown,
@@ -288,8 +289,9 @@ def test_a_task_that_crashes_is_a_lading_error_not_a_registry_error(
 ) -> None:
     with pytest.raises(LadingError) as caught:
         run(loop, redis_deployment, jobs.COMMIT_BLOB, repository="e2e/bad")  # required kwargs missing
-    assert not isinstance(caught.value, RegistryError)
-    assert "TypeError" in str(caught.value)
+    assert isinstance(caught.value, JobFailed) and not isinstance(caught.value, RegistryError)
+    assert "TypeError" not in str(caught.value)  # the exception is logged, not sent
+    assert caught.value.detail == {"job_id": caught.value.detail["job_id"]}
 
 
 def test_waiting_for_a_job_that_never_ran_times_out(loop: LoopThread, redis_deployment: Deployment) -> None:
