@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import events
 from pipeline.coordination import RedisTarget, coordination_for, redis_target
+from pipeline.deadletter import DEAD_KEY
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, JobClient
 from pipeline.maintenance import stats as maintenance_stats
@@ -272,7 +273,8 @@ class RedisQueueDepth(Collector):
                 for queue in self.queues:
                     for step in _PRIORITY_STEPS:
                         pipe.llen(queue + _PRIORITY_SEP + step if step else queue)
-                lengths = pipe.execute()
+                pipe.hlen(DEAD_KEY)  # jobs set aside (pipeline.deadletter), same Redis
+                *lengths, dead = pipe.execute()
         except Exception as exc:  # a scrape must not fail because the broker is down
             log.warning("queue depth unavailable: %s", exc)
             return
@@ -280,6 +282,11 @@ class RedisQueueDepth(Collector):
         for i, queue in enumerate(self.queues):
             family.add_metric([queue], float(sum(lengths[i * per_queue : (i + 1) * per_queue])))
         yield family
+        parked = GaugeMetricFamily(
+            "lading_jobs_dead", "Jobs set aside after failing on every delivery (lading jobs dead)"
+        )
+        parked.add_metric([], float(dead))
+        yield parked
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # collected lazily; describing must not touch the broker

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.config import parse_addr
 from pipeline.errors import ConfigurationError, LadingError
-from pipeline.jobs import QUEUES
+from pipeline.jobs import QUEUES, ROUTES
 from pipeline.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -243,6 +243,34 @@ def cmd_signing_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """`lading jobs dead|retry|drop` (lading.jobs_cli)."""
+    from lading import jobs_cli
+
+    settings = load(args)
+    try:
+        letters = jobs_cli.letters_for(settings)
+        if args.jobs_command == "dead":
+            print(jobs_cli.dead(letters, args.json))
+        elif args.jobs_command == "retry":
+            from workers.app import create_app
+
+            app = create_app(settings)
+
+            def send(name: str, kwargs: dict[str, Any], queue: str) -> str:
+                return str(app.send_task(name, kwargs=kwargs, queue=queue or ROUTES.get(name)).id)
+
+            print(f"{args.job_id} sent again as {jobs_cli.retry(letters, args.job_id, send)}")
+        else:
+            jobs_cli.drop(letters, args.job_id)
+            print(f"{args.job_id} dropped")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    except KeyError:
+        raise CommandError(f"no dead job {args.job_id}") from None
+    return 0
+
+
 def maintenance_function(command: str) -> Callable[..., dict[str, Any]]:
     """The pipeline.maintenance function a one-shot command runs."""
     from pipeline.maintenance import garbage_collect, purge_uploads, scrub
@@ -391,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER")
     _add_config(p)
     p.set_defaults(run=cmd_tokens_revoke)
+
+    from lading import jobs_cli
+
+    jobs_cli.add_parser(sub, _add_config, cmd_jobs)
 
     p = sub.add_parser(
         "signing-key",

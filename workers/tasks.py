@@ -16,19 +16,27 @@ below, declared on the task decorator:
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from redis.exceptions import RedisError
 
 from pipeline import jobs
-from pipeline.errors import DeliveryFailed, StorageUnavailable
+from pipeline.coordination import coordination_for
+from pipeline.deadletter import DeadLetters
+from pipeline.errors import DeliveryFailed, JobFailed, StorageUnavailable
 from pipeline.handlers import run_job
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
 from workers.leases import LEASE
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600.0
 
@@ -130,6 +138,65 @@ class RegistryHolder:
         return registry
 
 
+class DeliveryGuard:
+    """Counts the starts of late-acknowledged jobs in the coordination Redis and parks a
+    job started more than `MAX_DELIVERIES` times (pipeline.deadletter): a job that kills
+    its process is not redelivered forever. No Redis (embedded mode): no guard — a job
+    that kills the process kills the whole registry there anyway."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._letters: DeadLetters | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self.enabled = not settings.celery.embedded and coordination_for(settings).redis is not None
+
+    def letters(self) -> DeadLetters | None:
+        if not self.enabled:
+            return None
+        with self._lock:
+            if self._letters is None or self._pid != os.getpid():  # one client per process
+                target = coordination_for(self._settings).redis
+                assert target is not None
+                self._letters = DeadLetters(target.client())
+                self._pid = os.getpid()
+            return self._letters
+
+    def admit(self, name: str, request: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """None if the job may run; else the failed envelope of the job, now parked."""
+        letters = self.letters()
+        job_id = getattr(request, "id", None)
+        if letters is None or not job_id:
+            return None
+        attempt = int(getattr(request, "retries", 0) or 0)
+        try:
+            previous = letters.last_start(job_id, attempt)
+            count = letters.started(job_id, attempt, str(getattr(request, "hostname", "") or ""))
+            if count <= letters.max_deliveries:
+                return None
+            error = (
+                f"the process running it died {count - 1} times (last on {previous or 'an unknown worker'})"
+            )
+            delivery = getattr(request, "delivery_info", None) or {}
+            queue = str(delivery.get("routing_key") or jobs.ROUTES.get(name, ""))
+            letters.park(job_id, name, kwargs, count - 1, error, queue)
+        except RedisError as exc:
+            log.warning("could not count the deliveries of job %s: %s", job_id, exc)
+            return None
+        log.error("job %s (%s) parked: %s; see `lading jobs dead`", job_id, name, error)
+        return jobs.failed(
+            JobFailed({"job_id": job_id, "reason": "the job failed repeatedly and was set aside"})
+        )
+
+
+_GUARDS: weakref.WeakKeyDictionary[Celery, DeliveryGuard] = weakref.WeakKeyDictionary()
+
+
+def guard_of(app: Celery) -> DeliveryGuard | None:
+    """The delivery guard `register_tasks` gave `app`."""
+    return _GUARDS.get(app)
+
+
 def register_tasks(
     app: Celery,
     settings: Settings,
@@ -143,19 +210,41 @@ def register_tasks(
     missing = set(jobs.ALL_JOBS) - set(POLICIES)
     if missing:
         raise RuntimeError(f"no delivery policy for jobs {sorted(missing)}")
+    guard = _GUARDS[app] = DeliveryGuard(settings)
     for name in jobs.ALL_JOBS:
-        _register(app, name, POLICIES[name], holder)
+        register_job(app, name, POLICIES[name], _runner(holder, name), guard)
     return holder
 
 
-def _register(app: Celery, name: str, policy: JobPolicy, holder: RegistryHolder) -> None:
-    def job(**kwargs: Any) -> dict[str, Any]:
+def _runner(holder: RegistryHolder, name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def run(kwargs: dict[str, Any]) -> dict[str, Any]:
         return run_job(holder.get(), name, kwargs)
 
+    return run
+
+
+def register_job(
+    app: Celery,
+    name: str,
+    policy: JobPolicy,
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+    guard: DeliveryGuard | None,
+) -> None:
+    """Register task `name` running `run(kwargs)` under `policy`; late-acknowledged jobs
+    go through `guard` first (a job redelivered too often is parked, not run)."""
+
+    def job(self: Any, **kwargs: Any) -> dict[str, Any]:
+        if guard is not None and policy.acks_late:
+            parked = guard.admit(name, self.request, kwargs)
+            if parked is not None:
+                return parked
+        return run(kwargs)
+
     job.__name__ = job.__qualname__ = name.rsplit(".", 1)[-1]
-    job.__doc__ = f"Runs the {name} job (pipeline.handlers) on queue {jobs.ROUTES[name]}."
+    job.__doc__ = f"Runs the {name} job (pipeline.handlers) on queue {jobs.ROUTES.get(name, '-')}."
     app.task(
         name=name,
+        bind=True,
         shared=False,  # registered on this app only, not on every app the process creates
         acks_late=policy.acks_late,
         reject_on_worker_lost=policy.acks_late,
