@@ -24,7 +24,7 @@ from pipeline.errors import (
 )
 from pipeline.manifests import EMPTY_DIGEST, EMPTY_JSON, Manifest, detect_media_type
 from pipeline.storage.driver import StorageDriver
-from pipeline.tags import TagStore
+from pipeline.tags import TagStore, put_link
 
 if TYPE_CHECKING:
     from pipeline.blobs import BlobStore, RepositoryBlobs
@@ -121,7 +121,7 @@ class ManifestStore:
         if stored != manifest.digest:
             raise DigestInvalid(f"manifest stored as {stored}, expected {manifest.digest}")
         link = paths.manifest_revision_link(repo, manifest.digest)
-        self.driver.put_content(link, str(stored).encode("ascii"))
+        put_link(self.driver, link, str(stored).encode("ascii"))
 
     def delete(self, repo: str, digest: Digest) -> None:
         """Remove every tag pointing at `digest`, then its revision link (tags first, so a

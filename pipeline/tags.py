@@ -27,6 +27,17 @@ from pipeline.names import validate_tag
 from pipeline.storage.driver import StorageDriver
 
 
+def put_link(driver: StorageDriver, path: str, content: bytes) -> None:
+    """`put_content`, once more if it fails with PathNotFound: a writer that saw its
+    directory removed between creating it and renaming its file into it (a delete racing
+    the write, e.g. from a process that does not share the repository lock) writes again
+    into a directory it creates anew, instead of failing the whole commit."""
+    try:
+        driver.put_content(path, content)
+    except PathNotFound:
+        driver.put_content(path, content)
+
+
 def _basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -79,10 +90,10 @@ class TagStore:
             current = self.moved_at(repo, tag)
             if current is not None and current > requested_at:
                 return False
-            self.driver.put_content(paths.tag_moved_at(repo, tag), str(requested_at).encode("ascii"))
+            put_link(self.driver, paths.tag_moved_at(repo, tag), str(requested_at).encode("ascii"))
         content = str(digest).encode("ascii")
-        self.driver.put_content(paths.tag_index_link(repo, tag, digest), content)
-        self.driver.put_content(paths.tag_current_link(repo, tag), content)
+        put_link(self.driver, paths.tag_index_link(repo, tag, digest), content)
+        put_link(self.driver, paths.tag_current_link(repo, tag), content)
         return True
 
     def untag(self, repo: str, tag: str, requested_at: int | None = None) -> None:

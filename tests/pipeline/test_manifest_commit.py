@@ -19,6 +19,7 @@ from pipeline.errors import (
     ManifestUnknown,
     NameInvalid,
     OperationUnsupported,
+    PathNotFound,
     StorageUnavailable,
     TagInvalid,
     TooManyRequests,
@@ -388,3 +389,30 @@ def test_a_descriptor_size_that_differs_from_the_blob_is_rejected(registry: Regi
     assert all("/_manifests/" not in path for path in files(registry))  # nothing stored
     honest = manifest(config, layer)
     commit_manifest(registry, REPO, "honest", OCI_MANIFEST, honest)
+
+
+class VanishingDirectoryDriver(MemoryDriver):
+    """The filesystem driver's failure when a delete removes the directory a link is being
+    written into (its temp file's rename finds no directory): once per matching path."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+        self.failed: list[str] = []
+
+    def put_content(self, path: str, content: bytes) -> None:
+        if self.fragment in path and path not in self.failed:
+            self.failed.append(path)
+            raise PathNotFound(path)
+        super().put_content(path, content)
+
+
+@pytest.mark.parametrize("fragment", ["/_manifests/revisions/", "/_manifests/tags/"])
+def test_a_link_directory_removed_mid_write_does_not_fail_the_commit(fragment: str) -> None:
+    driver = VanishingDirectoryDriver(fragment)
+    registry = Registry.from_driver(deletable(), driver)
+    body = pushed_image(registry)
+    value = commit_manifest(registry, REPO, "latest", OCI_MANIFEST, body, requested_at=1)
+    assert driver.failed  # the fault did happen
+    assert str(registry.tags.resolve(REPO, "latest")) == value["digest"]
+    assert registry.manifests.exists(REPO, Digest.parse(value["digest"]))

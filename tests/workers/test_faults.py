@@ -233,3 +233,50 @@ def test_workers_survive_twenty_redis_restarts(tmp_path: Path, own_redis: RedisS
     finally:
         app.close()
         cluster.close()
+
+
+def test_deleting_a_manifest_while_it_is_pushed_answers_only_clean_statuses(
+    tmp_path: Path, flushed_db: str
+) -> None:
+    """Six clients PUT one manifest to rotating tags while two DELETE it by digest: every
+    answer is 201 / 202 / 404, never 500, and the API logs no error."""
+    repo = "faults/race"
+    cluster = Cluster(tmp_path, flushed_db, manifest_timeout=60, commit_timeout=60)
+    try:
+        cluster.serve()
+        cluster.worker(concurrency=4)
+        cluster.worker(concurrency=4)
+        with cluster.client() as http:
+            manifest = cluster.image(http, repo, "raced")
+        digest = sha256(manifest)
+        statuses: dict[str, list[int]] = {"put": [], "delete": []}
+        stop = time.monotonic() + 12
+
+        def pusher(n: int) -> None:
+            with cluster.client() as http:
+                i = 0
+                while time.monotonic() < stop:
+                    response = cluster.put_manifest(http, repo, f"t{n}-{i % 3}", manifest)
+                    statuses["put"].append(response.status_code)
+                    i += 1
+
+        def deleter() -> None:
+            with cluster.client() as http:
+                while time.monotonic() < stop:
+                    statuses["delete"].append(http.delete(f"/v2/{repo}/manifests/{digest}").status_code)
+
+        threads = [threading.Thread(target=pusher, args=(n,)) for n in range(6)]
+        threads += [threading.Thread(target=deleter) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        counts = {kind: {code: codes.count(code) for code in set(codes)} for kind, codes in statuses.items()}
+        print("delete while push:", counts)
+        assert set(statuses["put"]) <= {201}, counts
+        assert set(statuses["delete"]) <= {202, 404}, counts
+        assert 202 in statuses["delete"] and statuses["put"], counts  # the race did happen
+        logs = "".join(proc.text() for proc in cluster.procs)
+        assert '"level": "error"' not in logs and "Traceback" not in logs
+    finally:
+        cluster.close()
