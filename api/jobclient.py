@@ -29,8 +29,8 @@ retries ran out → StorageUnavailable, a time limit → JobTimeout, anything el
 a storage fault) → JobFailed with only the job id (the exception is logged, never sent).
 A wait that runs out raises JobTimeout (the job may still finish later).
 
-`InlineJobClient` runs `pipeline.handlers.run_job` in threads of this process: for fast
-API tests only (no broker, no retries); the server always uses Celery.
+The API tests' stand-in (jobs in threads of the test process, no Celery) is
+tests.support.inline_jobs.InlineJobClient.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,10 +55,9 @@ from api.request_id import note_job
 from pipeline import errors, jobs
 from pipeline.coordination import RedisTarget, redis_target
 from pipeline.errors import JobFailed, JobsUnavailable, JobTimeout, LadingError, StorageUnavailable
-from pipeline.handlers import run_job
 
 if TYPE_CHECKING:
-    from pipeline.registry import Registry
+    pass
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -282,9 +280,12 @@ class _Sender:
             expires=expires,
         )
         producer = self._take()
+        connection = producer.connection
         try:
-            with producer.connection._reraise_as_library_errors():
-                amqp.send_task_message(producer, job, message, **options)
+            amqp.send_task_message(producer, job, message, **options)
+        except (*connection.connection_errors, *connection.channel_errors) as exc:
+            self._discard(producer)
+            raise OperationalError(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             self._discard(producer)
             raise
@@ -563,47 +564,3 @@ async def _bounded(awaitable: Awaitable[T], deadline: float, what: str) -> T:
 def _resolve(future: asyncio.Future[dict[str, Any]], meta: dict[str, Any]) -> None:
     if not future.done():  # it may have been cancelled by a timeout meanwhile
         future.set_result(meta)
-
-
-class InlineJobClient:
-    """`pipeline.jobs.JobClient` running jobs in this process's threads (API tests only).
-
-    kwargs go through JSON like they would through Celery; StorageUnavailable is not
-    retried; waiting on an unknown job id raises JobTimeout at once."""
-
-    def __init__(self, registry: Registry, max_workers: int = 8) -> None:
-        self._registry = registry
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lading-inline-job")
-        self._pending: dict[str, ThreadFuture[dict[str, Any]]] = {}
-
-    def send(self, job: str, **kwargs: Any) -> str:
-        if job not in jobs.ROUTES:
-            raise ValueError(f"unknown job {job!r}")
-        payload = json.loads(json.dumps(kwargs))
-        job_id = str(uuid.uuid4())
-        note_job(job_id)  # listed in the request's access-log line (api.request_id)
-        self._pending[job_id] = self._executor.submit(run_job, self._registry, job, payload)
-        return job_id
-
-    async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
-        future = self._pending.get(job_id)
-        if future is None:
-            raise JobTimeout({"job_id": job_id, "timeout": timeout})
-        try:
-            envelope = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-        except TimeoutError:
-            raise JobTimeout({"job_id": job_id, "timeout": timeout}) from None
-        except LadingError:
-            raise
-        except Exception as exc:
-            raise job_error(job_id, *_exception_parts(exc)) from exc
-        finally:
-            if future.done():
-                self._pending.pop(job_id, None)
-        return jobs.unwrap(envelope)
-
-    async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
-        return await self.wait(self.send(job, **kwargs), timeout)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)

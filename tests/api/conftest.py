@@ -1,5 +1,5 @@
 """Fixtures for in-process API tests: an app over an in-memory registry whose jobs run in
-threads of this process (api.jobclient.InlineJobClient), and an httpx client on it."""
+threads of this process (tests.support.inline_jobs.InlineJobClient), and an httpx client on it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.jobclient import InlineJobClient
 from pipeline.registry import Registry
 from pipeline.settings import HttpSettings, Settings, StorageSettings
+from tests.support.inline_jobs import InlineJobClient
 
 
 @pytest.fixture

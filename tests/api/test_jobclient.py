@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 from celery.backends.base import BaseBackend
 
-from api.jobclient import CeleryJobClient, InlineJobClient, job_error
+from api.jobclient import CeleryJobClient, job_error
 from api.jobclient import _value as value_of
 from pipeline import jobs
 from pipeline.errors import (
@@ -29,6 +29,7 @@ from pipeline.errors import (
 )
 from pipeline.registry import Registry
 from pipeline.storage.memory import MemoryDriver
+from tests.support.inline_jobs import InlineJobClient
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,6 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.app import create_app
-from api.jobclient import InlineJobClient
 from api.metrics import InstrumentedJobs, Metrics, RedisQueueDepth, add_queue_depth, metrics_endpoint
 from api.middleware import RequestMiddleware
 from lading.embedded import observe
@@ -32,6 +31,7 @@ from pipeline.registry import Registry
 from pipeline.settings import CelerySettings, HttpSettings, NotificationEndpoint, Settings
 from tests.pipeline.maintenance.helpers import age_blobs, flip_byte, fs_registry, push_image
 from tests.support import redis_server
+from tests.support.inline_jobs import InlineJobClient
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,6 @@ from starlette.requests import Request
 
 from api.app import create_app
 from api.auth import Access
-from api.jobclient import InlineJobClient
 from api.notify import Notifier
 from pipeline import events, jobs
 from pipeline.errors import StorageUnavailable
@@ -25,6 +24,7 @@ from pipeline.registry import Registry
 from pipeline.settings import NotificationEndpoint, Settings, StorageSettings
 from tests.api.auth.conftest import basic, htpasswd_settings, write_htpasswd
 from tests.api.helpers import OCI_MANIFEST, oci_manifest, push_blob, push_image, push_manifest, sha
+from tests.support.inline_jobs import InlineJobClient
 
 pytestmark = pytest.mark.anyio
 

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from api import streaming
-from api.jobclient import InlineJobClient
 from api.routes import uploads as upload_routes
 from pipeline import jobs as joblib
 from pipeline import paths
 from pipeline.digest import Digest
 from pipeline.errors import StorageUnavailable
 from tests.api.helpers import OCTET, RecordingJobs, errors_of, push_blob, sha
+from tests.support.inline_jobs import InlineJobClient
 
 pytestmark = pytest.mark.anyio
 
