@@ -233,13 +233,14 @@ async def _wait_and_serve(
     if state == "cached":
         return await blobs.get_blob(ctx)
     assert record is not None
-    return _tail(ctx, digest, str(record["upload_id"]), int(record["size"]), timeout)
+    return await _tail(ctx, digest, str(record["upload_id"]), int(record["size"]), timeout)
 
 
-def _tail(ctx: RequestContext, digest: Digest, upload_id: str, size: int, timeout: float) -> Response:
+async def _tail(ctx: RequestContext, digest: Digest, upload_id: str, size: int, timeout: float) -> Response:
     headers = {"Docker-Content-Digest": str(digest), "ETag": etag_of(digest)}
     if ctx.head or size == 0:
         return ContentResponse(None, size, 200, headers, OCTET_STREAM)
+    await ctx.notify_blob("pull", str(digest), size)
     stream = cache.BlobTail(ctx.registry, ctx.name, digest, upload_id, size, timeout)
     return TailResponse(stream, size, 200, headers, OCTET_STREAM)  # type: ignore[arg-type]
 

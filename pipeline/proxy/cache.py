@@ -364,26 +364,6 @@ def raise_failed(record: dict[str, Any]) -> None:
     raise UpstreamUnavailable({"reason": str(error)})
 
 
-def wait_for_size(
-    registry: Registry, repository: str, digest: Digest, deadline: float
-) -> tuple[int, str | None]:
-    """Block until the blob is cached — (size, None) — or a fetch announced its size and
-    session — (size, upload id). Raises the fetch's error if it failed, UpstreamUnavailable
-    when nothing happens before `deadline` (time.monotonic())."""
-    while True:
-        with contextlib.suppress(BlobUnknown):
-            return registry.repo_blobs.stat(repository, digest), None
-        record = blob_fetch_state(registry, repository, digest)
-        if record is not None:
-            if record.get("state") == "failed":
-                raise_failed(record)
-            if record.get("upload_id") and record.get("size") is not None:
-                return int(record["size"]), str(record["upload_id"])
-        if time.monotonic() > deadline:
-            raise UpstreamUnavailable({"reason": f"blob {digest} did not start arriving in time"})
-        time.sleep(POLL_SECONDS)
-
-
 class BlobTail(io.RawIOBase):
     """A blob being fetched into the cache, read as it arrives (see module docstring):
     `read` blocks for new bytes, holds the last HOLD_BACK bytes back until the commit has

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import BlobUnknown, ManifestUnknown, NameUnknown, RegistryError, UpstreamUnavailable
+from pipeline.errors import BlobUnknown, ManifestUnknown, NameUnknown, UpstreamUnavailable
 from pipeline.proxy import stats
 from pipeline.settings import Upstream
 
@@ -223,7 +223,3 @@ def client_for(upstream: Upstream) -> UpstreamClient:
         if client is None:
             client = _clients[upstream] = UpstreamClient(upstream)
         return client
-
-
-def is_upstream_failure(error: RegistryError) -> bool:
-    return isinstance(error, UpstreamUnavailable)
