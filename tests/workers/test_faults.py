@@ -280,3 +280,43 @@ def test_deleting_a_manifest_while_it_is_pushed_answers_only_clean_statuses(
         assert '"level": "error"' not in logs and "Traceback" not in logs
     finally:
         cluster.close()
+
+
+def test_a_live_workers_long_job_is_never_run_twice(tmp_path: Path, flushed_db: str) -> None:
+    """A job held four leases long by a live worker keeps its lease (renewed): no other
+    worker gets it, though every worker scans for expired leases each second."""
+    repo = "faults/slow"
+    lease = 3
+    cluster = Cluster(
+        tmp_path,
+        flushed_db,
+        manifest_timeout=60,
+        commit_timeout=60,
+        broker_transport_options={"visibility_timeout": lease, "unacked_restore_interval": 1},
+    )
+    client = redis.Redis.from_url(flushed_db)
+    try:
+        cluster.serve()
+        workers = [cluster.worker(), cluster.worker()]
+        with cluster.client() as http:
+            manifest = cluster.image(http, repo, "slow")
+            lock = client.lock(f"lading:lock:repository:{repo}", timeout=120)
+            assert lock.acquire(blocking_timeout=10)
+            outcome: dict[str, httpx.Response] = {}
+            pushing = threading.Thread(
+                target=lambda: outcome.update(put=cluster.put_manifest(http, repo, "latest", manifest))
+            )
+            pushing.start()
+            job_id = held_job(client, "lading.commit_manifest")
+            held_until = time.monotonic() + 4 * lease
+            while time.monotonic() < held_until:  # the job is running (waiting for the lock)
+                assert client.hlen("unacked") >= 1
+                time.sleep(0.5)
+            lock.release()
+            pushing.join(60)
+            assert outcome["put"].status_code == 201, outcome["put"].text
+        received = sum(w.text().count(f"[{job_id}] received") for w in workers)
+        assert received == 1, f"the job was delivered {received} times"
+    finally:
+        client.close()
+        cluster.close()
