@@ -320,3 +320,28 @@ def test_a_live_workers_long_job_is_never_run_twice(tmp_path: Path, flushed_db: 
     finally:
         client.close()
         cluster.close()
+
+
+def test_hostile_manifests_get_clean_400s_from_a_real_deployment(tmp_path: Path, flushed_db: str) -> None:
+    """100,000 nested `[` and a descriptor whose size lies: MANIFEST_INVALID, no internals."""
+    repo = "faults/hostile"
+    cluster = Cluster(tmp_path, flushed_db, manifest_timeout=60, commit_timeout=60)
+    try:
+        cluster.serve()
+        cluster.worker()
+        with cluster.client() as http:
+            nested = cluster.put_manifest(http, repo, "deep", b"[" * 100_000 + b"]" * 100_000)
+            assert nested.status_code == 400, nested.text
+            assert nested.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+            assert "Recursion" not in nested.text and "Traceback" not in nested.text
+
+            document = json.loads(cluster.image(http, repo, "lying"))
+            document["layers"][0]["size"] += 1
+            lying = cluster.put_manifest(http, repo, "lie", json.dumps(document).encode())
+            assert lying.status_code == 400, lying.text
+            (error,) = lying.json()["errors"]
+            assert error["code"] == "MANIFEST_INVALID"
+            assert error["detail"][0]["digest"] == document["layers"][0]["digest"]
+            assert cluster.tag_digest(http, repo, "lie") is None
+    finally:
+        cluster.close()
