@@ -133,7 +133,8 @@ def test_an_unreachable_upstream_is_unavailable() -> None:
 
 
 def _manifest(registry: Registry, repo: str, tag: str, layers: list[bytes]) -> Digest:
-    config = registry.blobs.put(json.dumps({"tag": tag}).encode())
+    config_bytes = json.dumps({"tag": tag}).encode()
+    config = registry.blobs.put(config_bytes)
     registry.repo_blobs.link(repo, config)
     descriptors = []
     for data in layers:
@@ -149,7 +150,7 @@ def _manifest(registry: Registry, repo: str, tag: str, layers: list[bytes]) -> D
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
                 "digest": str(config),
-                "size": 12,
+                "size": len(config_bytes),
             },
             "layers": descriptors,
         }
