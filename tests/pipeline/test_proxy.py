@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from pipeline import paths
+from pipeline.blob_commit import commit_blob
 from pipeline.digest import Digest
 from pipeline.errors import ManifestUnknown, OperationUnsupported, UpstreamUnavailable
 from pipeline.manifest_commit import commit_manifest
 from pipeline.manifests import OCI_MANIFEST
 from pipeline.proxy import route
-from pipeline.proxy.cache import expire, fresh_tag
+from pipeline.proxy.cache import HOLD_BACK, BlobTail, blob_key, expire, fresh_tag
 from pipeline.proxy.upstream import UpstreamClient, parse_challenge
 from pipeline.registry import Registry
 from pipeline.settings import ProxySettings, Settings, StorageSettings, Upstream
@@ -187,3 +188,40 @@ def test_expiry_removes_what_was_not_pulled_within_ttl_and_keeps_what_was(tmp_pa
     assert fresh_blob in linked  # linked within the ttl: maybe being read right now
     assert registry.manifests.exists("local/app", local)  # local repositories never expire
     assert fresh_tag(registry, repo, "kept") is None  # no freshness record: ask upstream
+
+
+def _tailing(tmp_path: Path, data: bytes) -> tuple[Registry, str, Digest, str]:
+    from pipeline.proxy.leases import leases_for
+
+    settings = Settings(storage=StorageSettings(root=str(tmp_path)), proxy=ProxySettings(upstreams=(HUB,)))
+    registry = Registry.from_driver(settings, CheckedDriver(FilesystemDriver(str(tmp_path))))
+    repo, digest = "hub/library/app", Digest.of(data)
+    upload_id = registry.uploads.create(repo).upload_id
+    registry.uploads.append(repo, upload_id, data)
+    record = {"owner": "test", "state": "fetching", "upload_id": upload_id, "size": len(data)}
+    leases_for(settings).put(blob_key(repo, digest), record, 30)
+    return registry, repo, digest, upload_id
+
+
+def test_a_tailing_reader_gets_the_last_bytes_only_after_verification(tmp_path: Path) -> None:
+    data = os.urandom(3 * HOLD_BACK)
+    registry, repo, digest, upload_id = _tailing(tmp_path, data)
+    tail = BlobTail(registry, repo, digest, upload_id, len(data), timeout=30)
+    head = b""
+    while chunk := tail.read_available(1 << 20):
+        head += chunk
+    assert head == data[: len(data) - HOLD_BACK]  # all but the held-back bytes, then nothing yet
+    commit_blob(registry, repo, upload_id, str(digest), len(data))
+    assert head + tail.read() == data
+
+
+def test_a_tailing_reader_stops_short_when_the_fetch_fails(tmp_path: Path) -> None:
+    from pipeline.proxy.leases import leases_for
+
+    data = os.urandom(2 * HOLD_BACK)
+    registry, repo, digest, upload_id = _tailing(tmp_path, data)
+    tail = BlobTail(registry, repo, digest, upload_id, len(data), timeout=30)
+    assert tail.read_available(len(data)) == data[:HOLD_BACK]
+    leases_for(registry.settings).put(blob_key(repo, digest), {"state": "failed"}, 30)
+    with pytest.raises(OSError, match="failed"):
+        tail.read_available(len(data))
