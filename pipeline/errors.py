@@ -7,6 +7,7 @@ LadingError
 │   ├── PathNotFound                  no file or directory at the path
 │   ├── InvalidPath                   the path breaks the path grammar (`..`, empty segment, ...)
 │   ├── InvalidOffset                 a read or append at an offset the file does not have
+│   ├── PathExists                    a move onto a directory that holds files (or dir onto file)
 │   ├── UnsupportedMethod             the driver lacks an optional capability
 │   └── StorageUnavailable            transient backend failure; the only *retryable* error
 ├── JobsUnavailable                   the job broker or result backend is unreachable (503)
@@ -103,6 +104,13 @@ class InvalidOffset(StorageError):
         self.path = path
         self.offset = offset
         super().__init__({"path": path, "offset": offset})
+
+
+class PathExists(StorageError):
+    """Raised by `move` when the destination is a directory holding files, or a file while
+    the source is a directory. Every driver refuses the same way and changes nothing."""
+
+    message = "destination exists"
 
 
 class UnsupportedMethod(StorageError):

@@ -59,9 +59,8 @@ from pipeline.errors import (
     DigestInvalid,
     ManifestUnknown,
     NameUnknown,
+    PathExists,
     PathNotFound,
-    StorageError,
-    StorageUnavailable,
     TooManyRequests,
 )
 from pipeline.maintenance import stats
@@ -340,10 +339,8 @@ def _restore(registry: Registry, digest: Digest) -> None:
     try:
         driver.move(paths.gc_trash(digest), paths.blob_dir(digest))
         return
-    except (PathNotFound, StorageUnavailable):
-        raise
-    except StorageError:
-        pass  # the blob directory exists again: a push is storing the same digest
+    except PathExists:
+        pass  # every driver refuses to move onto a directory holding files: a push stored it again
     if not driver.exists(paths.blob_data(digest)):
         # The push has not finished writing; the bytes are the same, so ours may go first.
         driver.move(paths.gc_trash_data(digest), paths.blob_data(digest))

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pipeline.errors import InvalidPath
+from pipeline.errors import InvalidPath, PathNotFound
 from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -74,7 +74,13 @@ class CheckedDriver(StorageDriver):
         return self._inner.list(validate_path(path))
 
     def move(self, source: str, dest: str) -> None:
-        self._inner.move(validate_path(source), validate_path(dest))
+        """A move onto itself changes nothing on any driver (an object store's
+        copy-then-delete would otherwise delete it)."""
+        if validate_path(source) == validate_path(dest):
+            if not self._inner.exists(source):
+                raise PathNotFound(source)
+            return
+        self._inner.move(source, dest)
 
     def delete(self, path: str) -> None:
         self._inner.delete(validate_path(path))

@@ -118,8 +118,12 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def move(self, source: str, dest: str) -> None:
-        """Move a file or a directory, replacing dest if it exists. PathNotFound if source
-        is absent. Atomic on the filesystem (rename); on object stores it is copy-then-delete."""
+        """Move a file or a directory. PathNotFound if source is absent. The same rule on
+        every driver (`objects.check_move`): a file replaces a file; a move onto a directory
+        holding files, or of a directory onto a file, raises PathExists and changes nothing
+        (an empty directory, which only filesystem and memory can have, counts as absent).
+        Atomic on the filesystem (rename); on object stores it is copy-then-delete, so a
+        crash in between leaves both copies, never neither."""
 
     @abc.abstractmethod
     def delete(self, path: str) -> None:

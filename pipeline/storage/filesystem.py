@@ -32,11 +32,13 @@ from typing import Any, BinaryIO
 from pipeline.errors import (
     InvalidOffset,
     InvalidPath,
+    PathExists,
     PathNotFound,
     StorageError,
     StorageUnavailable,
 )
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.objects import check_move
 
 TEMP_PREFIX = ".lading-tmp-"
 _Entries = list[os.DirEntry[str]]  # spelled here: the driver's own `list` method shadows the builtin
@@ -254,13 +256,29 @@ class FilesystemDriver(StorageDriver):
         return _NewFileWriter(self, path)
 
     def move(self, source: str, dest: str) -> None:
+        """See `objects.check_move`: the same rule as every driver; an empty directory at
+        dest counts as absent (object stores cannot have one)."""
         src, dst = self._full(source), self._full(dest)
         with _os_errors(source, reading=True):
-            os.stat(src)
+            source_is_dir = stat_mode.S_ISDIR(os.stat(src).st_mode)
+        try:
+            dest_is_dir = stat_mode.S_ISDIR(os.stat(dst).st_mode)
+            dest_exists = True
+        except (FileNotFoundError, NotADirectoryError):
+            dest_is_dir = dest_exists = False
+        with _os_errors(dest, reading=True):
+            has_children = dest_is_dir and bool(os.listdir(dst))
+        check_move(source, dest, source_is_dir, dest_exists and not dest_is_dir, has_children)
         with _os_errors(dest):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with _os_errors(source):
+            if dest_is_dir and not source_is_dir:
+                os.rmdir(dst)  # empty, checked above
+        try:
             os.replace(src, dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise PathExists(dest, f"cannot move {source}: the destination was filled meanwhile") from exc
+            raise _translate(exc, source, reading=False) from exc
         if self.fsync:
             with _os_errors(dest):
                 _fsync_dir(os.path.dirname(dst))

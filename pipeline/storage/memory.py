@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.objects import check_move
 
 
 def _now() -> datetime:
@@ -162,26 +163,21 @@ class MemoryDriver(StorageDriver):
                 if not self.exists(source):
                     raise PathNotFound(source)
                 return
-            if source in self._files:
-                if dest in self._dirs:
-                    raise StorageError(f"{dest}: conflicts with an existing directory")
+            source_is_dir = source not in self._files
+            if source_is_dir and source not in self._dirs:
+                raise PathNotFound(source)
+            dest_dir = self._dirs.get(dest)
+            check_move(source, dest, source_is_dir, dest in self._files, bool(dest_dir and dest_dir.children))
+            if dest_dir is not None:
+                self._remove(dest)  # an empty directory counts as absent
+            if not source_is_dir:
                 node = self._files.pop(source)
                 self._unlink(source)
                 self._store(dest, node)
                 return
-            if source not in self._dirs:
-                raise PathNotFound(source)
             self._move_dir(source, dest)
 
     def _move_dir(self, source: str, dest: str) -> None:
-        if dest.startswith(source + "/"):
-            raise StorageError(f"{dest}: cannot move a directory into itself")
-        if dest in self._files:
-            raise StorageError(f"{dest}: conflicts with an existing file")
-        if dest in self._dirs:
-            if self._dirs[dest].children:
-                raise StorageError(f"{dest}: directory not empty")
-            self._remove(dest)
         files, dirs = self._subtree(source)
         self._mkdirs(_parent(dest))
         for p in sorted(dirs):

@@ -14,6 +14,8 @@ directory disappear.
   one path exclude each other within this process (a bounded wait, then
   StorageUnavailable); across processes the upload store's offset check is the guard.
 - `walk` is native: one flat listing, not a request per directory.
+- `move` follows the one rule of every driver (`objects.check_move`): it never merges
+  into a directory that holds files.
 
 boto/botocore errors are translated to `pipeline.errors` in one place, `_translate`:
 throttling, 5xx and connection failures become StorageUnavailable.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -49,6 +50,7 @@ from pipeline.errors import (
 )
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
 from pipeline.storage.filereader import FileReader
+from pipeline.storage.objects import AppendGuard, KeyLayout, check_move, tree
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest non-final multipart part
 MAX_COPY_PART = 1024 * 1024 * 1024  # copy ranges stay well under S3's 5 GiB part limit
@@ -112,8 +114,7 @@ def _s3_errors(path: str) -> Iterator[None]:
 _Objects = list[dict[str, Any]]  # spelled here: the driver's own `list` method shadows the builtin
 
 # Appenders of one object exclude each other across every S3Driver in the process.
-_append_guard = threading.Condition()
-_appending: set[tuple[str, str]] = set()
+_guard = AppendGuard()
 
 
 class S3Driver(StorageDriver):
@@ -141,7 +142,8 @@ class S3Driver(StorageDriver):
         self.bucket = bucket
         self.chunk_size = max(chunk_size, MIN_PART)
         self.lock_timeout = lock_timeout
-        self._prefix = root_directory.strip("/")
+        self.layout = KeyLayout(root_directory)
+        self._prefix = self.layout.prefix
         config = Config(
             region_name=region,
             retries={"max_attempts": max_attempts, "mode": "standard"},
@@ -165,16 +167,13 @@ class S3Driver(StorageDriver):
     # --- keys ----------------------------------------------------------------------------
 
     def _key(self, path: str) -> str:
-        return f"{self._prefix}{path}" if self._prefix else path[1:]
+        return self.layout.key(path)
 
     def _dir_prefix(self, path: str) -> str:
-        """The key prefix of everything below directory `path`."""
-        if path == "/":
-            return f"{self._prefix}/" if self._prefix else ""
-        return self._key(path) + "/"
+        return self.layout.dir_prefix(path)
 
     def _path(self, key: str) -> str:
-        return key[len(self._prefix) :] if self._prefix else "/" + key
+        return self.layout.path(key)
 
     def _objects(self, prefix: str, path: str) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -244,17 +243,7 @@ class S3Driver(StorageDriver):
         files = [(self._path(o["Key"]), int(o["Size"]), o["LastModified"]) for o in objects]
         if not files and path != "/":
             raise PathNotFound(path)
-        base = "" if path == "/" else path
-        entries: dict[str, FileInfo] = {}
-        for file_path, size, modified in files:
-            entries[file_path] = FileInfo(file_path, size, modified, False)
-            parent = file_path.rsplit("/", 1)[0]
-            while parent != base:
-                known = entries.get(parent)
-                if known is None or known.modified < modified:
-                    entries[parent] = FileInfo(parent, 0, modified, True)
-                parent = parent.rsplit("/", 1)[0]
-        yield from sorted(entries.values(), key=lambda info: info.path.split("/"))
+        yield from tree(files, "" if path == "/" else path)
 
     def redirect_url(self, path: str, method: str = "GET") -> str | None:
         operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
@@ -275,12 +264,25 @@ class S3Driver(StorageDriver):
     def writer(self, path: str, append: bool = False) -> FileWriter:
         return _AppendWriter(self, path) if append else _ObjectWriter(self, path)
 
-    def move(self, source: str, dest: str) -> None:
+    def _is_file(self, path: str) -> bool:
         try:
-            self._head(source)
+            self._head(path)
         except PathNotFound:
-            if not self._first_below(source):
-                raise
+            return False
+        return True
+
+    def move(self, source: str, dest: str) -> None:
+        source_is_dir = not self._is_file(source)
+        if source_is_dir and not self._first_below(source):
+            raise PathNotFound(source)
+        check_move(
+            source,
+            dest,
+            source_is_dir,
+            dest_is_file=source_is_dir and self._is_file(dest),
+            dest_has_children=bool(self._first_below(dest)),
+        )
+        if source_is_dir:
             self._move_dir(source, dest)
             return
         self._copy(source, self._key(source), self._key(dest))
@@ -288,8 +290,20 @@ class S3Driver(StorageDriver):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(source))
 
     def _copy(self, path: str, source_key: str, dest_key: str) -> None:
+        """One CopyObject request (objects up to 5 GiB); the managed multipart copy, with
+        its thread pool, only for larger ones."""
+        source = {"Bucket": self.bucket, "Key": source_key}
+        try:
+            with _s3_errors(path):
+                self.client.copy_object(CopySource=source, Bucket=self.bucket, Key=dest_key)
+            return
+        except StorageError as exc:
+            cause = exc.__cause__
+            code = cause.response.get("Error", {}).get("Code") if isinstance(cause, ClientError) else None
+            if code not in ("InvalidRequest", "EntityTooLarge"):
+                raise
         with _s3_errors(path):
-            self.client.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, dest_key)
+            self.client.copy(source, self.bucket, dest_key)
 
     def _move_dir(self, source: str, dest: str) -> None:
         """Object stores have no directories: copy every key below, then delete the originals.
@@ -473,10 +487,7 @@ class _AppendWriter(_ObjectWriter):
 
     def __init__(self, driver: S3Driver, path: str) -> None:
         self._guard_key = (driver.bucket, driver._key(path))
-        with _append_guard:
-            if not _append_guard.wait_for(lambda: self._guard_key not in _appending, driver.lock_timeout):
-                raise StorageUnavailable(f"{path}: another writer is appending to this file")
-            _appending.add(self._guard_key)
+        _guard.acquire(self._guard_key, driver.lock_timeout, path)
         try:
             try:
                 head = driver._head(path)
@@ -502,9 +513,7 @@ class _AppendWriter(_ObjectWriter):
         super().commit()
 
     def _release(self) -> None:
-        with _append_guard:
-            _appending.discard(self._guard_key)
-            _append_guard.notify_all()
+        _guard.release(self._guard_key)
 
     def _finished(self) -> None:
         self._release()

@@ -3,13 +3,16 @@
 A driver's test module subclasses `DriverContract` and overrides the `driver` fixture to
 return a fresh, empty backend (built with `lock_timeout` of about a second, so the
 appender-exclusion test stays quick). It may also override `leftovers` to report backend
-artifacts a user must never be left with (temporary files, half-finished uploads).
+artifacts a user must never be left with (temporary files, half-finished uploads), and a
+network driver overrides `bytes_sent` with a counter of the request body bytes its client
+sent (a wrapped transport), which proves appends never send stored bytes again.
 
 Tests reach the backend through `CheckedDriver`, as every store does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import threading
@@ -18,13 +21,25 @@ from datetime import datetime
 
 import pytest
 
-from pipeline.errors import InvalidOffset, InvalidPath, PathNotFound, StorageError, StorageUnavailable
+from pipeline.errors import (
+    InvalidOffset,
+    InvalidPath,
+    PathExists,
+    PathNotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import FileInfo, StorageDriver
 
 KiB = 1024
 MiB = 1024 * KiB
 SIZES = [0, 1, 4 * KiB, 1 * MiB, 32 * MiB]
+S3_MIN_PART = 5 * MiB  # the smallest non-final part of an S3 multipart upload
+# Appends around part/block boundaries: S3's 5 MiB minimum part (and one byte either side),
+# then several 10 MiB appends, as distribution's driver suites do.
+BOUNDARY_APPENDS = [1, S3_MIN_PART - 2, 1, 1, S3_MIN_PART + 1, 10 * MiB, 10 * MiB, 10 * MiB, 17]
+REQUEST_OVERHEAD = 64 * KiB  # bodies that are not data (block lists, compose requests, ...)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -74,6 +89,18 @@ class DriverContract:
     @pytest.fixture
     def leftovers(self) -> Callable[[], list[str]]:
         return lambda: []
+
+    @pytest.fixture
+    def bytes_sent(self) -> Callable[[], int] | None:
+        """Request body bytes the driver's client has sent so far (None: no network)."""
+        return None
+
+    @pytest.fixture
+    def resent_below(self) -> int:
+        """An append to a file smaller than this may send its stored bytes again (S3: a
+        multipart part other than the last must be at least 5 MiB, so a smaller object
+        cannot be copied server-side into one). Zero for every other driver."""
+        return 0
 
     @pytest.fixture
     def d(self, driver: StorageDriver, leftovers: Callable[[], list[str]]) -> Iterator[StorageDriver]:
@@ -316,6 +343,40 @@ class DriverContract:
         assert outcome["size"] == 6
         assert d.get_content("/up/data") == b"aaaAAAbbb"
 
+    def test_appends_across_part_and_block_boundaries(
+        self, d: StorageDriver, bytes_sent: Callable[[], int] | None, resent_below: int
+    ) -> None:
+        """Appends of 1 B, 5 MiB - 2, 1, 1, 5 MiB + 1 and three of 10 MiB, each its own
+        writer as a PATCH is: the content is the concatenation, and no append sends again
+        the bytes already stored (counted on the wire for network drivers)."""
+        d.put_content("/up/data", b"")
+        whole = hashlib.sha256()
+        stored = 0
+        boundaries = []
+        for i, size in enumerate(BOUNDARY_APPENDS):
+            chunk = payload(size, seed=100 + i)
+            before = bytes_sent() if bytes_sent else 0
+            w = d.writer("/up/data", append=True)
+            assert w.size == stored
+            for start in range(0, size, 3 * MiB + 5):  # writes that straddle chunk sizes too
+                w.write(chunk[start : start + 3 * MiB + 5])
+            w.commit()
+            w.close()
+            if bytes_sent is not None:
+                sent = bytes_sent() - before
+                allowed = size + REQUEST_OVERHEAD + (stored if stored < resent_below else 0)
+                assert size <= sent <= allowed, f"append {i} of {size} B sent {sent} B with {stored} B stored"
+            whole.update(chunk)
+            stored += size
+            boundaries.append(stored)
+            assert d.stat("/up/data").size == stored
+        assert hashlib.sha256(d.get_content("/up/data")).hexdigest() == whole.hexdigest()
+        data = d.get_content("/up/data")
+        for edge in boundaries[:-1]:
+            start = max(edge - 3, 0)
+            with d.reader("/up/data", start) as stream:
+                assert stream.read(7) == data[start : start + 7]
+
     # --- stat ----------------------------------------------------------------------------
 
     def test_stat_file_and_directories(self, d: StorageDriver) -> None:
@@ -384,6 +445,66 @@ class DriverContract:
         assert d.get_content("/blobs/ab/abcd/data") == b"sibling"
         d.move("/trash/abc", "/blobs/ab/abc")
         assert sorted(files_below(d)) == ["/blobs/ab/abc/data", "/blobs/ab/abc/sub/x", "/blobs/ab/abcd/data"]
+
+    def test_move_of_a_directory_onto_a_directory_holding_files_changes_nothing(
+        self, d: StorageDriver
+    ) -> None:
+        """One rule on every driver (gc relies on it to notice a blob stored again while
+        its old copy was in the trash): never merge, never replace a populated directory."""
+        before = {"/src/a": b"new a", "/src/b/c": b"new c", "/dst/a": b"old a", "/dst/z": b"old z"}
+        for path, content in before.items():
+            d.put_content(path, content)
+        with pytest.raises(PathExists):
+            d.move("/src", "/dst")
+        assert sorted(files_below(d)) == sorted(before)
+        for path, content in before.items():
+            assert d.get_content(path) == content
+
+    def test_move_of_a_file_onto_a_directory_holding_files_changes_nothing(self, d: StorageDriver) -> None:
+        d.put_content("/src", b"file")
+        d.put_content("/dst/inner", b"inner")
+        with pytest.raises(PathExists):
+            d.move("/src", "/dst")
+        assert d.get_content("/src") == b"file"
+        assert d.get_content("/dst/inner") == b"inner"
+        assert sorted(files_below(d)) == ["/dst/inner", "/src"]
+
+    def test_move_of_a_directory_onto_a_file_changes_nothing(self, d: StorageDriver) -> None:
+        d.put_content("/src/a", b"a")
+        d.put_content("/dst", b"file")
+        with pytest.raises(PathExists):
+            d.move("/src", "/dst")
+        assert sorted(files_below(d)) == ["/dst", "/src/a"]
+        assert d.get_content("/dst") == b"file"
+
+    def test_move_of_a_directory_into_itself_changes_nothing(self, d: StorageDriver) -> None:
+        d.put_content("/src/a", b"a")
+        with pytest.raises(PathExists):
+            d.move("/src", "/src/deeper")
+        assert files_below(d) == ["/src/a"]
+
+    def test_move_onto_itself_changes_nothing(self, d: StorageDriver) -> None:
+        d.put_content("/dir/f", b"f")
+        d.move("/dir/f", "/dir/f")
+        d.move("/dir", "/dir")
+        assert d.get_content("/dir/f") == b"f"
+        with pytest.raises(PathNotFound):
+            d.move("/nothing", "/nothing")
+
+    def test_move_onto_a_directory_whose_files_were_deleted(self, d: StorageDriver) -> None:
+        """Deleting the last file leaves an empty directory on a filesystem and nothing on
+        an object store; either way the path counts as free."""
+        d.put_content("/dst/old", b"old")
+        d.delete("/dst/old")
+        d.put_content("/src/new", b"new")
+        d.move("/src", "/dst")
+        assert d.get_content("/dst/new") == b"new"
+        assert files_below(d) == ["/dst/new"]
+        d.put_content("/other/old", b"old")
+        d.delete("/other/old")
+        d.put_content("/file", b"file")
+        d.move("/file", "/other")
+        assert d.get_content("/other") == b"file"
 
     def test_move_of_missing_source(self, d: StorageDriver) -> None:
         d.put_content("/dst", b"untouched")

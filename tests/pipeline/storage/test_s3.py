@@ -4,10 +4,6 @@ prefix, and translation of throttling / 5xx / connection failures to StorageUnav
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,47 +19,17 @@ from pipeline.storage.driver import StorageDriver
 from pipeline.storage.factory import driver_from_settings
 from pipeline.storage.s3 import MIN_PART, S3Driver
 from tests.pipeline.storage.contract import DriverContract, payload
+from tests.support.emulators import moto_server
+from tests.support.net import free_port
 
 KEY, SECRET = "testing", "testing"  # moto accepts any credentials
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """A moto S3 server in its own process, on a free local port."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode}")
-            try:
-                httpx.get(f"{url}/moto-api/", timeout=1.0)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start within 60 s") from None
-                time.sleep(0.1)
+    with moto_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def new_driver(endpoint: str, **options: Any) -> S3Driver:
@@ -100,6 +66,24 @@ class TestS3Driver(DriverContract):
     @pytest.fixture
     def leftovers(self, s3: S3Driver) -> Callable[[], list[str]]:
         return lambda: open_uploads(s3)
+
+    @pytest.fixture
+    def bytes_sent(self, s3: S3Driver) -> Callable[[], int]:
+        counter = [0]
+
+        def count(request: Any, **_: Any) -> None:
+            body = request.body
+            if isinstance(body, (bytes, bytearray)):
+                counter[0] += len(body)
+            elif body is not None:
+                counter[0] += int(request.headers.get("Content-Length", 0) or 0)
+
+        s3.client.meta.events.register("before-send.s3", count)
+        return lambda: counter[0]
+
+    @pytest.fixture
+    def resent_below(self) -> int:
+        return MIN_PART
 
 
 @pytest.fixture
@@ -190,7 +174,7 @@ def test_permanent_errors_are_not_retryable(s3: S3Driver) -> None:
 def test_unreachable_endpoint_is_unavailable() -> None:
     dead = S3Driver(
         "bucket",
-        endpoint_url=f"http://127.0.0.1:{_free_port()}",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
         force_path_style=True,
         secure=False,
         max_attempts=1,

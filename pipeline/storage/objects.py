@@ -1,0 +1,104 @@
+"""What every object-store driver (s3, gcs, azure) shares: the key layout, the directory
+tree implied by a flat listing, in-process appender exclusion, and the move rule.
+
+Object stores have no directories: `/a/b` is a directory while some key starts with
+`a/b/`. A storage path `/docker/registry/v2/x` is the key `<rootdirectory>/docker/registry/v2/x`
+(without the leading `/` when there is no root directory), as in distribution's drivers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from pipeline.errors import PathExists, StorageUnavailable
+from pipeline.storage.driver import FileInfo
+
+# Temporary objects a driver makes while appending (gcs) live under this name in the root
+# directory; listings hide it, as the filesystem driver hides its temporary files.
+HIDDEN = ".lading-tmp"
+
+
+class KeyLayout:
+    """Maps storage paths to object keys below an optional root directory (a key prefix)."""
+
+    def __init__(self, root_directory: str = "") -> None:
+        self.prefix = root_directory.strip("/")
+
+    def key(self, path: str) -> str:
+        return f"{self.prefix}{path}" if self.prefix else path[1:]
+
+    def dir_prefix(self, path: str) -> str:
+        """The key prefix of everything below directory `path`."""
+        if path == "/":
+            return f"{self.prefix}/" if self.prefix else ""
+        return self.key(path) + "/"
+
+    def path(self, key: str) -> str:
+        return key[len(self.prefix) :] if self.prefix else "/" + key
+
+    def hidden(self, name: str) -> str:
+        """The key of a temporary object (hidden from list and walk)."""
+        return self.dir_prefix("/") + f"{HIDDEN}/{name}"
+
+    def is_hidden(self, key: str) -> bool:
+        return key.startswith(self.dir_prefix("/") + HIDDEN + "/")
+
+
+def tree(files: Iterable[tuple[str, int, datetime]], base: str) -> list[FileInfo]:
+    """Every file and implied directory below `base` ("" for the root), depth first in
+    lexical order, from (path, size, modified) of the files. A directory's modification
+    time is its newest file's."""
+    entries: dict[str, FileInfo] = {}
+    for file_path, size, modified in files:
+        entries[file_path] = FileInfo(file_path, size, modified, False)
+        parent = file_path.rsplit("/", 1)[0]
+        while parent != base:
+            known = entries.get(parent)
+            if known is None or known.modified < modified:
+                entries[parent] = FileInfo(parent, 0, modified, True)
+            parent = parent.rsplit("/", 1)[0]
+    return sorted(entries.values(), key=lambda info: info.path.split("/"))
+
+
+class AppendGuard:
+    """Appenders of one object exclude each other within this process (a bounded wait,
+    then StorageUnavailable); across processes the upload store's offset check, and each
+    driver's conditional commit, are the guard."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: set[tuple[str, str]] = set()
+
+    def acquire(self, key: tuple[str, str], timeout: float, path: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: key not in self._held, timeout):
+                raise StorageUnavailable(f"{path}: another writer is appending to this file")
+            self._held.add(key)
+
+    def release(self, key: tuple[str, str]) -> None:
+        with self._cond:
+            self._held.discard(key)
+            self._cond.notify_all()
+
+
+def check_move(
+    source: str, dest: str, source_is_dir: bool, dest_is_file: bool, dest_has_children: bool
+) -> None:
+    """The one move rule of every driver: a file replaces a file; nothing ever lands on a
+    directory that holds something, and a directory never replaces a file (PathExists,
+    nothing changed). An empty directory (only the filesystem and memory drivers have
+    them) counts as absent."""
+    if dest_has_children:
+        raise PathExists(dest, f"cannot move {source} onto a directory that holds files")
+    if source_is_dir and dest_is_file:
+        raise PathExists(dest, f"cannot move the directory {source} onto a file")
+    if source_is_dir and (dest + "/").startswith(source + "/"):
+        raise PathExists(dest, f"cannot move the directory {source} into itself")
+
+
+def chunks(data: bytes | bytearray | memoryview, size: int) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield bytes(view[start : start + size])
