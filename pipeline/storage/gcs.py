@@ -1,0 +1,583 @@
+"""Google Cloud Storage driver (the `google-cloud-storage` client), on the key layout of
+distribution's gcs driver (see `objects.KeyLayout`).
+
+- New-file writers buffer up to `chunk_size`; a small file is one upload, a larger one
+  streams through a resumable upload session in `chunk_size` pieces (a multiple of
+  256 KiB). Nothing is visible before commit finalizes the session; cancel abandons it
+  (GCS drops unfinalized sessions after a week; they are never listed).
+- Appending writers never send stored bytes again: the new bytes go to a temporary part
+  object (hidden from listings), and commit composes `[object, part]` onto the object
+  server-side, conditional on the generation seen at open, then deletes the part. The
+  appended object is all there is: an upload survives any restart of the process.
+- Redirects are V4 signed URLs; they need a service-account key (`keyfile` or
+  `credentials`), so without one `capabilities.redirect` is false.
+- `endpoint` (a Lading key, for emulators such as fake-gcs-server) sends API calls to that
+  URL unauthenticated; a configured key is then used only to sign URLs.
+
+SDK errors are translated to `pipeline.errors` in one place, `_translate`: throttling,
+5xx, precondition races and connection failures become StorageUnavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
+
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exc
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.filereader import FileReader
+from pipeline.storage.objects import HIDDEN, AppendGuard, KeyLayout, check_move, tree
+
+CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
+DEFAULT_CHUNK = 16 * 1024 * 1024
+SIGN_SECONDS = 20 * 60  # distribution's redirect lifetime
+SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+
+_TRANSIENT = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    gexc.RetryError,
+    gexc.DeadlineExceeded,
+    gexc.PreconditionFailed,  # the object changed under a conditional write: try again
+    requests.ConnectionError,
+    requests.Timeout,
+    auth_exc.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _status(exc: BaseException) -> int:
+    """The HTTP status of a resumable-media error (`exc.response.status_code`), else 0."""
+    response = getattr(exc, "response", None)
+    return int(getattr(response, "status_code", 0) or 0)
+
+
+def _translate(exc: BaseException, path: str) -> StorageError:
+    """The one map from google-cloud-storage errors to driver errors."""
+    if isinstance(exc, gexc.NotFound) or _status(exc) == 404:
+        return PathNotFound(path)
+    status = _status(exc) or int(getattr(exc, "code", 0) or 0)
+    if isinstance(exc, _TRANSIENT) or status >= 500 or status in (408, 412, 429):
+        return StorageUnavailable(f"{path}: {exc}")
+    return StorageError(f"{path}: {exc}")
+
+
+_SDK_ERRORS = (gexc.GoogleAPIError, requests.RequestException, auth_exc.GoogleAuthError, OSError, ValueError)
+
+
+@contextlib.contextmanager
+def _gcs_errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except _SDK_ERRORS as exc:
+        raise _translate(exc, path) from exc
+    except Exception as exc:  # resumable-media's InvalidResponse / DataCorruption
+        if hasattr(exc, "response"):
+            raise _translate(exc, path) from exc
+        raise
+
+
+def service_account(keyfile: str = "", info: dict[str, Any] | None = None) -> Credentials | None:
+    """Service-account credentials from a key file or distribution's `credentials` map."""
+    from google.oauth2 import service_account as sa
+
+    if keyfile:
+        return sa.Credentials.from_service_account_file(keyfile, scopes=SCOPES)
+    if info:
+        return sa.Credentials.from_service_account_info(dict(info), scopes=SCOPES)
+    return None
+
+
+_guard = AppendGuard()
+
+
+class GCSDriver(StorageDriver):
+    """Objects in `bucket` under `root_directory`."""
+
+    name = "gcs"
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        root_directory: str = "",
+        keyfile: str = "",
+        credentials: dict[str, Any] | None = None,
+        endpoint: str = "",
+        project: str = "",
+        chunk_size: int = DEFAULT_CHUNK,
+        lock_timeout: float = 30.0,
+        retry_deadline: float = 60.0,
+        timeout: float = 60.0,
+        http: requests.Session | None = None,
+    ) -> None:
+        self.bucket_name = bucket
+        self.chunk_size = max(CHUNK_UNIT, chunk_size // CHUNK_UNIT * CHUNK_UNIT)
+        self.lock_timeout = lock_timeout
+        self.layout = KeyLayout(root_directory)
+        self.endpoint = endpoint.rstrip("/")
+        self.signer = service_account(keyfile, credentials)
+        self.capabilities = Capabilities(redirect=self.signer is not None, walk=True)
+        if self.endpoint:
+            api: Credentials | None = AnonymousCredentials()
+        else:
+            api = self.signer  # None → google.auth's default chain
+        project = project or str(
+            (credentials or {}).get("project_id") or getattr(self.signer, "project_id", "")
+        )
+        options = {"api_endpoint": self.endpoint} if self.endpoint else None
+        self.client = storage.Client(
+            project=project or "lading", credentials=api, client_options=options, _http=http
+        )
+        self.bucket = self.client.bucket(bucket)
+        self.http = http or requests.Session()  # resumable chunks: the session URI is the credential
+        self._retry: Retry = DEFAULT_RETRY.with_deadline(retry_deadline)
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"GCSDriver(bucket={self.bucket_name!r}, root={self.layout.prefix!r})"
+
+    def _blob(self, key: str, generation: int | None = None) -> Any:
+        return self.bucket.blob(key, generation=generation)
+
+    def _head(self, path: str) -> Any:
+        """The object's resource (size, generation, updated), or None when absent."""
+        with _gcs_errors(path):
+            return self.bucket.get_blob(self.layout.key(path), retry=self._retry, timeout=self._timeout)
+
+    def _keys(self, prefix: str, path: str, limit: int | None = None) -> Iterator[Any]:
+        with _gcs_errors(path):
+            yield from self.client.list_blobs(
+                self.bucket, prefix=prefix, max_results=limit, retry=self._retry, timeout=self._timeout
+            )
+
+    def _any_below(self, path: str) -> Any:
+        return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get_content(self, path: str) -> bytes:
+        with _gcs_errors(path):
+            data: bytes = self._blob(self.layout.key(path)).download_as_bytes(
+                retry=self._retry, timeout=self._timeout
+            )
+        return data
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        head = self._head(path)
+        if head is None:
+            raise PathNotFound(path)
+        size = int(head.size or 0)
+        if offset < 0 or offset > size:
+            raise InvalidOffset(path, offset)
+        raw = _ObjectReader(self, path, size, int(head.generation))
+        raw.seek(offset)
+        return io.BufferedReader(raw, buffer_size=1024 * 1024)
+
+    def _read_range(self, path: str, generation: int, start: int, length: int) -> bytes:
+        with _gcs_errors(path):
+            data: bytes = self._blob(self.layout.key(path), generation).download_as_bytes(
+                start=start, end=start + length - 1, retry=self._retry, timeout=self._timeout
+            )
+        return data
+
+    def stat(self, path: str) -> FileInfo:
+        if path == "/":
+            return FileInfo("/", 0, datetime.now(UTC), True)
+        head = self._head(path)
+        if head is not None:
+            return FileInfo(path, int(head.size or 0), head.updated, False)
+        first = self._any_below(path)
+        if first is None:
+            raise PathNotFound(path)
+        return FileInfo(path, 0, first.updated, True)
+
+    def list(self, path: str) -> list[str]:
+        prefix = self.layout.dir_prefix(path)
+        names: set[str] = set()
+        with _gcs_errors(path):
+            pages = self.client.list_blobs(
+                self.bucket, prefix=prefix, delimiter="/", retry=self._retry, timeout=self._timeout
+            )
+            for page in pages.pages:
+                names.update(b.name[len(prefix) :] for b in page)
+                names.update(p[len(prefix) :].rstrip("/") for p in page.prefixes)
+        names.discard("")
+        if path == "/":
+            names.discard(HIDDEN)
+        if not names and path != "/":
+            raise PathNotFound(path)
+        base = "" if path == "/" else path
+        return [f"{base}/{name}" for name in sorted(names)]
+
+    def walk(self, path: str) -> Iterator[FileInfo]:
+        files = [
+            (self.layout.path(b.name), int(b.size or 0), b.updated)
+            for b in self._keys(self.layout.dir_prefix(path), path)
+            if not self.layout.is_hidden(b.name)
+        ]
+        if not files and path != "/":
+            raise PathNotFound(path)
+        yield from tree(files, "" if path == "/" else path)
+
+    def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        if method.upper() not in ("GET", "HEAD"):
+            raise UnsupportedMethod(f"redirect for {method}")
+        if self.signer is None:
+            raise UnsupportedMethod("redirect_url: GCS signed URLs need a service-account key")
+        with _gcs_errors(path):
+            url: str = self._blob(self.layout.key(path)).generate_signed_url(
+                version="v4",
+                expiration=timedelta(seconds=SIGN_SECONDS),
+                method=method.upper(),
+                credentials=self.signer,
+                api_access_endpoint=self.endpoint or "https://storage.googleapis.com",
+            )
+        return url
+
+    # --- writing -------------------------------------------------------------------------
+
+    def put_content(self, path: str, content: bytes) -> None:
+        with _gcs_errors(path):
+            self._blob(self.layout.key(path)).upload_from_string(
+                bytes(content), retry=self._retry, timeout=self._timeout
+            )
+
+    def writer(self, path: str, append: bool = False) -> FileWriter:
+        if append:
+            return _AppendWriter(self, path)
+        return _ObjectWriter(self, path, self.layout.key(path))
+
+    def move(self, source: str, dest: str) -> None:
+        source_head = self._head(source)
+        source_is_dir = source_head is None
+        if source_is_dir and self._any_below(source) is None:
+            raise PathNotFound(source)
+        check_move(
+            source,
+            dest,
+            source_is_dir,
+            dest_is_file=source_is_dir and self._head(dest) is not None,
+            dest_has_children=self._any_below(dest) is not None,
+        )
+        if not source_is_dir:
+            self._copy(source, self.layout.key(source), self.layout.key(dest))
+            self._delete_keys(source, [self.layout.key(source)])
+            return
+        source_prefix, dest_prefix = self.layout.dir_prefix(source), self.layout.dir_prefix(dest)
+        keys = [b.name for b in self._keys(source_prefix, source)]
+        for key in keys:
+            self._copy(source, key, dest_prefix + key[len(source_prefix) :])
+        self._delete_keys(source, keys)
+
+    def _copy(self, path: str, source_key: str, dest_key: str) -> None:
+        with _gcs_errors(path):
+            self.bucket.copy_blob(
+                self._blob(source_key), self.bucket, dest_key, retry=self._retry, timeout=self._timeout
+            )
+
+    def delete(self, path: str) -> None:
+        if path == "/":
+            keys = [b.name for b in self._keys(self.layout.dir_prefix(path), path)]
+        else:
+            key = self.layout.key(path)
+            below = key + "/"
+            keys = [b.name for b in self._keys(key, path) if b.name == key or b.name.startswith(below)]
+            if not keys:
+                raise PathNotFound(path)
+        self._delete_keys(path, keys)
+
+    def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(PathNotFound), _gcs_errors(path):
+                self._blob(key).delete(retry=self._retry, timeout=self._timeout)
+
+
+class _ObjectReader(FileReader):
+    """FileReader whose reads are ranged GETs of one generation of the object."""
+
+    def __init__(self, driver: GCSDriver, path: str, size: int, generation: int) -> None:
+        super().__init__(driver, path, size)
+        self._gcs = driver
+        self._generation = generation
+
+    def _open(self) -> Any:
+        if self._stream is None:
+            self._stream = _RangeStream(self)  # type: ignore[assignment]
+        return self._stream
+
+
+class _RangeStream:
+    def __init__(self, reader: _ObjectReader) -> None:
+        self._reader = reader
+        self._position = reader.tell()
+
+    def read(self, n: int) -> bytes:
+        r = self._reader
+        n = min(n, r.size - self._position)
+        if n <= 0:
+            return b""
+        data = r._gcs._read_range(r.path, r._generation, self._position, n)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+class _ResumableSession:
+    """One resumable upload session (created with the client's public
+    `create_resumable_upload_session`; its URI authorizes the chunk PUTs by itself). Chunks
+    are multiples of 256 KiB except the last; a chunk the service did not confirm is sent
+    again from the offset it reports. Cancel deletes the session: no object ever appears."""
+
+    def __init__(self, driver: GCSDriver, path: str, key: str, if_generation_match: int | None) -> None:
+        self._driver = driver
+        self._path = path
+        with _gcs_errors(path):
+            self.url: str = driver._blob(key).create_resumable_upload_session(
+                if_generation_match=if_generation_match, timeout=driver._timeout, retry=driver._retry
+            )
+        self.offset = 0
+
+    def send(self, data: bytes, final: bool, attempts: int = 5) -> None:
+        start, view = self.offset, memoryview(data)
+        for attempt in range(attempts):
+            skip = self.offset - start
+            body = view[skip:]
+            end = self.offset + len(body) - 1
+            total = str(self.offset + len(body)) if final else "*"
+            span = f"{self.offset}-{end}" if len(body) else "*"
+            try:
+                with _gcs_errors(self._path):
+                    response = self._driver.http.put(
+                        self.url,
+                        data=bytes(body),
+                        headers={"Content-Range": f"bytes {span}/{total}"},
+                        timeout=self._driver._timeout,
+                    )
+            except StorageUnavailable:
+                if attempt == attempts - 1:
+                    raise
+                self._query()
+                continue
+            if response.status_code in (200, 201) and final:
+                self.offset += len(body)
+                return
+            if response.status_code == 308 and not final:
+                self._confirmed(response)
+                if self.offset == start + len(data):
+                    return
+                continue
+            if response.status_code >= 500 or response.status_code == 429:
+                if attempt == attempts - 1:
+                    break
+                self._query()
+                continue
+            raise _from_status(response, self._path)
+        raise StorageUnavailable(
+            f"{self._path}: resumable upload did not accept a chunk after {attempts} tries"
+        )
+
+    def _confirmed(self, response: requests.Response) -> None:
+        received = response.headers.get("Range", "")  # "bytes=0-N"; absent: nothing yet
+        self.offset = int(received.rsplit("-", 1)[1]) + 1 if received else 0
+
+    def _query(self) -> None:
+        with _gcs_errors(self._path):
+            response = self._driver.http.put(
+                self.url, headers={"Content-Range": "bytes */*"}, timeout=self._driver._timeout
+            )
+        if response.status_code == 308:
+            self._confirmed(response)
+        elif response.status_code >= 400:
+            raise _from_status(response, self._path)
+
+    def cancel(self) -> None:
+        with contextlib.suppress(StorageError, requests.RequestException):
+            self._driver.http.delete(self.url, timeout=self._driver._timeout)
+
+
+def _from_status(response: requests.Response, path: str) -> StorageError:
+    text = f"{path}: resumable upload answered {response.status_code}: {response.text[:200]}"
+    if response.status_code == 404:
+        return StorageError(text)  # the session expired or was cancelled
+    if response.status_code >= 500 or response.status_code in (408, 412, 429):
+        return StorageUnavailable(text)
+    return StorageError(text)
+
+
+class _ObjectWriter(FileWriter):
+    """Buffers up to `chunk_size`; past that, streams a resumable upload session. The
+    object appears only when commit finalizes (conditional on `if_generation_match`)."""
+
+    def __init__(
+        self, driver: GCSDriver, path: str, key: str, if_generation_match: int | None = None
+    ) -> None:
+        self._driver = driver
+        self._path = path
+        self._key = key
+        self._match = if_generation_match
+        self._buffer = bytearray()
+        self._session: _ResumableSession | None = None
+        self._size = 0
+        self._state = "open"
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._path}: writer already {self._state}")
+
+    def write(self, data: bytes) -> int:
+        self._check_open()
+        self._buffer += data
+        self._size += len(data)
+        chunk = self._driver.chunk_size
+        if len(self._buffer) > chunk:  # keep the last bytes: the final chunk may not be empty
+            try:
+                if self._session is None:
+                    self._session = _ResumableSession(self._driver, self._path, self._key, self._match)
+                cut = (len(self._buffer) - 1) // chunk * chunk
+                self._session.send(bytes(self._buffer[:cut]), final=False)
+                del self._buffer[:cut]
+            except BaseException:
+                self.cancel()
+                raise
+        return len(data)
+
+    def commit(self) -> None:
+        self._check_open()
+        try:
+            if self._session is not None:
+                self._session.send(bytes(self._buffer), final=True)
+            else:
+                with _gcs_errors(self._path):
+                    self._driver._blob(self._key).upload_from_string(
+                        bytes(self._buffer),
+                        if_generation_match=self._match,
+                        retry=self._driver._retry,
+                        timeout=self._driver._timeout,
+                    )
+        except BaseException:
+            self.cancel()
+            raise
+        self._state = "committed"
+        self._session = None
+        self._buffer = bytearray()
+
+    def cancel(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "cancelled"
+        self._buffer = bytearray()
+        if self._session is not None:
+            self._session.cancel()
+            self._session = None
+
+    def close(self) -> None:
+        self.cancel()
+
+
+class _AppendWriter(FileWriter):
+    """Appends through a hidden part object composed onto the object at commit."""
+
+    def __init__(self, driver: GCSDriver, path: str) -> None:
+        self._driver = driver
+        self._path = path
+        self._key = driver.layout.key(path)
+        self._guard_key = (driver.bucket_name, self._key)
+        _guard.acquire(self._guard_key, driver.lock_timeout, path)
+        try:
+            head = driver._head(path)
+            self._start = int(head.size or 0) if head is not None else 0
+            self._generation = int(head.generation) if head is not None else 0  # 0: must not exist
+            self._part_key: str | None = None
+            if self._start == 0:
+                # Nothing stored yet: write the object itself (replacing the empty one).
+                self._inner = _ObjectWriter(driver, path, self._key, self._generation)
+            else:
+                self._part_key = driver.layout.hidden(f"parts/{uuid.uuid4().hex}")
+                self._inner = _ObjectWriter(driver, path, self._part_key, 0)
+            self._created = head is None
+            self._state = "open"
+        except BaseException:
+            _guard.release(self._guard_key)
+            raise
+
+    @property
+    def size(self) -> int:
+        return self._start + self._inner.size
+
+    def write(self, data: bytes) -> int:
+        if self._state != "open":
+            raise StorageError(f"{self._path}: writer already {self._state}")
+        try:
+            return self._inner.write(data)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def commit(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._path}: writer already {self._state}")
+        try:
+            if self._inner.size or self._created:
+                self._inner.commit()
+                if self._part_key is not None:
+                    self._compose()
+            else:
+                self._inner.cancel()  # nothing appended: the object stays exactly as it was
+        except BaseException:
+            self.cancel()
+            raise
+        self._state = "committed"
+        _guard.release(self._guard_key)
+
+    def _compose(self) -> None:
+        driver, part = self._driver, self._part_key
+        assert part is not None
+        try:
+            with _gcs_errors(self._path):
+                driver._blob(self._key).compose(
+                    [driver._blob(self._key, self._generation), driver._blob(part)],
+                    if_generation_match=self._generation,
+                    retry=driver._retry,
+                    timeout=driver._timeout,
+                )
+        finally:
+            driver._delete_keys(self._path, [part])
+
+    def cancel(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "cancelled"
+        try:
+            self._inner.cancel()
+            if self._part_key is not None and self._inner._state == "committed":
+                self._driver._delete_keys(self._path, [self._part_key])
+        finally:
+            _guard.release(self._guard_key)
+
+    def close(self) -> None:
+        self.cancel()
