@@ -270,8 +270,8 @@ STR, OPT_STR, BOOL, INT = _Leaf("str"), _Leaf("str?"), _Leaf("bool"), _Leaf("int
 DURATION, SECONDS, SIZE = _Leaf("duration"), _Leaf("seconds"), _Leaf("size")
 STRLIST, HEADERS, ANY = _Leaf("strlist"), _Leaf("headers"), _Leaf("any")
 
-_DRIVER_KEYS = ("filesystem", "inmemory", "s3")
-_KNOWN_FOREIGN_DRIVERS = ("azure", "gcs", "swift", "oss")
+_DRIVER_KEYS = ("filesystem", "inmemory", "s3", "gcs", "azure")
+_KNOWN_FOREIGN_DRIVERS = ("swift", "oss")
 
 SCHEMA = _s(
     {
@@ -312,6 +312,36 @@ SCHEMA = _s(
                         "checksumalgorithm",
                     ),
                 ),
+                "gcs": _s(
+                    {
+                        "bucket": STR,
+                        "keyfile": STR,
+                        "credentials": ANY,
+                        "rootdirectory": STR,
+                        "chunksize": INT,
+                        "endpoint": STR,  # Lading's: an emulator (fake-gcs-server)
+                    },
+                    ignored=("useragent", "maxconcurrency"),
+                ),
+                "azure": _s(
+                    {
+                        "accountname": STR,
+                        "accountkey": STR,
+                        "container": STR,
+                        "realm": STR,
+                        "serviceurl": STR,
+                        "rootdirectory": STR,
+                    },
+                    ignored=(
+                        "credentials",
+                        "maxretries",
+                        "retrytrytimeout",
+                        "retrydelay",
+                        "maxretrydelay",
+                        "copystatuspollmaxretry",
+                        "copystatuspolldelay",
+                    ),
+                ),
                 "delete": _s({"enabled": BOOL}),
                 "redirect": _s({"disable": BOOL}),
                 "cache": _s({"blobdescriptor": STR, "blobdescriptorsize": INT}),
@@ -326,7 +356,7 @@ SCHEMA = _s(
             },
             ignored=("tag",),
             unknown="error",
-            unknown_hint="unknown storage driver or option (Lading has filesystem, inmemory and s3)",
+            unknown_hint="unknown storage driver or option (Lading has filesystem, inmemory, s3, gcs, azure)",
         ),
         "http": _s(
             {
@@ -955,6 +985,7 @@ def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str | None:
 
 
 _BLOB_CACHES = ("inmemory", "redis")
+_REQUIRED = {"s3": ("bucket",), "gcs": ("bucket",), "azure": ("accountname", "accountkey", "container")}
 
 
 def _storage(s: Mapping[str, Any]) -> StorageSettings:
@@ -971,16 +1002,19 @@ def _storage(s: Mapping[str, Any]) -> StorageSettings:
         if s["inmemory"] not in (None, {}, ""):
             raise ConfigurationError("storage.inmemory: this driver takes no parameters")
         kwargs["driver"] = "inmemory"
-    elif driver == "s3":
-        kwargs["driver"] = "s3"
-        for key, value in (s.get("s3") or {}).items():
-            target = f"s3_{key}"
+    elif driver in _REQUIRED:
+        kwargs["driver"] = driver
+        for key, value in (s.get(driver) or {}).items():
+            target = f"{driver}_{key}"
             if target in fields:
                 kwargs[target] = value
             elif key == "rootdirectory":
                 kwargs["root"] = value
-        if not kwargs.get("s3_bucket"):
-            raise ConfigurationError("storage.s3.bucket: required")
+        for key in _REQUIRED[driver]:
+            if not kwargs.get(f"{driver}_{key}"):
+                raise ConfigurationError(f"storage.{driver}.{key}: required")
+        if driver == "gcs" and not isinstance(kwargs.get("gcs_credentials", {}), dict):
+            raise ConfigurationError("storage.gcs.credentials: expected a map (a service-account key)")
     purging = _get(s, "maintenance", "uploadpurging") or {}
     kwargs.update(
         _pick(

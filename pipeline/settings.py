@@ -25,7 +25,7 @@ class UploadPurging:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    driver: str = "filesystem"  # "filesystem" | "inmemory" | "s3"
+    driver: str = "filesystem"  # "filesystem" | "inmemory" | "s3" | "gcs" | "azure"
     root: str = "./lading-data"
     delete_enabled: bool = False
     redirect_disabled: bool = True
@@ -42,6 +42,20 @@ class StorageSettings:
     s3_forcepathstyle: bool = False
     s3_secure: bool = True
     s3_chunksize: int = 10 * 1024 * 1024  # multipart part size (at least 5 MiB)
+    # storage.gcs.<key> of distribution's gcs driver, as gcs_<key>
+    gcs_bucket: str = ""
+    gcs_keyfile: str = ""  # service-account key file ("" → credentials, else google.auth's default)
+    gcs_credentials: dict[str, Any] = field(default_factory=dict)  # service-account key as a map
+    gcs_rootdirectory: str = ""
+    gcs_chunksize: int = 16 * 1024 * 1024  # resumable upload chunk (a multiple of 256 KiB)
+    gcs_endpoint: str = ""  # Lading's: an emulator's URL (API calls then go unauthenticated)
+    # storage.azure.<key> of distribution's azure driver, as azure_<key>
+    azure_accountname: str = ""
+    azure_accountkey: str = ""
+    azure_container: str = ""
+    azure_realm: str = "core.windows.net"
+    azure_serviceurl: str = ""  # "" → https://<accountname>.blob.<realm>; else e.g. Azurite's URL
+    azure_rootdirectory: str = ""
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,51 @@ def _s3(storage: StorageSettings) -> StorageDriver:
     )
 
 
+def _gcs(storage: StorageSettings) -> StorageDriver:
+    from pipeline.storage.gcs import GCSDriver  # the SDK is only imported when GCS is configured
+
+    try:
+        return GCSDriver(
+            storage.gcs_bucket,
+            root_directory=storage.gcs_rootdirectory,
+            keyfile=storage.gcs_keyfile,
+            credentials=storage.gcs_credentials or None,
+            endpoint=storage.gcs_endpoint,
+            chunk_size=storage.gcs_chunksize,
+        )
+    except (OSError, ValueError) as exc:  # unreadable or malformed key
+        key = "storage.gcs.keyfile" if storage.gcs_keyfile else "storage.gcs.credentials"
+        raise ConfigurationError(key, f"{key}: {exc}") from exc
+    except Exception as exc:  # google.auth found no default credentials
+        if type(exc).__name__ != "DefaultCredentialsError":
+            raise
+        key = "storage.gcs.keyfile"
+        raise ConfigurationError(key, f"{key}: no key configured and no default credentials: {exc}") from exc
+
+
+def _azure(storage: StorageSettings) -> StorageDriver:
+    from pipeline.storage.azure import AzureDriver  # the SDK is only imported when Azure is configured
+
+    try:
+        return AzureDriver(
+            storage.azure_accountname,
+            storage.azure_accountkey,
+            storage.azure_container,
+            realm=storage.azure_realm,
+            service_url=storage.azure_serviceurl,
+            root_directory=storage.azure_rootdirectory,
+        )
+    except ValueError as exc:  # e.g. an account key that is not base64
+        key = "storage.azure.accountkey"
+        raise ConfigurationError(key, f"{key}: {exc}") from exc
+
+
 DRIVERS: dict[str, Callable[[StorageSettings], StorageDriver]] = {
     "filesystem": _filesystem,
     "inmemory": _inmemory,
     "s3": _s3,
+    "gcs": _gcs,
+    "azure": _azure,
 }
 
 
