@@ -54,6 +54,7 @@ TABLE: list[tuple[Callable[..., str], tuple[Any, ...], str]] = [
     (paths.upload_hashstate, (NAME, UID, "sha256", 1024), f"{REPO}/_uploads/{UID}/hashstates/sha256/1024"),
     # --- Lading's own records, where distribution never looks ---
     (paths.lading_repository_dir, (NAME,), f"{REPO}/_lading"),
+    (paths.tag_moved_at, (NAME, "22.04"), f"{REPO}/_lading/tags/22.04/movedat"),
     (paths.referrers_dir, (NAME, D), f"{REPO}/_lading/referrers/sha256/{HEX}"),
     (paths.referrer_link, (NAME, D, D2), f"{REPO}/_lading/referrers/sha256/{HEX}/sha256/{HEX2}/link"),
     (paths.tarsum_record, (D,), f"{V2}/lading/tarsum/sha256/{HEX}"),
