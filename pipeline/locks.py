@@ -33,7 +33,7 @@ from typing import Protocol
 import redis
 from redis.exceptions import LockError
 
-from pipeline.errors import TooManyRequests
+from pipeline.errors import StorageUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,15 @@ class RedisLocks:
         lock = self._client.lock(
             self._prefix + repository, timeout=self._lease, blocking_timeout=timeout, thread_local=False
         )
-        if not lock.acquire():
+        try:
+            acquired = lock.acquire()
+        except redis.RedisError as exc:
+            # Redis down, partitioned or frozen (its socket timeout ran out): 503, and a
+            # job's StorageUnavailable retry, instead of an unmapped redis error (500).
+            raise StorageUnavailable(
+                {"repository": repository, "reason": f"repository locks unavailable ({type(exc).__name__})"}
+            ) from None
+        if not acquired:
             raise TooManyRequests(
                 {"repository": repository, "reason": f"repository is locked; waited {timeout:g}s"}
             )
@@ -163,6 +171,8 @@ class RedisLocks:
                 # The lease ran out (renewal failed, e.g. Redis was unreachable): someone else
                 # may hold it now, and there is nothing of ours left to release.
                 log.warning("lock for repository %r expired before release", repository)
+            except redis.RedisError as exc:  # Redis unreachable: the lease expires by itself
+                log.warning("could not release the lock of %r (%s)", repository, type(exc).__name__)
 
     def _get_renewer(self) -> _Renewer:
         # A renewer thread does not survive fork: a prefork child starts its own.

@@ -163,6 +163,7 @@ def test_a_frozen_redis_never_holds_a_request_past_its_bound(tmp_path: Path, own
                         for i, (location, data) in enumerate(uploads)
                     }
                 )
+                calls["delete"] = lambda: http.delete(f"/v2/{repo}/manifests/{sha256(manifest)}")
                 threads = [threading.Thread(target=timed, args=item) for item in calls.items()]
                 for thread in threads:
                     thread.start()
