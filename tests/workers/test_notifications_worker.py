@@ -47,6 +47,10 @@ def write_config(path: Path, root: Path, hook_url: str) -> Path:
             "result_backend": REDIS_URL,
             "broker_transport_options": transport,
             "result_backend_transport_options": {"visibility_timeout": 5},
+            # Countdowns capped at 4 s (production: 10 min): under load the first jobs retry
+            # several times while the last fails once, and an uncapped countdown of minutes
+            # would outlast WAIT after the restart, though nothing was lost.
+            "task_annotations": {jobs.NOTIFY_EVENT: {"retry_backoff_max": 4}},
         },
     }
     path.write_text(yaml.safe_dump(config))
