@@ -32,7 +32,7 @@ lading:
       signing_key: /etc/lading/token.pem
       expiration: 5m
       path: /auth/token
-      rotate_refresh: true    # a refresh token works once; the answer carries the next one
+      rotate_refresh: false   # true: a refresh token works once (breaks the docker CLI)
   beat: {schedule: /var/lib/lading/beat/schedule}   # beat's state (default: <rootdirectory>/lading-beat/)
   http:
     keepalive: 30s            # idle keep-alive of client connections

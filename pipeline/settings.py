@@ -148,7 +148,9 @@ class TokenAuth:
     builtin_signing_key: str = ""
     expiration_seconds: int = 300
     builtin_path: str = "/auth/token"  # where api mounts the built-in endpoint (without http.prefix)
-    rotate_refresh: bool = True  # a refresh token works once (false: docker CLI identity tokens)
+    # true: a refresh token works once. Off by default: the docker CLI reuses the identity
+    # token `docker login` stored and never keeps the rotated one, so rotation breaks it.
+    rotate_refresh: bool = False
 
 
 @dataclass(frozen=True)

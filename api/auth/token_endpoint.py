@@ -11,8 +11,9 @@ than one may have is not an error: the registry refuses later, per request. Wron
 credentials are a 401 with a Basic challenge, the same whether the user exists or not.
 
 Refresh tokens are bound to the user's htpasswd entry (a password change or removal
-revokes them), rotate on every use (the answer carries the next one; a used one is
-refused, and a replay revokes its whole family), and die with `lading tokens revoke USER`.
+revokes them), rotate on every use when `rotate_refresh` is set (the answer carries the
+next one; a used one is refused, and a replay revokes its whole family; off by default, as
+the docker CLI reuses the identity token it stored), and die with `lading tokens revoke USER`.
 Used ids and revocations live in `pipeline.tokenrecords` (Redis when the deployment has one).
 """
 
@@ -92,7 +93,7 @@ class TokenEndpoint:
         *,
         realm: str,
         records: TokenRecords | None = None,
-        rotate: bool = True,
+        rotate: bool = False,
         throttle: LoginThrottle | None = None,
     ) -> None:
         self.signer = signer
