@@ -58,13 +58,22 @@ class DeadLetters:
     def started(self, job_id: str, attempt: int, where: str = "") -> int:
         """Count one start of attempt `attempt` of `job_id`; returns how many so far.
         `where` (the worker's name) is kept as the last place it started."""
+        return self.start(job_id, attempt, where)[0]
+
+    def start(self, job_id: str, attempt: int, where: str = "") -> tuple[int, str]:
+        """`started`, also returning where the previous start was ("" for the first), in
+        one round trip with no MULTI/EXEC: every late-acknowledged job pays this, and each
+        command is atomic on its own (HINCRBY counts exactly; the EXPIRE only bounds the
+        key's life)."""
         key = f"{COUNT_PREFIX}{job_id}:{attempt}"
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(key, "where")
         pipe.hincrby(key, "count", 1)
         pipe.hset(key, "where", where)
         pipe.expire(key, COUNT_TTL)
-        count, _, _ = pipe.execute()
-        return int(count)
+        previous, count, _, _ = pipe.execute()
+        text = previous.decode() if isinstance(previous, bytes) else str(previous or "")
+        return int(count), text
 
     def last_start(self, job_id: str, attempt: int) -> str:
         raw = self.client.hget(f"{COUNT_PREFIX}{job_id}:{attempt}", "where")

@@ -170,8 +170,7 @@ class DeliveryGuard:
             return None
         attempt = int(getattr(request, "retries", 0) or 0)
         try:
-            previous = letters.last_start(job_id, attempt)
-            count = letters.started(job_id, attempt, str(getattr(request, "hostname", "") or ""))
+            count, previous = letters.start(job_id, attempt, str(getattr(request, "hostname", "") or ""))
             if count <= letters.max_deliveries:
                 return None
             error = (
