@@ -256,13 +256,22 @@ class _Sender:
 
     def __init__(self, app: Celery) -> None:
         self._app = app
-        self._routes: dict[str, tuple[dict[str, Any], Any, Any]] = {}
+        self._routes: dict[str, tuple[dict[str, Any], Any, Any, bool]] = {}
         self._idle: list[Producer] = []
         self._opened: list[Producer] = []
         self._lock = threading.Lock()
 
-    def publish(self, job: str, job_id: str, kwargs: dict[str, Any], expires: float | None = None) -> None:
-        options, time_limit, soft_time_limit = self._route(job)
+    def publish(
+        self,
+        job: str,
+        job_id: str,
+        kwargs: dict[str, Any],
+        expires: float | None = None,
+        awaited: bool = True,
+    ) -> None:
+        """`awaited`: someone waits for the result, so it is stored whatever the task
+        declares; else the task's own `ignore_result` decides (a fire-and-forget job)."""
+        options, time_limit, soft_time_limit, ignores = self._route(job)
         app = self._app
         amqp = app.amqp
         message = amqp.create_task_message(
@@ -274,7 +283,7 @@ class _Sender:
             soft_time_limit=soft_time_limit,
             create_sent_event=app.conf.task_send_sent_event,
             reply_to=app.thread_oid,
-            ignore_result=False,  # the API waits for it, whatever the task declares
+            ignore_result=False if awaited else ignores,
             argsrepr="()",
             kwargsrepr=_kwargs_repr(kwargs),
             expires=expires,
@@ -297,7 +306,7 @@ class _Sender:
         for producer in opened:
             _close_quietly(producer)
 
-    def _route(self, job: str) -> tuple[dict[str, Any], Any, Any]:
+    def _route(self, job: str) -> tuple[dict[str, Any], Any, Any, bool]:
         route = self._routes.get(job)
         if route is None:
             queue = jobs.ROUTES.get(job)
@@ -312,7 +321,8 @@ class _Sender:
             soft_time_limit = options.pop("soft_time_limit", None)
             for key in ("expires", "ignore_result"):
                 options.pop(key, None)
-            route = self._routes[job] = (options, time_limit, soft_time_limit)
+            ignores = bool(task is not None and task.ignore_result)
+            route = self._routes[job] = (options, time_limit, soft_time_limit, ignores)
         return route
 
     def _take(self) -> Producer:
@@ -371,7 +381,7 @@ class CeleryJobClient:
         """Publish now, in the caller's thread (1-2 ms; `run` publishes off the loop)."""
         job_id = str(uuid.uuid4())
         note_job(job_id)  # listed in the request's access-log line (api.request_id)
-        self._publish(job, job_id, kwargs)
+        self._publish(job, job_id, kwargs, awaited=False)
         return job_id
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
@@ -430,9 +440,16 @@ class CeleryJobClient:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _publish(self, job: str, job_id: str, kwargs: dict[str, Any], expires: float | None = None) -> None:
+    def _publish(
+        self,
+        job: str,
+        job_id: str,
+        kwargs: dict[str, Any],
+        expires: float | None = None,
+        awaited: bool = True,
+    ) -> None:
         try:
-            self._sender.publish(job, job_id, kwargs, expires)
+            self._sender.publish(job, job_id, kwargs, expires, awaited)
         except (OperationalError, RedisError, OSError) as exc:
             raise JobsUnavailable(f"job broker unreachable: {type(exc).__name__}") from exc
 

@@ -9,6 +9,8 @@ below, declared on the task decorator:
   redelivery repeats work and never corrupts or loses it.
 - maintenance jobs are acknowledged on receipt: beat triggers them again on schedule, and a
   multi-hour scan must not hold a message for hours.
+- advance-digest jobs are acknowledged on receipt and store no result when sent fire and
+  forget: a lost one only means the commit hashes more (`JobPolicy.store_result`).
 - only `StorageUnavailable` (transient storage failure) is retried, with exponential
   backoff and full jitter; `JobPolicy.retry_for` is where a job adds its own retryable error.
 - time limits are enforced by the prefork pool only (threads and solo ignore them).
@@ -51,6 +53,9 @@ class JobPolicy:
     retry_backoff: int  # first retry countdown in seconds; doubles each time
     retry_backoff_max: int  # cap on one countdown (before jitter)
     acks_late: bool = True
+    # False: a sent (fire-and-forget) job's result is not stored; a client that runs the
+    # job and waits for it still gets one (api.jobclient asks for it in the message).
+    store_result: bool = True
     # What is retried (a notification delivery adds DeliveryFailed: endpoint unreachable).
     retry_for: tuple[type[Exception], ...] = (StorageUnavailable,)
 
@@ -59,6 +64,18 @@ class JobPolicy:
 # multi-GB blob on slow storage takes minutes, so an hour is the bound, not the norm.
 _BIG_BLOB = JobPolicy(
     soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1, retry_backoff_max=30
+)
+# An advance only saves a hash state the commit may use: nobody waits for it, and one that
+# is lost (acknowledged on receipt, its worker killed) only means the commit hashes more.
+# So no result is stored and no redelivery bookkeeping or delivery count is paid for it.
+_ADVANCE = JobPolicy(
+    soft_time_limit=HOUR,
+    time_limit=HOUR + 60,
+    max_retries=5,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    acks_late=False,
+    store_result=False,
 )
 _VERIFY_BLOB = JobPolicy(
     soft_time_limit=HOUR, time_limit=HOUR + 60, max_retries=5, retry_backoff=1, retry_backoff_max=60
@@ -96,7 +113,7 @@ _PROXY_FETCH = JobPolicy(
 
 POLICIES: dict[str, JobPolicy] = {
     jobs.COMMIT_BLOB: _BIG_BLOB,
-    jobs.ADVANCE_DIGEST: _BIG_BLOB,
+    jobs.ADVANCE_DIGEST: _ADVANCE,
     jobs.COMMIT_MANIFEST: _MANIFEST,
     jobs.TARSUM: _VERIFY_BLOB,
     jobs.DEEP_VERIFY: _VERIFY_BLOB,
@@ -254,6 +271,6 @@ def register_job(
         max_retries=policy.max_retries,
         soft_time_limit=policy.soft_time_limit,
         time_limit=policy.time_limit,
-        ignore_result=False,
+        ignore_result=not policy.store_result,
         track_started=False,
     )(job)

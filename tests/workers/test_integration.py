@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline import jobs
+from pipeline import jobs, paths
 from pipeline.digest import Digest
 from pipeline.errors import (
     BlobUploadUnknown,
@@ -110,6 +110,31 @@ def test_commit_blob_after_chunks_and_an_advanced_digest(
     assert d.registry.repo_blobs.is_linked("e2e/commit", digest)
     with pytest.raises(BlobUploadUnknown):
         d.registry.uploads.status("e2e/commit", status.upload_id)
+
+
+def test_a_sent_advance_saves_its_hash_state_and_stores_no_result(
+    loop: LoopThread, redis_deployment: Deployment
+) -> None:
+    if not resumable_available("sha256"):
+        pytest.skip("no resumable sha256 here: an advance saves no hash state")
+    d = redis_deployment
+    data = os.urandom(256 * 1024 + 5)
+    upload_id = upload(d.registry, "e2e/advance", data)
+    state = paths.upload_hashstate("e2e/advance", upload_id, "sha256", len(data))
+    job_id = d.client.send(
+        jobs.ADVANCE_DIGEST, repository="e2e/advance", upload_id=upload_id, algorithm="sha256"
+    )
+    for _ in range(600):  # until the worker saved the state (bounded: 60 s)
+        if d.registry.driver.exists(state):
+            break
+        loop.run(asyncio.sleep(0.1))
+    assert d.registry.driver.exists(state)
+    # A job run after it has stored its result; the fire-and-forget advance stored none.
+    assert run(loop, d, jobs.ADVANCE_DIGEST, repository="e2e/advance", upload_id=upload_id) == {
+        "offset": len(data)
+    }
+    r = redis.Redis.from_url(d.settings.celery.result_backend or "")
+    assert not r.exists(f"celery-task-meta-{job_id}")
 
 
 def test_digest_mismatch_writes_no_blob_and_no_link(loop: LoopThread, redis_deployment: Deployment) -> None:

@@ -60,7 +60,7 @@ def test_the_client_publishes_what_send_task_publishes(app: Celery) -> None:
     assert {k: v for k, v in mine.headers.items() if k not in VARYING} == {
         k: v for k, v in celery.headers.items() if k not in VARYING
     }
-    assert mine.headers["ignore_result"] is False  # the client waits for it: always stored
+    assert mine.headers["ignore_result"] is False  # a commit's result is always stored
     assert (
         json.loads(mine.body)
         == json.loads(celery.body)
@@ -134,3 +134,12 @@ def test_unknown_jobs_are_refused_and_an_unreachable_broker_is_storage_unavailab
         client.send(jobs.COMMIT_BLOB, **KWARGS)
     with pytest.raises(JobsUnavailable):  # the failed producer was dropped, a new one fails too
         client.send(jobs.COMMIT_BLOB, **KWARGS)
+
+
+def test_a_sent_advance_asks_for_no_stored_result(app: Celery) -> None:
+    client = CeleryJobClient(app)
+    job_id = client.send(jobs.ADVANCE_DIGEST, repository="send/app", upload_id="u", algorithm="sha256")
+    with app.connection_for_write() as conn:
+        (message,) = drain(conn, jobs.INGEST)
+    assert message.headers["id"] == job_id
+    assert message.headers["ignore_result"] is True  # nobody waits for it
