@@ -9,6 +9,8 @@ whose detail says why. Parsing is pure: nothing here touches storage.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,9 +113,17 @@ def _base_type(content_type: str | None) -> str:
 
 
 def _load(body: bytes) -> dict[str, Any]:
+    # Decoded here rather than by json.loads, which would take a BOM or UTF-16 silently and
+    # store a manifest Go clients (json.Unmarshal) cannot parse when they pull it.
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestInvalid(f"manifest is not UTF-8: {exc}") from None
+    if text.startswith("\ufeff"):
+        raise ManifestInvalid("manifest starts with a byte order mark; send plain UTF-8 JSON")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
     except RecursionError:
         # 100,000 nested `[` exhaust the parser's recursion: no manifest nests like that.
@@ -199,6 +209,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     platform = value.get("platform")
     if platform is not None and not isinstance(platform, dict):
         raise ManifestInvalid(f"{where}.platform must be an object")
+    if "data" in value:
+        _check_data(value["data"], digest, size, f"{where}.data")
     return Descriptor(
         media_type=media_type,
         digest=digest,
@@ -208,6 +220,21 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         platform=platform,
         urls=list(urls),
     )
+
+
+def _check_data(data: Any, digest: Digest, size: int, where: str) -> None:
+    """image-spec: embedded `data` MUST be base64 and MUST match the descriptor's size and
+    digest. Distribution refuses a manifest breaking that; so do we."""
+    if not isinstance(data, str):
+        raise ManifestInvalid(f"{where} must be a base64 string")
+    try:
+        content = base64.b64decode(data.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise ManifestInvalid(f"{where} is not valid base64") from None
+    if len(content) != size:
+        raise ManifestInvalid(f"{where} holds {len(content)} bytes but the descriptor's size is {size}")
+    if not digest.verify(content):
+        raise ManifestInvalid(f"{where} does not match the descriptor's digest")
 
 
 def _descriptor_list(value: Any, where: str) -> list[Descriptor]:
@@ -242,7 +269,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     doc = _load(body)
     media_type = _media_type(doc, content_type)
     version = doc.get("schemaVersion")
-    if isinstance(version, bool) or version != 2:
+    if type(version) is not int or version != 2:  # not 2.0, "2" or true
         raise ManifestInvalid(f"schemaVersion must be 2, got {version!r}")
     is_oci = media_type in (OCI_MANIFEST, OCI_INDEX)
 

@@ -138,7 +138,7 @@ def test_empty_config_without_artifact_type_is_accepted() -> None:
 
 def test_unknown_descriptor_fields_are_ignored_and_bytes_kept() -> None:
     doc = image()
-    doc["config"]["data"] = "e30="
+    doc["config"]["data"] = "Y29uZmln"  # base64 of the config's own bytes, b"config"
     doc["config"]["newUnspecifiedField"] = "aGVsbG8="
     body = raw(doc)
     assert parse_manifest(body, OCI_MANIFEST).raw == body
@@ -239,7 +239,7 @@ def test_descriptor_without_media_type_is_refused() -> None:
     assert "manifests[0].mediaType" in invalid(raw(doc), OCI_INDEX)
 
 
-@pytest.mark.parametrize("version", [1, 3, "2", None, True])
+@pytest.mark.parametrize("version", [1, 3, "2", None, True, 2.0])
 def test_schema_version_must_be_2(version: Any) -> None:
     doc = image()
     doc["schemaVersion"] = version
@@ -299,3 +299,36 @@ def test_descriptor_to_json_round_trips_the_optional_fields() -> None:
     assert full.to_json()["artifactType"] == "a/b"
     assert full.to_json()["annotations"] == {"k": "v"}
     assert full.to_json()["urls"] == ["https://x"]
+
+
+def test_utf8_bom_is_refused() -> None:
+    # Go clients (json.Unmarshal) cannot parse a stored manifest that starts with a BOM.
+    assert "byte order mark" in invalid(b"\xef\xbb\xbf" + raw(image()), OCI_MANIFEST)
+
+
+def test_non_utf8_encodings_are_refused() -> None:
+    # json.loads would detect UTF-16 itself; a manifest is UTF-8 JSON.
+    assert "UTF-8" in invalid(json.dumps(image()).encode("utf-16"), OCI_MANIFEST)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ("!!!not-base64", "base64"),
+        (5, "base64"),
+        ("Y29uZmln\n", "base64"),
+        ("Y29uZmlnIQ==", "size"),  # b"config!": one byte too many
+        ("Y29uZmlH", "digest"),  # b"confiG": the right size, other bytes
+    ],
+)
+def test_descriptor_data_must_be_base64_of_the_described_bytes(data: Any, why: str) -> None:
+    doc = image()
+    doc["config"]["data"] = data
+    message = invalid(raw(doc), OCI_MANIFEST)
+    assert "config.data" in message and why in message
+
+
+def test_descriptor_data_matching_size_and_digest_is_accepted() -> None:
+    doc = image()
+    doc["layers"][0]["data"] = "bGF5ZXItMQ=="  # b"layer-1"
+    assert parse_manifest(raw(doc), OCI_MANIFEST).layers[0].size == len(b"layer-1")
