@@ -24,7 +24,8 @@ leaves the session as it was, so the client may retry the PUT.
   (see api.access_table) and the blob is there; otherwise a new session (202) as the spec
   allows, revealing nothing. Without `from` there is no automatic discovery: 202.
 - A completing PUT retried after a JobTimeout (503) whose commit finished meanwhile finds
-  its session gone but the blob linked, and answers 201 like the first attempt would have.
+  its session gone but the blob linked, and answers 201 like the first attempt would have
+  (only for a UUID id, the form Lading issues, and without a second push event).
 - Batch mode (`Prefer: respond-async`) is described in api.routes.pending.
 """
 
@@ -60,6 +61,7 @@ from pipeline.names import is_valid_name
 from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from pipeline.storage.driver import FileWriter
+from pipeline.uploads import is_upload_id
 
 log = logging.getLogger("lading.api")
 
@@ -384,10 +386,7 @@ async def complete_upload(ctx: RequestContext) -> Response:
         try:
             status = await ctx.blocking(ctx.registry.uploads.status, ctx.name, upload_id)
         except BlobUploadUnknown:
-            # A retry of a PUT whose commit finished after the first attempt timed out: the
-            # session is gone because the blob is in place, so the retry succeeds too.
-            if raw and not has_body and await _already_linked(ctx, raw):
-                await ctx.notify_blob("push", raw)  # the timed-out attempt never reported it
+            if raw and not has_body and await _already_committed(ctx, upload_id, raw):
                 return _created(ctx, raw)
             raise
         if not raw:
@@ -411,9 +410,14 @@ def _parsed(raw: str | None) -> Digest | None:
         return None
 
 
-async def _already_linked(ctx: RequestContext, raw: str) -> bool:
+async def _already_committed(ctx: RequestContext, upload_id: str, raw: str) -> bool:
+    """A retry of a PUT whose commit finished after the first attempt timed out: the session
+    is gone because the blob is in place, so the retry succeeds too. Only for an id Lading
+    could have issued (any other never existed: 404), and without a second push event:
+    nothing was pushed by this request, and anyone with push rights could otherwise emit
+    any number of them for an existing blob."""
     digest = _parsed(raw)
-    if digest is None:
+    if digest is None or not is_upload_id(upload_id):
         return False
     return await ctx.blocking(ctx.registry.repo_blobs.is_linked, ctx.name, digest)
 

@@ -407,6 +407,31 @@ async def test_put_retried_after_the_commit_finished_is_201(api: Any) -> None:
     errors_of(await api.client.put(location, params={"digest": sha(b"other")}), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
+@pytest.mark.parametrize("upload_id", ["no-such-upload", "%00", "a.b", "-", "a" * 5000])
+async def test_put_to_a_never_issued_id_is_404_even_for_a_linked_digest(api: Any, upload_id: str) -> None:
+    digest = await push_blob(api.client, "repo", DATA)
+    r = await api.client.put(f"/v2/repo/blobs/uploads/{upload_id}", params={"digest": digest})
+    errors_of(r, 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+async def test_put_retry_after_the_commit_finished_emits_no_second_push(api: Any, monkeypatch: Any) -> None:
+    from api.routes.context import RequestContext
+
+    pushes: list[str] = []
+    original = RequestContext.notify_blob
+
+    async def recording(self: Any, action: Any, digest: str, *args: Any, **kwargs: Any) -> None:
+        pushes.append(f"{action} {digest}")
+        await original(self, action, digest, *args, **kwargs)
+
+    monkeypatch.setattr(RequestContext, "notify_blob", recording)
+    location = await start(api)
+    await api.client.patch(location, content=DATA)
+    assert (await api.client.put(location, params={"digest": sha(DATA)})).status_code == 201
+    assert (await api.client.put(location, params={"digest": sha(DATA)})).status_code == 201
+    assert pushes == [f"push {sha(DATA)}"]
+
+
 async def test_storage_failure_while_streaming_a_chunk_is_503_and_keeps_old_bytes(
     api: Any, monkeypatch: Any
 ) -> None:
