@@ -4,8 +4,10 @@ DELETE (end-14) on `/v2/<name>/blobs/uploads/[<uuid>]`.
 The API only moves bytes: request bodies are streamed into the session's data file
 (api.streaming.write_body) and the completing PUT sends a COMMIT_BLOB job, whose worker
 hashes, verifies digest and size, moves the data into blobs/ and links it. Worker errors come
-back as pipeline errors (DigestInvalid -> 400 DIGEST_INVALID, ...) and a failed commit
-leaves the session as it was, so the client may retry the PUT.
+back as pipeline errors (DigestInvalid -> 400 DIGEST_INVALID, ...). A failed commit of a
+body-less PUT leaves the session as it was, so the client may retry the PUT; one of a PUT
+that carried a body cancels the session (as distribution does: its body is in the session,
+and a retry would append it again), so the next request gets 404 and the client restarts.
 
 - A chunk with `Content-Range: <start>-<end>` must start at the session's current size, else
   416 with the session's `Range`, `Location` and `Docker-Upload-UUID`; the stored bytes are
@@ -393,12 +395,23 @@ async def complete_upload(ctx: RequestContext) -> Response:
             raise DigestInvalid("the digest query parameter is required", message="digest missing")
         digest = Digest.parse(raw)
         size = status.size
-    if has_body:
+    if not has_body:
+        return await _complete(ctx, upload_id, digest, size)
+    try:
+        _, size = await _append(ctx, upload_id)
+    except RangeInvalid as err:
+        return await _range_error(ctx, upload_id, err)
+    try:
+        return await _complete(ctx, upload_id, digest, size)
+    except (DigestInvalid, SizeInvalid):
+        # The commit job finished (it failed), so nothing else writes the session now.
+        # Keeping the body would make every retry of this PUT append it again and fail;
+        # like distribution, cancel: the next request gets 404 and the client restarts.
         try:
-            _, size = await _append(ctx, upload_id)
-        except RangeInvalid as err:
-            return await _range_error(ctx, upload_id, err)
-    return await _complete(ctx, upload_id, digest, size)
+            await _discard(ctx, upload_id)
+        except Exception:  # the client still learns why its PUT failed; purging removes it
+            log.warning("could not cancel upload %s after a failed commit", upload_id, exc_info=True)
+        raise
 
 
 def _parsed(raw: str | None) -> Digest | None:

@@ -223,6 +223,33 @@ async def test_digest_mismatch_on_put_keeps_session_and_commits_nothing(api: Any
     assert (await api.client.put(location, params={"digest": sha(DATA)})).status_code == 201
 
 
+async def test_failed_put_with_body_cancels_the_session_as_distribution_does(api: Any) -> None:
+    location = await start(api)
+    await api.client.patch(location, content=DATA[:100])
+    wrong = sha(b"not the data")
+    r = await api.client.put(location, params={"digest": wrong}, content=DATA[100:], headers=OCTET)
+    errors_of(r, 400, "DIGEST_INVALID")
+    nothing_committed(api, DATA)
+    # The failed PUT's body is not left behind to poison a retry: the session is gone and
+    # the client restarts the upload cleanly.
+    errors_of(await api.client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    r = await api.client.put(location, params={"digest": sha(DATA)}, content=DATA[100:], headers=OCTET)
+    errors_of(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    nothing_committed(api, DATA)
+    assert list(api.registry.uploads.sessions("repo")) == []
+    location = await start(api)
+    r = await api.client.put(location, params={"digest": sha(DATA)}, content=DATA, headers=OCTET)
+    assert r.status_code == 201
+
+
+async def test_put_body_differing_from_its_content_range_is_not_kept(api: Any) -> None:
+    location = await start(api)
+    headers = {**OCTET, "Content-Range": "0-9"}
+    r = await api.client.put(location, params={"digest": sha(DATA[:5])}, content=DATA[:5], headers=headers)
+    errors_of(r, 400, "SIZE_INVALID")
+    assert session_size(api, location) == 0
+
+
 @pytest.mark.parametrize("bad", ["sha256:1234", "nonsense", "sha1:" + "a" * 40, ""])
 async def test_malformed_or_missing_digest_on_put_is_400_and_session_survives(api: Any, bad: str) -> None:
     location = await start(api)
