@@ -10,7 +10,7 @@ directory written by distribution 2.x/3.x can be served as is and the other way 
         ├── _manifests/revisions/<alg>/<hex>/link
         ├── _manifests/tags/<tag>/current/link
         ├── _manifests/tags/<tag>/index/<alg>/<hex>/link
-        └── _uploads/<uuid>/{data, startedat, hashstates/<alg>/<offset>}
+        └── _uploads/<uuid>/{data, startedat, completing, hashstates/<alg>/<offset>}
 
 Lading's own records live where distribution never looks: per repository under
 `_lading/` (distribution's catalog walk skips `_`-prefixed directories) and globally under
@@ -113,6 +113,11 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_completing(name: str, upload_id: str) -> str:
+    """The record of a completing PUT whose body was appended (pipeline.uploads.CompletingPut)."""
+    return f"{upload_dir(name, upload_id)}/completing"
 
 
 def upload_hashstates_dir(name: str, upload_id: str, algorithm: str) -> str:

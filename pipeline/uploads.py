@@ -1,4 +1,4 @@
-"""Upload sessions: `repositories/<name>/_uploads/<uuid>/{startedat, data, hashstates/}`.
+"""Upload sessions: `repositories/<name>/_uploads/<uuid>/{startedat, data, completing, hashstates/}`.
 
 All session state lives in storage, never in a process's memory, so any API replica (or
 worker) can take the next request of any session. The size of `data` is the session's
@@ -11,6 +11,7 @@ canonical lower-case UUID, before any storage path is built from it.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,17 @@ class UploadStatus:
     upload_id: str
     size: int
     started_at: datetime
+
+
+@dataclass(frozen=True)
+class CompletingPut:
+    """A completing `PUT ?digest=` whose body (`length` bytes, ending at offset `size`) was
+    appended to the session and whose commit job was sent. A retry of the same PUT after a
+    JobTimeout finds it and commits again instead of appending the body a second time."""
+
+    digest: str
+    size: int
+    length: int
 
 
 class UploadStore:
@@ -125,6 +137,25 @@ class UploadStore:
             writer.write(data)
             writer.commit()
             return writer.size
+
+    def mark_completing(self, repo: str, upload_id: str, put: CompletingPut) -> None:
+        """Record that `put`'s body is in the session (replacing any earlier record)."""
+        self._check(repo, upload_id)
+        record = {"digest": put.digest, "size": put.size, "length": put.length}
+        self.driver.put_content(paths.upload_completing(repo, upload_id), json.dumps(record).encode())
+
+    def completing(self, repo: str, upload_id: str) -> CompletingPut | None:
+        """The session's completing-PUT record; None when there is none (or it is unreadable:
+        it only saves a retry from appending again). BlobUploadUnknown for a malformed id."""
+        self._check(repo, upload_id)
+        try:
+            record = json.loads(self.driver.get_content(paths.upload_completing(repo, upload_id)))
+            put = CompletingPut(str(record["digest"]), int(record["size"]), int(record["length"]))
+        except PathNotFound:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+        return put
 
     def cancel(self, repo: str, upload_id: str) -> None:
         """Delete the whole session directory. BlobUploadUnknown if there is none."""

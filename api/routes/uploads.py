@@ -27,7 +27,11 @@ and a retry would append it again), so the next request gets 404 and the client 
   allows, revealing nothing. Without `from` there is no automatic discovery: 202.
 - A completing PUT retried after a JobTimeout (503) whose commit finished meanwhile finds
   its session gone but the blob linked, and answers 201 like the first attempt would have
-  (only for a UUID id, the form Lading issues, and without a second push event).
+  (only for a UUID id, the form Lading issues, and without a second push event), with or
+  without a body. A PUT with a body records (`completing`, pipeline.uploads.CompletingPut)
+  that its body is in the session before sending the commit; its retry with the same digest
+  and a body of the same length, while the session is unchanged, skips the append, drops
+  the body and sends the commit again (the job is idempotent).
 - Batch mode (`Prefer: respond-async`) is described in api.routes.pending.
 """
 
@@ -41,6 +45,7 @@ from typing import Any
 
 import anyio
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from api.access_table import MOUNT_SOURCE
@@ -63,7 +68,7 @@ from pipeline.names import is_valid_name
 from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from pipeline.storage.driver import FileWriter
-from pipeline.uploads import is_upload_id
+from pipeline.uploads import CompletingPut, is_upload_id
 
 log = logging.getLogger("lading.api")
 
@@ -397,10 +402,25 @@ async def complete_upload(ctx: RequestContext) -> Response:
         size = status.size
     if not has_body:
         return await _complete(ctx, upload_id, digest, size)
+    length = decimal(ctx.request.headers.get("content-length"))
     try:
-        _, size = await _append(ctx, upload_id)
+        appended = await ctx.blocking(_appended_before, ctx.registry, ctx.name, upload_id, digest, length)
+        if appended is not None:
+            # A retry of a PUT that timed out (503) after its body was appended: commit
+            # again (the job is idempotent) rather than append the body a second time.
+            await _drain(ctx)
+            size = appended
+        else:
+            before, size = await _append(ctx, upload_id)
+            put = CompletingPut(str(digest), size, size - before)
+            await ctx.blocking(ctx.registry.uploads.mark_completing, ctx.name, upload_id, put)
     except RangeInvalid as err:
         return await _range_error(ctx, upload_id, err)
+    except BlobUploadUnknown:
+        if await _already_committed(ctx, upload_id, str(digest)):
+            await _drain(ctx)
+            return _created(ctx, str(digest))
+        raise
     try:
         return await _complete(ctx, upload_id, digest, size)
     except (DigestInvalid, SizeInvalid):
@@ -412,6 +432,30 @@ async def complete_upload(ctx: RequestContext) -> Response:
         except Exception:  # the client still learns why its PUT failed; purging removes it
             log.warning("could not cancel upload %s after a failed commit", upload_id, exc_info=True)
         raise
+
+
+def _appended_before(
+    registry: Registry, repository: str, upload_id: str, digest: Digest, length: int | None
+) -> int | None:
+    """The session's size when this PUT (same digest, body of the same length) already
+    appended its body and the session has not changed since; else None."""
+    if length is None:
+        return None
+    put = registry.uploads.completing(repository, upload_id)
+    if put is None or put.digest != str(digest) or put.length != length:
+        return None
+    if registry.uploads.status(repository, upload_id).size != put.size:
+        return None
+    return put.size
+
+
+async def _drain(ctx: RequestContext) -> None:
+    """Read and drop a body the answer does not need, so the client can read the answer."""
+    try:
+        async for _ in ctx.request.stream():
+            pass
+    except ClientDisconnect:
+        pass
 
 
 def _parsed(raw: str | None) -> Digest | None:

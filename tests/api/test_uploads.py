@@ -15,8 +15,8 @@ from api.routes import uploads as upload_routes
 from pipeline import jobs as joblib
 from pipeline import paths
 from pipeline.digest import Digest
-from pipeline.errors import StorageUnavailable
-from tests.api.helpers import OCTET, RecordingJobs, errors_of, push_blob, sha
+from pipeline.errors import DigestInvalid, StorageUnavailable
+from tests.api.helpers import OCTET, GatedJobs, RecordingJobs, errors_of, push_blob, sha
 from tests.support.inline_jobs import InlineJobClient
 
 pytestmark = pytest.mark.anyio
@@ -457,6 +457,85 @@ async def test_put_retry_after_the_commit_finished_emits_no_second_push(api: Any
     assert (await api.client.put(location, params={"digest": sha(DATA)})).status_code == 201
     assert (await api.client.put(location, params={"digest": sha(DATA)})).status_code == 201
     assert pushes == [f"push {sha(DATA)}"]
+
+
+class ShortWaitJobs(GatedJobs):
+    """GatedJobs whose commits time out (503) quickly while the gate is closed, as when the
+    workers are busy or paused past celery.commit_timeout."""
+
+    async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        return await self.wait(self.send(job, **kwargs), timeout if self.gate.is_set() else 0.2)
+
+
+async def _short_wait_api(make_api: Any) -> tuple[Any, ShortWaitJobs]:
+    first = await make_api()
+    jobs = ShortWaitJobs(first.registry)
+    return await make_api(registry=first.registry, jobs=jobs), jobs
+
+
+async def _until_linked(api: Any, digest: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not api.registry.repo_blobs.is_linked("repo", Digest.parse(digest)):
+        assert loop.time() < deadline, "the commit never finished"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("body", [DATA, os.urandom(upload_routes.SMALL_BODY + 1000)])
+async def test_put_with_body_retried_after_a_timeout_appends_once_and_succeeds(
+    make_api: Any, body: bytes
+) -> None:
+    api, jobs = await _short_wait_api(make_api)
+    try:
+        location = await start(api)
+        put = {"params": {"digest": sha(body)}, "content": body, "headers": OCTET}
+        errors_of(await api.client.put(location, **put), 503, "UNAVAILABLE")
+        errors_of(await api.client.put(location, **put), 503, "UNAVAILABLE")
+        assert session_size(api, location) == len(body)  # the retry did not append again
+        jobs.gate.set()  # the workers catch up
+        r = await api.client.put(location, **put)
+        assert r.status_code == 201, r.text
+        assert r.headers["docker-content-digest"] == sha(body)
+        assert (await api.client.get(f"/v2/repo/blobs/{sha(body)}")).content == body
+    finally:
+        jobs.close()
+
+
+async def test_put_with_body_retried_after_its_commit_finished_is_201(make_api: Any) -> None:
+    api, jobs = await _short_wait_api(make_api)
+    try:
+        location = await start(api)
+        put = {"params": {"digest": sha(DATA)}, "content": DATA, "headers": OCTET}
+        errors_of(await api.client.put(location, **put), 503, "UNAVAILABLE")
+        jobs.gate.set()
+        await _until_linked(api, sha(DATA))
+        r = await api.client.put(location, **put)
+        assert r.status_code == 201, r.text
+        assert r.headers["location"] == f"/v2/repo/blobs/{sha(DATA)}"
+        assert (await api.client.get(f"/v2/repo/blobs/{sha(DATA)}")).content == DATA
+        # Only for the digest that is really there.
+        other = {**put, "params": {"digest": sha(b"other")}}
+        errors_of(await api.client.put(location, **other), 404, "BLOB_UPLOAD_UNKNOWN")
+    finally:
+        jobs.close()
+
+
+async def test_put_with_another_body_after_a_timeout_is_a_new_chunk(make_api: Any) -> None:
+    # Only the same PUT (digest, body length) is a retry: another body is appended as always.
+    api, jobs = await _short_wait_api(make_api)
+    try:
+        location = await start(api)
+        first = {"params": {"digest": sha(DATA)}, "content": DATA[:300], "headers": OCTET}
+        errors_of(await api.client.put(location, **first), 503, "UNAVAILABLE")
+        jobs.gate.set()
+        with pytest.raises(DigestInvalid):  # 300 bytes are not DATA
+            await jobs.wait(jobs.waited[0], 10)
+        second = {"params": {"digest": sha(DATA)}, "content": DATA[300:], "headers": OCTET}
+        r = await api.client.put(location, **second)
+        assert r.status_code == 201, r.text
+        assert (await api.client.get(f"/v2/repo/blobs/{sha(DATA)}")).content == DATA
+    finally:
+        jobs.close()
 
 
 async def test_storage_failure_while_streaming_a_chunk_is_503_and_keeps_old_bytes(
