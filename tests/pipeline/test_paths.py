@@ -50,6 +50,7 @@ TABLE: list[tuple[Callable[..., str], tuple[Any, ...], str]] = [
     (paths.upload_dir, (NAME, UID), f"{REPO}/_uploads/{UID}"),
     (paths.upload_data, (NAME, UID), f"{REPO}/_uploads/{UID}/data"),
     (paths.upload_started_at, (NAME, UID), f"{REPO}/_uploads/{UID}/startedat"),
+    (paths.upload_completing, (NAME, UID), f"{REPO}/_uploads/{UID}/completing"),
     (paths.upload_hashstates_dir, (NAME, UID, "sha256"), f"{REPO}/_uploads/{UID}/hashstates/sha256"),
     (paths.upload_hashstate, (NAME, UID, "sha256", 1024), f"{REPO}/_uploads/{UID}/hashstates/sha256/1024"),
     # --- Lading's own records, where distribution never looks ---

@@ -16,7 +16,7 @@ from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver
-from pipeline.uploads import UploadStore, format_started_at, parse_started_at
+from pipeline.uploads import CompletingPut, UploadStore, format_started_at, parse_started_at
 
 GO_RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
@@ -226,3 +226,21 @@ def test_two_patches_at_the_same_offset_cannot_both_append(tmp_path: Path) -> No
         store.open_append("race/repo", session.upload_id, 0)
     assert caught.value.current_size == 3
     assert store.status("race/repo", session.upload_id).size == 3
+
+
+def test_completing_put_record_round_trips_and_goes_with_the_session(
+    uploads: UploadStore, driver: StorageDriver
+) -> None:
+    status = uploads.create("repo")
+    assert uploads.completing("repo", status.upload_id) is None
+    put = CompletingPut("sha256:" + "a" * 64, 10, 4)
+    uploads.mark_completing("repo", status.upload_id, put)
+    assert uploads.completing("repo", status.upload_id) == put
+    driver.put_content(paths.upload_completing("repo", status.upload_id), b"{not json")
+    assert uploads.completing("repo", status.upload_id) is None  # only a cache of a retry
+    uploads.cancel("repo", status.upload_id)
+    assert uploads.completing("repo", status.upload_id) is None
+    with pytest.raises(BlobUploadUnknown):
+        uploads.completing("repo", "../../etc")
+    with pytest.raises(BlobUploadUnknown):
+        uploads.mark_completing("repo", "not-a-uuid", put)
