@@ -242,3 +242,20 @@ async def test_deletes_refused_when_disabled(make_api: Any) -> None:
     errors_of(await api.client.delete("/v2/repo/manifests/v1"), 405, "UNSUPPORTED")
     errors_of(await api.client.delete(f"/v2/repo/manifests/{digest}"), 405, "UNSUPPORTED")
     assert (await api.client.get("/v2/repo/manifests/v1")).status_code == 200
+
+
+@pytest.mark.parametrize("change", ["bom", "schema-2.0", "data-not-base64", "data-other-bytes"])
+async def test_manifests_distribution_refuses_are_400_and_not_stored(api: Any, change: str) -> None:
+    await push_blob(api.client, "repo", b"{}")
+    doc = json.loads(oci_manifest(b"{}", []))
+    if change == "schema-2.0":
+        doc["schemaVersion"] = 2.0
+    elif change == "data-not-base64":
+        doc["config"]["data"] = "!!!not-base64"
+    elif change == "data-other-bytes":
+        doc["config"]["data"] = "W10="  # b"[]": the right size, not the config's bytes
+    body = json.dumps(doc).encode()
+    if change == "bom":
+        body = b"\xef\xbb\xbf" + body
+    errors_of(await push_manifest(api.client, "repo", "v1", body), 400, "MANIFEST_INVALID")
+    errors_of(await api.client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
