@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import secrets
 import time
@@ -35,8 +36,7 @@ from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient,
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
-from pipeline.storage.filereader import FileReader
-from pipeline.storage.objects import AppendGuard, KeyLayout, check_move, chunks, tree
+from pipeline.storage.objects import AppendGuard, KeyLayout, RangeReader, check_move, chunks, tree
 
 DEFAULT_CHUNK = 8 * 1024 * 1024
 MAX_BLOCKS = 50_000  # committed blocks per blob
@@ -159,7 +159,7 @@ class AzureDriver(StorageDriver):
         size = int(head.size)
         if offset < 0 or offset > size:
             raise InvalidOffset(path, offset)
-        raw = _BlobReader(self, path, size, str(head.etag))
+        raw = RangeReader(self, path, size, functools.partial(self._read_range, path, str(head.etag)))
         raw.seek(offset)
         return io.BufferedReader(raw, buffer_size=1024 * 1024)
 
@@ -279,38 +279,6 @@ class AzureDriver(StorageDriver):
         for key in keys:
             with contextlib.suppress(PathNotFound), _azure_errors(path):
                 self._blob(key).delete_blob()
-
-
-class _BlobReader(FileReader):
-    """FileReader whose reads are ranged GETs of the version (ETag) seen at open."""
-
-    def __init__(self, driver: AzureDriver, path: str, size: int, etag: str) -> None:
-        super().__init__(driver, path, size)
-        self._azure = driver
-        self._etag = etag
-
-    def _open(self) -> Any:
-        if self._stream is None:
-            self._stream = _RangeStream(self)  # type: ignore[assignment]
-        return self._stream
-
-
-class _RangeStream:
-    def __init__(self, reader: _BlobReader) -> None:
-        self._reader = reader
-        self._position = reader.tell()
-
-    def read(self, n: int) -> bytes:
-        r = self._reader
-        n = min(n, r.size - self._position)
-        if n <= 0:
-            return b""
-        data = r._azure._read_range(r.path, r._etag, self._position, n)
-        self._position += len(data)
-        return data
-
-    def close(self) -> None:
-        pass
 
 
 class _BlockWriter(FileWriter):

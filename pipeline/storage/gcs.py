@@ -21,6 +21,7 @@ SDK errors are translated to `pipeline.errors` in one place, `_translate`: throt
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,8 +38,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
-from pipeline.storage.filereader import FileReader
-from pipeline.storage.objects import HIDDEN, AppendGuard, KeyLayout, check_move, tree
+from pipeline.storage.objects import HIDDEN, AppendGuard, KeyLayout, RangeReader, check_move, tree
 
 CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
 DEFAULT_CHUNK = 16 * 1024 * 1024
@@ -188,7 +188,7 @@ class GCSDriver(StorageDriver):
         size = int(head.size or 0)
         if offset < 0 or offset > size:
             raise InvalidOffset(path, offset)
-        raw = _ObjectReader(self, path, size, int(head.generation))
+        raw = RangeReader(self, path, size, functools.partial(self._read_range, path, int(head.generation)))
         raw.seek(offset)
         return io.BufferedReader(raw, buffer_size=1024 * 1024)
 
@@ -309,38 +309,6 @@ class GCSDriver(StorageDriver):
         for key in keys:
             with contextlib.suppress(PathNotFound), _gcs_errors(path):
                 self._blob(key).delete(retry=self._retry, timeout=self._timeout)
-
-
-class _ObjectReader(FileReader):
-    """FileReader whose reads are ranged GETs of one generation of the object."""
-
-    def __init__(self, driver: GCSDriver, path: str, size: int, generation: int) -> None:
-        super().__init__(driver, path, size)
-        self._gcs = driver
-        self._generation = generation
-
-    def _open(self) -> Any:
-        if self._stream is None:
-            self._stream = _RangeStream(self)  # type: ignore[assignment]
-        return self._stream
-
-
-class _RangeStream:
-    def __init__(self, reader: _ObjectReader) -> None:
-        self._reader = reader
-        self._position = reader.tell()
-
-    def read(self, n: int) -> bytes:
-        r = self._reader
-        n = min(n, r.size - self._position)
-        if n <= 0:
-            return b""
-        data = r._gcs._read_range(r.path, r._generation, self._position, n)
-        self._position += len(data)
-        return data
-
-    def close(self) -> None:
-        pass
 
 
 class _ResumableSession:

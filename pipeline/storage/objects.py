@@ -1,5 +1,6 @@
 """What every object-store driver (s3, gcs, azure) shares: the key layout, the directory
-tree implied by a flat listing, in-process appender exclusion, and the move rule.
+tree implied by a flat listing, in-process appender exclusion, the move rule, and the ranged
+reader of one object version.
 
 Object stores have no directories: `/a/b` is a directory while some key starts with
 `a/b/`. A storage path `/docker/registry/v2/x` is the key `<rootdirectory>/docker/registry/v2/x`
@@ -9,11 +10,13 @@ Object stores have no directories: `/a/b` is a directory while some key starts w
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from pipeline.errors import PathExists, StorageUnavailable
-from pipeline.storage.driver import FileInfo
+from pipeline.storage.driver import FileInfo, StorageDriver
+from pipeline.storage.filereader import FileReader
 
 # Temporary objects a driver makes while appending (gcs) live under this name in the root
 # directory; listings hide it, as the filesystem driver hides its temporary files.
@@ -102,3 +105,38 @@ def chunks(data: bytes | bytearray | memoryview, size: int) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(view), size):
         yield bytes(view[start : start + size])
+
+
+class RangeReader(FileReader):
+    """FileReader whose reads are ranged GETs of the one version of an object seen at
+    open: `read_range(start, length)` pins it (an ETag, a generation), so a file replaced
+    mid-read fails instead of mixing two versions."""
+
+    def __init__(
+        self, driver: StorageDriver, path: str, size: int, read_range: Callable[[int, int], bytes]
+    ) -> None:
+        super().__init__(driver, path, size)
+        self._read_range = read_range
+
+    def _open(self) -> Any:
+        if self._stream is None:
+            self._stream = _RangeStream(self)  # type: ignore[assignment]
+        return self._stream
+
+
+class _RangeStream:
+    def __init__(self, reader: RangeReader) -> None:
+        self._reader = reader
+        self._position = reader.tell()
+
+    def read(self, n: int) -> bytes:
+        r = self._reader
+        n = min(n, r.size - self._position)
+        if n <= 0:
+            return b""
+        data = r._read_range(self._position, n)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
