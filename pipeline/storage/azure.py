@@ -36,7 +36,15 @@ from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient,
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
-from pipeline.storage.objects import AppendGuard, KeyLayout, RangeReader, check_move, chunks, tree
+from pipeline.storage.objects import (
+    AppendGuard,
+    KeyLayout,
+    ObjectWriter,
+    RangeReader,
+    check_move,
+    chunks,
+    tree,
+)
 
 DEFAULT_CHUNK = 8 * 1024 * 1024
 MAX_BLOCKS = 50_000  # committed blocks per blob
@@ -281,12 +289,13 @@ class AzureDriver(StorageDriver):
                 self._blob(key).delete_blob()
 
 
-class _BlockWriter(FileWriter):
-    """Stages a block per `chunk_size` written; commit commits `base` + the new blocks."""
+class _BlockWriter(ObjectWriter):
+    """Stages a block per `chunk_size` written; commit commits `base` + the new blocks.
+    Cancel has nothing to abort: the service drops blocks that are never committed."""
 
     def __init__(self, driver: AzureDriver, path: str) -> None:
+        super().__init__(path)
         self._driver = driver
-        self._path = path
         self._blob = driver._blob(driver.layout.key(path))
         self._buffer = bytearray()
         self._base: list[str] = []  # committed block ids this writer continues
@@ -296,15 +305,10 @@ class _BlockWriter(FileWriter):
         self._before: str | None = None  # the blob's ETag ("" absent) before the first staged block
         self._start = 0
         self._written = 0
-        self._state = "open"
 
     @property
     def size(self) -> int:
         return self._start + self._written
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise StorageError(f"{self._path}: writer already {self._state}")
 
     def write(self, data: bytes) -> int:
         self._check_open()
@@ -330,17 +334,6 @@ class _BlockWriter(FileWriter):
                 self._blob.stage_block(block, piece)
                 self._blocks.append(block)
         del self._buffer[:cut]
-
-    def commit(self) -> None:
-        self._check_open()
-        try:
-            self._commit()
-        except BaseException:
-            self.cancel()
-            raise
-        self._state = "committed"
-        self._buffer = bytearray()
-        self._finished()
 
     def _commit(self) -> None:
         if not self._blocks and not self._base and not self._condition:
@@ -369,19 +362,6 @@ class _BlockWriter(FileWriter):
         head = self._driver._head(self._path)
         return head is not None and str(head.etag) != self._before
 
-    def cancel(self) -> None:
-        if self._state != "open":
-            return
-        self._state = "cancelled"  # staged blocks are never committed; the service drops them
-        self._buffer = bytearray()
-        self._finished()
-
-    def _finished(self) -> None:
-        """Hook for subclasses holding resources until the writer is done."""
-
-    def close(self) -> None:
-        self.cancel()
-
 
 class _AppendWriter(_BlockWriter):
     """Continues a blob from its committed block list."""
@@ -389,12 +369,8 @@ class _AppendWriter(_BlockWriter):
     def __init__(self, driver: AzureDriver, path: str) -> None:
         super().__init__(driver, path)
         self._guard_key = (driver.container_name, driver.layout.key(path))
-        _guard.acquire(self._guard_key, driver.lock_timeout, path)
-        try:
+        with _guard.opening(self._guard_key, driver.lock_timeout, path):
             self._open()
-        except BaseException:
-            _guard.release(self._guard_key)
-            raise
 
     def _open(self) -> None:
         head = self._driver._head(self._path)

@@ -38,7 +38,15 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
-from pipeline.storage.objects import HIDDEN, AppendGuard, KeyLayout, RangeReader, check_move, tree
+from pipeline.storage.objects import (
+    HIDDEN,
+    AppendGuard,
+    KeyLayout,
+    ObjectWriter,
+    RangeReader,
+    check_move,
+    tree,
+)
 
 CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
 DEFAULT_CHUNK = 16 * 1024 * 1024
@@ -393,29 +401,23 @@ def _from_status(response: requests.Response, path: str) -> StorageError:
     return StorageError(text)
 
 
-class _ObjectWriter(FileWriter):
+class _ObjectWriter(ObjectWriter):
     """Buffers up to `chunk_size`; past that, streams a resumable upload session. The
     object appears only when commit finalizes (conditional on `if_generation_match`)."""
 
     def __init__(
         self, driver: GCSDriver, path: str, key: str, if_generation_match: int | None = None
     ) -> None:
+        super().__init__(path)
         self._driver = driver
-        self._path = path
         self._key = key
         self._match = if_generation_match
-        self._buffer = bytearray()
         self._session: _ResumableSession | None = None
         self._size = 0
-        self._state = "open"
 
     @property
     def size(self) -> int:
         return self._size
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise StorageError(f"{self._path}: writer already {self._state}")
 
     def write(self, data: bytes) -> int:
         self._check_open()
@@ -434,49 +436,34 @@ class _ObjectWriter(FileWriter):
                 raise
         return len(data)
 
-    def commit(self) -> None:
-        self._check_open()
-        try:
-            if self._session is not None:
-                self._session.send(bytes(self._buffer), final=True)
-            else:
-                with _gcs_errors(self._path):
-                    self._driver._blob(self._key).upload_from_string(
-                        bytes(self._buffer),
-                        if_generation_match=self._match,
-                        retry=self._driver._retry,
-                        timeout=self._driver._timeout,
-                    )
-        except BaseException:
-            self.cancel()
-            raise
-        self._state = "committed"
-        self._session = None
-        self._buffer = bytearray()
-
-    def cancel(self) -> None:
-        if self._state != "open":
+    def _commit(self) -> None:
+        if self._session is not None:
+            self._session.send(bytes(self._buffer), final=True)
+            self._session = None
             return
-        self._state = "cancelled"
-        self._buffer = bytearray()
+        with _gcs_errors(self._path):
+            self._driver._blob(self._key).upload_from_string(
+                bytes(self._buffer),
+                if_generation_match=self._match,
+                retry=self._driver._retry,
+                timeout=self._driver._timeout,
+            )
+
+    def _abort(self) -> None:
         if self._session is not None:
             self._session.cancel()
             self._session = None
 
-    def close(self) -> None:
-        self.cancel()
 
-
-class _AppendWriter(FileWriter):
+class _AppendWriter(ObjectWriter):
     """Appends through a hidden part object composed onto the object at commit."""
 
     def __init__(self, driver: GCSDriver, path: str) -> None:
+        super().__init__(path)
         self._driver = driver
-        self._path = path
         self._key = driver.layout.key(path)
         self._guard_key = (driver.bucket_name, self._key)
-        _guard.acquire(self._guard_key, driver.lock_timeout, path)
-        try:
+        with _guard.opening(self._guard_key, driver.lock_timeout, path):
             head = driver._head(path)
             self._start = int(head.size or 0) if head is not None else 0
             self._generation = int(head.generation) if head is not None else 0  # 0: must not exist
@@ -488,39 +475,26 @@ class _AppendWriter(FileWriter):
                 self._part_key = driver.layout.hidden(f"parts/{uuid.uuid4().hex}")
                 self._inner = _ObjectWriter(driver, path, self._part_key, 0)
             self._created = head is None
-            self._state = "open"
-        except BaseException:
-            _guard.release(self._guard_key)
-            raise
 
     @property
     def size(self) -> int:
         return self._start + self._inner.size
 
     def write(self, data: bytes) -> int:
-        if self._state != "open":
-            raise StorageError(f"{self._path}: writer already {self._state}")
+        self._check_open()
         try:
             return self._inner.write(data)
         except BaseException:
             self.cancel()
             raise
 
-    def commit(self) -> None:
-        if self._state != "open":
-            raise StorageError(f"{self._path}: writer already {self._state}")
-        try:
-            if self._inner.size or self._created:
-                self._inner.commit()
-                if self._part_key is not None:
-                    self._compose()
-            else:
-                self._inner.cancel()  # nothing appended: the object stays exactly as it was
-        except BaseException:
-            self.cancel()
-            raise
-        self._state = "committed"
-        _guard.release(self._guard_key)
+    def _commit(self) -> None:
+        if self._inner.size or self._created:
+            self._inner.commit()
+            if self._part_key is not None:
+                self._compose()
+        else:
+            self._inner.cancel()  # nothing appended: the object stays exactly as it was
 
     def _compose(self) -> None:
         driver, part = self._driver, self._part_key
@@ -536,16 +510,10 @@ class _AppendWriter(FileWriter):
         finally:
             driver._delete_keys(self._path, [part])
 
-    def cancel(self) -> None:
-        if self._state != "open":
-            return
-        self._state = "cancelled"
-        try:
-            self._inner.cancel()
-            if self._part_key is not None and self._inner._state == "committed":
-                self._driver._delete_keys(self._path, [self._part_key])
-        finally:
-            _guard.release(self._guard_key)
+    def _abort(self) -> None:
+        self._inner.cancel()
+        if self._part_key is not None and self._inner._state == "committed":
+            self._driver._delete_keys(self._path, [self._part_key])
 
-    def close(self) -> None:
-        self.cancel()
+    def _finished(self) -> None:
+        _guard.release(self._guard_key)

@@ -1,6 +1,6 @@
 """What every object-store driver (s3, gcs, azure) shares: the key layout, the directory
-tree implied by a flat listing, in-process appender exclusion, the move rule, and the ranged
-reader of one object version.
+tree implied by a flat listing, in-process appender exclusion, the move rule, the ranged
+reader of one object version, and the writer's open/committed/cancelled life.
 
 Object stores have no directories: `/a/b` is a directory while some key starts with
 `a/b/`. A storage path `/docker/registry/v2/x` is the key `<rootdirectory>/docker/registry/v2/x`
@@ -9,13 +9,15 @@ Object stores have no directories: `/a/b` is a directory while some key starts w
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from pipeline.errors import PathExists, StorageUnavailable
-from pipeline.storage.driver import FileInfo, StorageDriver
+from pipeline.errors import PathExists, StorageError, StorageUnavailable
+from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver
 from pipeline.storage.filereader import FileReader
 
 # Temporary objects a driver makes while appending (gcs) live under this name in the root
@@ -85,6 +87,17 @@ class AppendGuard:
             self._held.discard(key)
             self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def opening(self, key: tuple[str, str], timeout: float, path: str) -> Iterator[None]:
+        """Acquire `key` for an appender being opened; release it again if opening fails
+        (the writer releases it once it is committed or cancelled)."""
+        self.acquire(key, timeout, path)
+        try:
+            yield
+        except BaseException:
+            self.release(key)
+            raise
+
 
 def check_move(
     source: str, dest: str, source_is_dir: bool, dest_is_file: bool, dest_has_children: bool
@@ -140,3 +153,53 @@ class _RangeStream:
 
     def close(self) -> None:
         pass
+
+
+class ObjectWriter(FileWriter):
+    """The life every object-store writer shares: open, then committed or cancelled once.
+    `commit` runs `_commit` and cancels if it fails; `cancel` runs `_abort`; both end with
+    `_finished` (appenders release their guard there). Writing after either, or a second
+    commit, is a StorageError; a second cancel, or close, does nothing."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._buffer = bytearray()
+        self._state = "open"
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._path}: writer already {self._state}")
+
+    def commit(self) -> None:
+        self._check_open()
+        try:
+            self._commit()
+        except BaseException:
+            self.cancel()
+            raise
+        self._state = "committed"
+        self._buffer = bytearray()
+        self._finished()
+
+    def cancel(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "cancelled"
+        self._buffer = bytearray()
+        try:
+            self._abort()
+        finally:
+            self._finished()
+
+    @abc.abstractmethod
+    def _commit(self) -> None:
+        """Make what was written visible at the path."""
+
+    def _abort(self) -> None:
+        """Discard what was sent so far (nothing to do by default)."""
+
+    def _finished(self) -> None:
+        """Hook for writers holding resources until they are done."""
+
+    def close(self) -> None:
+        self.cancel()

@@ -50,7 +50,7 @@ from pipeline.errors import (
 )
 from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
 from pipeline.storage.filereader import FileReader
-from pipeline.storage.objects import AppendGuard, KeyLayout, check_move, tree
+from pipeline.storage.objects import AppendGuard, KeyLayout, ObjectWriter, check_move, tree
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest non-final multipart part
 MAX_COPY_PART = 1024 * 1024 * 1024  # copy ranges stay well under S3's 5 GiB part limit
@@ -367,27 +367,22 @@ class _ObjectReader(FileReader):
             return super().readall()
 
 
-class _ObjectWriter(FileWriter):
+class _ObjectWriter(ObjectWriter):
     """Buffers up to `chunk_size`, then streams parts of a multipart upload."""
 
     def __init__(self, driver: S3Driver, path: str, initial: bytes = b"") -> None:
+        super().__init__(path)
         self._driver = driver
-        self._path = path
         self._key = driver._key(path)
         self._buffer = bytearray(initial)
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._state = "open"
         self._size = len(initial)
         self._copy_from: tuple[int, str] | None = None  # (size, etag) of bytes to copy first
 
     @property
     def size(self) -> int:
         return self._size
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise StorageError(f"{self._path}: writer already {self._state}")
 
     def write(self, data: bytes) -> int:
         self._check_open()
@@ -437,49 +432,28 @@ class _ObjectWriter(FileWriter):
         self._parts.append({"PartNumber": len(self._parts) + 1, "ETag": uploaded["ETag"]})
         self._buffer = bytearray()
 
-    def commit(self) -> None:
-        self._check_open()
+    def _commit(self) -> None:
         client, bucket = self._driver.client, self._driver.bucket
-        try:
-            if self._upload_id is None and self._copy_from is None:
-                with _s3_errors(self._path):
-                    client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
-            else:
-                if self._buffer or not self._parts:
-                    self._flush_part()
-                with _s3_errors(self._path):
-                    client.complete_multipart_upload(
-                        Bucket=bucket,
-                        Key=self._key,
-                        UploadId=self._upload_id,
-                        MultipartUpload={"Parts": self._parts},
-                    )
-        except BaseException:
-            self.cancel()
-            raise
-        self._buffer = bytearray()
-        self._state = "committed"
-        self._finished()
-
-    def cancel(self) -> None:
-        if self._state != "open":
+        if self._upload_id is None and self._copy_from is None:
+            with _s3_errors(self._path):
+                client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
             return
-        self._state = "cancelled"
-        self._buffer = bytearray()
-        try:
-            if self._upload_id is not None:
-                with _s3_errors(self._path):
-                    self._driver.client.abort_multipart_upload(
-                        Bucket=self._driver.bucket, Key=self._key, UploadId=self._upload_id
-                    )
-        finally:
-            self._finished()
+        if self._buffer or not self._parts:
+            self._flush_part()
+        with _s3_errors(self._path):
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
 
-    def _finished(self) -> None:
-        """Hook for subclasses holding resources until the writer is done."""
-
-    def close(self) -> None:
-        self.cancel()
+    def _abort(self) -> None:
+        if self._upload_id is not None:
+            with _s3_errors(self._path):
+                self._driver.client.abort_multipart_upload(
+                    Bucket=self._driver.bucket, Key=self._key, UploadId=self._upload_id
+                )
 
 
 class _AppendWriter(_ObjectWriter):
@@ -487,8 +461,7 @@ class _AppendWriter(_ObjectWriter):
 
     def __init__(self, driver: S3Driver, path: str) -> None:
         self._guard_key = (driver.bucket, driver._key(path))
-        _guard.acquire(self._guard_key, driver.lock_timeout, path)
-        try:
+        with _guard.opening(self._guard_key, driver.lock_timeout, path):
             try:
                 head = driver._head(path)
             except PathNotFound:
@@ -501,9 +474,6 @@ class _AppendWriter(_ObjectWriter):
             if head is not None and size >= MIN_PART:
                 self._copy_from = (size, str(head["ETag"]))
                 self._size = size
-        except BaseException:
-            self._release()
-            raise
 
     def commit(self) -> None:
         if self._state == "open" and not self._created and self._size == self._start:
@@ -512,8 +482,5 @@ class _AppendWriter(_ObjectWriter):
             return
         super().commit()
 
-    def _release(self) -> None:
-        _guard.release(self._guard_key)
-
     def _finished(self) -> None:
-        self._release()
+        _guard.release(self._guard_key)
