@@ -35,13 +35,13 @@ from azure.core import exceptions as aexc
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter
 from pipeline.storage.objects import (
     AppendGuard,
     KeyLayout,
+    ListedObjectStore,
     ObjectWriter,
     RangeReader,
-    check_move,
     chunks,
     tree,
 )
@@ -95,7 +95,7 @@ def _block_id(length: int = ID_BYTES) -> str:
 _guard = AppendGuard()
 
 
-class AzureDriver(StorageDriver):
+class AzureDriver(ListedObjectStore):
     """Blobs in `container` under `root_directory`."""
 
     name = "azure"
@@ -149,9 +149,6 @@ class AzureDriver(StorageDriver):
     def _keys(self, prefix: str, path: str, limit: int | None = None) -> Iterator[Any]:
         with _azure_errors(path):
             yield from self.container.list_blobs(name_starts_with=prefix or None, results_per_page=limit)
-
-    def _any_below(self, path: str) -> Any:
-        return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -235,28 +232,6 @@ class AzureDriver(StorageDriver):
     def writer(self, path: str, append: bool = False) -> FileWriter:
         return _AppendWriter(self, path) if append else _BlockWriter(self, path)
 
-    def move(self, source: str, dest: str) -> None:
-        source_head = self._head(source)
-        source_is_dir = source_head is None
-        if source_is_dir and self._any_below(source) is None:
-            raise PathNotFound(source)
-        check_move(
-            source,
-            dest,
-            source_is_dir,
-            dest_is_file=source_is_dir and self._head(dest) is not None,
-            dest_has_children=self._any_below(dest) is not None,
-        )
-        if not source_is_dir:
-            self._copy(source, self.layout.key(source), self.layout.key(dest))
-            self._delete_keys(source, [self.layout.key(source)])
-            return
-        source_prefix, dest_prefix = self.layout.dir_prefix(source), self.layout.dir_prefix(dest)
-        keys = [b.name for b in self._keys(source_prefix, source)]
-        for key in keys:
-            self._copy(source, key, dest_prefix + key[len(source_prefix) :])
-        self._delete_keys(source, keys)
-
     def _copy(self, path: str, source_key: str, dest_key: str, poll_seconds: float = 300.0) -> None:
         """Server-side Copy Blob; waits for an asynchronous copy to finish."""
         target = self._blob(dest_key)
@@ -271,17 +246,6 @@ class AzureDriver(StorageDriver):
                 status = target.get_blob_properties().copy.status
         if status != "success":
             raise StorageError(f"{path}: server-side copy ended {status}")
-
-    def delete(self, path: str) -> None:
-        if path == "/":
-            keys = [b.name for b in self._keys(self.layout.dir_prefix(path), path)]
-        else:
-            key = self.layout.key(path)
-            below = key + "/"
-            keys = [b.name for b in self._keys(key, path) if b.name == key or b.name.startswith(below)]
-            if not keys:
-                raise PathNotFound(path)
-        self._delete_keys(path, keys)
 
     def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
         for key in keys:

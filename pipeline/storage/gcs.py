@@ -37,14 +37,14 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter
 from pipeline.storage.objects import (
     HIDDEN,
     AppendGuard,
     KeyLayout,
+    ListedObjectStore,
     ObjectWriter,
     RangeReader,
-    check_move,
     tree,
 )
 
@@ -117,7 +117,7 @@ def service_account(keyfile: str = "", info: dict[str, Any] | None = None) -> Cr
 _guard = AppendGuard()
 
 
-class GCSDriver(StorageDriver):
+class GCSDriver(ListedObjectStore):
     """Objects in `bucket` under `root_directory`."""
 
     name = "gcs"
@@ -176,9 +176,6 @@ class GCSDriver(StorageDriver):
             yield from self.client.list_blobs(
                 self.bucket, prefix=prefix, max_results=limit, retry=self._retry, timeout=self._timeout
             )
-
-    def _any_below(self, path: str) -> Any:
-        return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -274,44 +271,11 @@ class GCSDriver(StorageDriver):
             return _AppendWriter(self, path)
         return _ObjectWriter(self, path, self.layout.key(path))
 
-    def move(self, source: str, dest: str) -> None:
-        source_head = self._head(source)
-        source_is_dir = source_head is None
-        if source_is_dir and self._any_below(source) is None:
-            raise PathNotFound(source)
-        check_move(
-            source,
-            dest,
-            source_is_dir,
-            dest_is_file=source_is_dir and self._head(dest) is not None,
-            dest_has_children=self._any_below(dest) is not None,
-        )
-        if not source_is_dir:
-            self._copy(source, self.layout.key(source), self.layout.key(dest))
-            self._delete_keys(source, [self.layout.key(source)])
-            return
-        source_prefix, dest_prefix = self.layout.dir_prefix(source), self.layout.dir_prefix(dest)
-        keys = [b.name for b in self._keys(source_prefix, source)]
-        for key in keys:
-            self._copy(source, key, dest_prefix + key[len(source_prefix) :])
-        self._delete_keys(source, keys)
-
     def _copy(self, path: str, source_key: str, dest_key: str) -> None:
         with _gcs_errors(path):
             self.bucket.copy_blob(
                 self._blob(source_key), self.bucket, dest_key, retry=self._retry, timeout=self._timeout
             )
-
-    def delete(self, path: str) -> None:
-        if path == "/":
-            keys = [b.name for b in self._keys(self.layout.dir_prefix(path), path)]
-        else:
-            key = self.layout.key(path)
-            below = key + "/"
-            keys = [b.name for b in self._keys(key, path) if b.name == key or b.name.startswith(below)]
-            if not keys:
-                raise PathNotFound(path)
-        self._delete_keys(path, keys)
 
     def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
         for key in keys:

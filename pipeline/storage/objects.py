@@ -1,6 +1,7 @@
 """What every object-store driver (s3, gcs, azure) shares: the key layout, the directory
 tree implied by a flat listing, in-process appender exclusion, the move rule, the ranged
-reader of one object version, and the writer's open/committed/cancelled life.
+reader of one object version, the writer's open/committed/cancelled life, and the move
+and delete of the stores whose listings name each object (gcs, azure).
 
 Object stores have no directories: `/a/b` is a directory while some key starts with
 `a/b/`. A storage path `/docker/registry/v2/x` is the key `<rootdirectory>/docker/registry/v2/x`
@@ -12,11 +13,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from pipeline.errors import PathExists, StorageError, StorageUnavailable
+from pipeline.errors import PathExists, PathNotFound, StorageError, StorageUnavailable
 from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver
 from pipeline.storage.filereader import FileReader
 
@@ -203,3 +204,62 @@ class ObjectWriter(FileWriter):
 
     def close(self) -> None:
         self.cancel()
+
+
+class ListedObjectStore(StorageDriver):
+    """`move` and `delete` of an object store whose listings yield objects with a `name`
+    (the key): copy-then-delete, and deletion of a key with everything below it. The
+    driver supplies the requests."""
+
+    layout: KeyLayout
+
+    @abc.abstractmethod
+    def _head(self, path: str) -> Any:
+        """The object's metadata, or None when absent."""
+
+    @abc.abstractmethod
+    def _keys(self, prefix: str, path: str, limit: int | None = None) -> Iterator[Any]:
+        """The objects whose keys start with `prefix` (errors name `path`)."""
+
+    @abc.abstractmethod
+    def _copy(self, path: str, source_key: str, dest_key: str) -> None:
+        """Server-side copy of one object."""
+
+    @abc.abstractmethod
+    def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
+        """Delete these objects; one already gone is not an error."""
+
+    def _any_below(self, path: str) -> Any:
+        return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)
+
+    def move(self, source: str, dest: str) -> None:
+        source_is_dir = self._head(source) is None
+        if source_is_dir and self._any_below(source) is None:
+            raise PathNotFound(source)
+        check_move(
+            source,
+            dest,
+            source_is_dir,
+            dest_is_file=source_is_dir and self._head(dest) is not None,
+            dest_has_children=self._any_below(dest) is not None,
+        )
+        if not source_is_dir:
+            self._copy(source, self.layout.key(source), self.layout.key(dest))
+            self._delete_keys(source, [self.layout.key(source)])
+            return
+        source_prefix, dest_prefix = self.layout.dir_prefix(source), self.layout.dir_prefix(dest)
+        keys = [b.name for b in self._keys(source_prefix, source)]
+        for key in keys:
+            self._copy(source, key, dest_prefix + key[len(source_prefix) :])
+        self._delete_keys(source, keys)
+
+    def delete(self, path: str) -> None:
+        if path == "/":
+            keys = [b.name for b in self._keys(self.layout.dir_prefix(path), path)]
+        else:
+            key = self.layout.key(path)
+            below = key + "/"
+            keys = [b.name for b in self._keys(key, path) if b.name == key or b.name.startswith(below)]
+            if not keys:
+                raise PathNotFound(path)
+        self._delete_keys(path, keys)
