@@ -26,10 +26,11 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.lading.procs import Running, celery_command, lading_command, process_env, running
+from tests.lading.procs import Running, process_env
 from tests.support import redis_server, skopeo
+from tests.support.flower import start_flower, start_worker_and_api
 from tests.support.images import make_image, write_oci_layout
-from tests.support.net import free_port, wait_http
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -90,25 +91,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     )
     env = process_env(LADING_CONFIG=str(config))
     flower = f"http://127.0.0.1:{flower_port}"
-    flower_args = [
-        *celery_command(),
-        "-A",
-        "lading.celery_app",
-        "flower",
-        "--address=127.0.0.1",
-        f"--port={flower_port}",
-        f"--basic-auth={':'.join(FLOWER_AUTH)}",
-    ]
     with ExitStack() as stack:
-        worker_args = [*lading_command(), "worker", "--concurrency", "2", "--hostname", "e2e-flower@%h"]
-        worker = stack.enter_context(running(worker_args, env, cwd=tmp))
-        server = stack.enter_context(running([*lading_command(), "serve", str(config)], env, cwd=tmp))
-        worker.wait_for(r"ready\.", timeout=60)
-        wait_http(f"http://127.0.0.1:{port}/v2/", timeout=60, proc=server.proc)
+        worker, server = start_worker_and_api(stack, config, env, tmp, port, "e2e-flower@%h")
         # Flower comes last: the worker runs with task events off until Flower enables them.
         assert "enabled by remote" not in worker.output
-        flower_proc = stack.enter_context(running(flower_args, env, cwd=tmp))
-        wait_http(f"{flower}/healthcheck", timeout=60, proc=flower_proc.proc)
+        flower_proc = start_flower(stack, flower_port, FLOWER_AUTH, env, tmp)
         # Celery logs "Events of group {task} enabled by remote." on Flower's broadcast.
         worker.wait_for(r"Events of group \{task\} enabled by remote", timeout=60)
         # Flower only records the tasks of workers it is already listening to.

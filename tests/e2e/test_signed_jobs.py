@@ -29,10 +29,11 @@ from celery import Celery
 
 from lading.signing import write_signing_key
 from pipeline import jobs
-from tests.lading.procs import Running, celery_command, lading_command, process_env, running
+from tests.lading.procs import Running, process_env
 from tests.support import redis_server, skopeo
+from tests.support.flower import start_flower, start_worker_and_api
 from tests.support.images import Image, make_image, write_oci_layout
-from tests.support.net import free_port, wait_http
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -70,23 +71,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = process_env(LADING_CONFIG=str(config))
     flower_env = process_env(LADING_CONFIG=str(config), REGISTRY_LADING_SIGNING_KEY="")  # no key
     flower = f"http://127.0.0.1:{flower_port}"
-    flower_args = [
-        *celery_command(),
-        "-A",
-        "lading.celery_app",
-        "flower",
-        "--address=127.0.0.1",
-        f"--port={flower_port}",
-        f"--basic-auth={':'.join(FLOWER_AUTH)}",
-    ]
     with ExitStack() as stack:
-        worker_args = [*lading_command(), "worker", "--concurrency", "2", "--hostname", "e2e-signed@%h"]
-        worker = stack.enter_context(running(worker_args, env, cwd=tmp))
-        server = stack.enter_context(running([*lading_command(), "serve", str(config)], env, cwd=tmp))
-        worker.wait_for(r"ready\.", timeout=60)
-        wait_http(f"http://127.0.0.1:{port}/v2/", timeout=60, proc=server.proc)
-        flower_proc = stack.enter_context(running(flower_args, flower_env, cwd=tmp))
-        wait_http(f"{flower}/healthcheck", timeout=60, proc=flower_proc.proc)
+        worker, _ = start_worker_and_api(stack, config, env, tmp, port, "e2e-signed@%h")
+        start_flower(stack, flower_port, FLOWER_AUTH, flower_env, tmp)
 
         image = make_image([3000, 20_000])
         layout = write_oci_layout(image, tmp / "src", tag="v1")
