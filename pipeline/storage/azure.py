@@ -177,16 +177,8 @@ class AzureDriver(ListedObjectStore):
             )
         return data
 
-    def stat(self, path: str) -> FileInfo:
-        if path == "/":
-            return FileInfo("/", 0, datetime.now(UTC), True)
-        head = self._head(path)
-        if head is not None:
-            return FileInfo(path, int(head.size), head.last_modified, False)
-        first = self._any_below(path)
-        if first is None:
-            raise PathNotFound(path)
-        return FileInfo(path, 0, first.last_modified, True)
+    def _size_and_modified(self, obj: Any) -> tuple[int, datetime]:
+        return int(obj.size), obj.last_modified
 
     def list(self, path: str) -> list[str]:
         prefix = self.layout.dir_prefix(path)
@@ -202,7 +194,7 @@ class AzureDriver(ListedObjectStore):
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         files = [
-            (self.layout.path(b.name), int(b.size), b.last_modified)
+            (self.layout.path(b.name), *self._size_and_modified(b))
             for b in self._keys(self.layout.dir_prefix(path), path)
         ]
         if not files and path != "/":

@@ -25,7 +25,7 @@ import functools
 import io
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
 import requests
@@ -204,16 +204,8 @@ class GCSDriver(ListedObjectStore):
             )
         return data
 
-    def stat(self, path: str) -> FileInfo:
-        if path == "/":
-            return FileInfo("/", 0, datetime.now(UTC), True)
-        head = self._head(path)
-        if head is not None:
-            return FileInfo(path, int(head.size or 0), head.updated, False)
-        first = self._any_below(path)
-        if first is None:
-            raise PathNotFound(path)
-        return FileInfo(path, 0, first.updated, True)
+    def _size_and_modified(self, obj: Any) -> tuple[int, datetime]:
+        return int(obj.size or 0), obj.updated
 
     def list(self, path: str) -> list[str]:
         prefix = self.layout.dir_prefix(path)
@@ -235,7 +227,7 @@ class GCSDriver(ListedObjectStore):
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         files = [
-            (self.layout.path(b.name), int(b.size or 0), b.updated)
+            (self.layout.path(b.name), *self._size_and_modified(b))
             for b in self._keys(self.layout.dir_prefix(path), path)
             if not self.layout.is_hidden(b.name)
         ]

@@ -1,7 +1,7 @@
 """What every object-store driver (s3, gcs, azure) shares: the key layout, the directory
 tree implied by a flat listing, in-process appender exclusion, the move rule, the ranged
-reader of one object version, the writer's open/committed/cancelled life, and the move
-and delete of the stores whose listings name each object (gcs, azure).
+reader of one object version, the writer's open/committed/cancelled life, and the stat,
+move and delete of the stores whose listings name each object (gcs, azure).
 
 Object stores have no directories: `/a/b` is a directory while some key starts with
 `a/b/`. A storage path `/docker/registry/v2/x` is the key `<rootdirectory>/docker/registry/v2/x`
@@ -14,7 +14,7 @@ import abc
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import PathExists, PathNotFound, StorageError, StorageUnavailable
@@ -207,7 +207,7 @@ class ObjectWriter(FileWriter):
 
 
 class ListedObjectStore(StorageDriver):
-    """`move` and `delete` of an object store whose listings yield objects with a `name`
+    """`stat`, `move` and `delete` of an object store whose listings yield objects with a `name`
     (the key): copy-then-delete, and deletion of a key with everything below it. The
     driver supplies the requests."""
 
@@ -229,8 +229,24 @@ class ListedObjectStore(StorageDriver):
     def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
         """Delete these objects; one already gone is not an error."""
 
+    @abc.abstractmethod
+    def _size_and_modified(self, obj: Any) -> tuple[int, datetime]:
+        """The size and modification time of an object from `_head` or `_keys`."""
+
     def _any_below(self, path: str) -> Any:
         return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)
+
+    def stat(self, path: str) -> FileInfo:
+        if path == "/":
+            return FileInfo("/", 0, datetime.now(UTC), True)
+        head = self._head(path)
+        if head is not None:
+            size, modified = self._size_and_modified(head)
+            return FileInfo(path, size, modified, False)
+        first = self._any_below(path)
+        if first is None:
+            raise PathNotFound(path)
+        return FileInfo(path, 0, self._size_and_modified(first)[1], True)
 
     def move(self, source: str, dest: str) -> None:
         source_is_dir = self._head(source) is None
