@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from starlette.requests import Request
 
 from pipeline.errors import Denied, Unauthorized
-from pipeline.names import is_valid_name
+from pipeline.formats.names import is_valid_name
 
 PULL = "pull"
 PUSH = "push"

@@ -184,7 +184,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 
 def cmd_tarsum(args: argparse.Namespace) -> int:
-    from pipeline.tarsum import tarsum_file
+    from pipeline.formats.tarsum import tarsum_file
 
     try:
         print(tarsum_file(args.file))

@@ -27,7 +27,6 @@ import logging
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from pipeline import paths
-from pipeline.digest import CANONICAL, Digest, new_hasher
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -37,8 +36,9 @@ from pipeline.errors import (
     SizeInvalid,
     StorageError,
 )
-from pipeline.hashstate import ResumableHash, resumable_available
-from pipeline.names import validate_name
+from pipeline.formats.digest import CANONICAL, Digest, new_hasher
+from pipeline.formats.hashstate import ResumableHash, resumable_available
+from pipeline.formats.names import validate_name
 from pipeline.storage.driver import StorageDriver
 from pipeline.uploads import is_upload_id
 

@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings

@@ -29,10 +29,10 @@ from typing import BinaryIO
 
 from pipeline import paths
 from pipeline.blobcache import BlobCache, NoBlobCache
-from pipeline.digest import CANONICAL, Digest
 from pipeline.digest_dirs import digests_in
 from pipeline.errors import BlobCorrupt, BlobUnknown, DigestInvalid, PathNotFound
-from pipeline.names import is_valid_name, validate_name
+from pipeline.formats.digest import CANONICAL, Digest
+from pipeline.formats.names import is_valid_name, validate_name
 from pipeline.storage.driver import StorageDriver
 
 

@@ -1287,7 +1287,7 @@ def _upstream(u: Mapping[str, Any], key: str, prefix: str) -> Upstream:
 def _proxy(t: Mapping[str, Any]) -> ProxySettings:
     """distribution's `proxy:` (the whole registry mirrors one upstream) and/or Lading's
     `lading.proxy.upstreams` (one upstream per repository prefix)."""
-    from pipeline.names import is_valid_name
+    from pipeline.formats.names import is_valid_name
 
     upstreams: list[Upstream] = []
     mirror = t.get("proxy") or {}

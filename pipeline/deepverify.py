@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, LayerInvalid, ManifestInvalid, PathNotFound
-from pipeline.manifests import Manifest, parse_manifest
-from pipeline.tarsum import layer_sums
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import Manifest, parse_manifest
+from pipeline.formats.tarsum import layer_sums
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry

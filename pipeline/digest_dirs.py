@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pipeline.digest import HEX_LENGTHS, Digest
 from pipeline.errors import DigestInvalid, PathNotFound
+from pipeline.formats.digest import HEX_LENGTHS, Digest
 from pipeline.storage.driver import StorageDriver
 
 

@@ -19,10 +19,10 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from pipeline import deepverify
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, ManifestInvalid, ManifestUnknown, OperationUnsupported
-from pipeline.manifests import parse_manifest
-from pipeline.names import parse_reference, validate_name
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import parse_manifest
+from pipeline.formats.names import parse_reference, validate_name
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.digest_dirs import digests_in
 from pipeline.errors import (
     BlobUnknown,
@@ -22,7 +21,8 @@ from pipeline.errors import (
     ManifestUnknown,
     PathNotFound,
 )
-from pipeline.manifests import EMPTY_DIGEST, EMPTY_JSON, Manifest, detect_media_type
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import EMPTY_DIGEST, EMPTY_JSON, Manifest, detect_media_type
 from pipeline.storage.driver import StorageDriver
 from pipeline.tags import TagStore, put_link
 

@@ -19,7 +19,7 @@ Lading's own records live where distribution never looks: per repository under
 
 from __future__ import annotations
 
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 
 ROOT = "/docker/registry/v2"
 BLOBS = f"{ROOT}/blobs"

@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.digest_dirs import digests_in
 from pipeline.errors import BlobUnknown, PathNotFound, RegistryError, from_payload
+from pipeline.formats.digest import Digest
 from pipeline.storage.driver import StorageDriver
 from pipeline.uploads import parse_started_at
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import time
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, ManifestUnknown, NameUnknown, PathNotFound
-from pipeline.names import validate_tag
+from pipeline.formats.digest import Digest
+from pipeline.formats.names import validate_tag
 from pipeline.storage.driver import StorageDriver
 
 

@@ -40,7 +40,7 @@ from api.auth.tokens import AccessEntry, InvalidToken, IssuedToken, TokenSigner,
 from api.errors import error_response
 from pipeline.access import ALL, granted_actions
 from pipeline.errors import TooManyRequests, Unauthorized
-from pipeline.names import is_valid_name
+from pipeline.formats.names import is_valid_name
 from pipeline.throttle import LocalFailureCounters, LoginThrottle
 from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 

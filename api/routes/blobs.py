@@ -18,8 +18,8 @@ from starlette.responses import RedirectResponse, Response
 
 from api.routes.context import RequestContext
 from api.streaming import ContentResponse, RangeNotSatisfiable, parse_range
-from pipeline.digest import Digest
 from pipeline.errors import OperationUnsupported, UnsupportedMethod
+from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
 
 OCTET_STREAM = "application/octet-stream"

@@ -18,8 +18,8 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from api.notify import BLOB_MEDIA_TYPE, Notifier
-from pipeline.digest import Digest
 from pipeline.events import Action
+from pipeline.formats.digest import Digest
 from pipeline.jobs import JobClient
 from pipeline.registry import Registry
 from pipeline.settings import Settings

@@ -38,7 +38,6 @@ from api.routes.context import RequestContext
 from api.streaming import read_limited
 from pipeline import jobs as joblib
 from pipeline import manifest_commit
-from pipeline.digest import Digest
 from pipeline.errors import (
     JobTimeout,
     ManifestBlobUnknown,
@@ -46,8 +45,9 @@ from pipeline.errors import (
     OperationUnsupported,
     RegistryError,
 )
-from pipeline.manifests import MAX_MANIFEST_SIZE
-from pipeline.names import is_digest_reference, is_valid_tag, validate_tag
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import MAX_MANIFEST_SIZE
+from pipeline.formats.names import is_digest_reference, is_valid_tag, validate_tag
 from pipeline.pending import PendingCommit, PendingCommits
 from pipeline.registry import Registry
 

@@ -13,9 +13,9 @@ import json
 from starlette.responses import Response
 
 from api.routes.context import RequestContext
-from pipeline.digest import Digest
 from pipeline.errors import NameUnknown
-from pipeline.manifests import OCI_INDEX, Descriptor
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_INDEX, Descriptor
 from pipeline.registry import Registry
 
 

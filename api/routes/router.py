@@ -31,8 +31,8 @@ from api.notify import Notifier
 from api.routes import base, blobs, catalog, manifests, proxy, referrers, tags, uploads
 from api.routes.context import RequestContext, Urls
 from pipeline.errors import LadingError
+from pipeline.formats.names import validate_name
 from pipeline.jobs import JobClient
-from pipeline.names import validate_name
 from pipeline.registry import Registry
 from pipeline.settings import Settings
 

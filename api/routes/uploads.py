@@ -54,7 +54,6 @@ from api.routes.context import RequestContext
 from api.routes.pending import JOB_HEADER, PREFER_ASYNC, wants_async
 from api.streaming import decimal, write_body
 from pipeline import jobs as joblib
-from pipeline.digest import CANONICAL, HEX_LENGTHS, Digest
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -63,8 +62,9 @@ from pipeline.errors import (
     RangeInvalid,
     SizeInvalid,
 )
+from pipeline.formats.digest import CANONICAL, HEX_LENGTHS, Digest
+from pipeline.formats.names import is_valid_name
 from pipeline.jobs import JobClient
-from pipeline.names import is_valid_name
 from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from pipeline.storage.driver import FileWriter

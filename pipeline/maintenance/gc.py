@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -63,6 +62,7 @@ from pipeline.errors import (
     PathNotFound,
     TooManyRequests,
 )
+from pipeline.formats.digest import Digest
 from pipeline.maintenance import stats
 from pipeline.maintenance.inventory import RepositoryScan, iter_blobs, iter_repositories, scan_repository
 from pipeline.maintenance.locking import exclusive

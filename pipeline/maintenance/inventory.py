@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pipeline import paths
-from pipeline.digest import HEX_LENGTHS, Digest
 from pipeline.errors import DigestInvalid, ManifestUnknown, NameUnknown, PathNotFound
-from pipeline.names import is_valid_name
+from pipeline.formats.digest import HEX_LENGTHS, Digest
+from pipeline.formats.names import is_valid_name
 from pipeline.registry import Registry
 from pipeline.storage.driver import StorageDriver
 

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import paths
-from pipeline.digest import Digest, new_hasher
 from pipeline.errors import DigestInvalid, PathNotFound
+from pipeline.formats.digest import Digest, new_hasher
 from pipeline.maintenance import stats
 from pipeline.maintenance.inventory import RepositoryScan, iter_blobs, iter_repositories, scan_repository
 from pipeline.maintenance.locking import exclusive

@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import paths
 from pipeline.blob_commit import commit_blob
-from pipeline.digest import Digest
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -55,7 +54,8 @@ from pipeline.errors import (
     UpstreamUnavailable,
     from_payload,
 )
-from pipeline.manifests import (
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     MAX_MANIFEST_SIZE,
@@ -64,7 +64,7 @@ from pipeline.manifests import (
     Manifest,
     parse_manifest,
 )
-from pipeline.names import is_digest_reference, validate_name
+from pipeline.formats.names import is_digest_reference, validate_name
 from pipeline.proxy import ProxyTarget, route, stats
 from pipeline.proxy.leases import LEASE_SECONDS, Leases, leases_for
 from pipeline.proxy.upstream import client_for

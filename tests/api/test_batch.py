@@ -11,8 +11,8 @@ import pytest
 
 from pipeline import jobs as joblib
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid
+from pipeline.formats.digest import Digest
 from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from tests.api.conftest import make_settings

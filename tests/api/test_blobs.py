@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.maintenance import scrub
 from pipeline.registry import build_registry
 from pipeline.settings import MaintenanceSettings, Settings, StorageSettings

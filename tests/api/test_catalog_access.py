@@ -19,7 +19,7 @@ import pytest
 from api.auth import Access
 from pipeline import paths
 from pipeline.catalog import Catalog
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
 from pipeline.settings import AuthSettings, HtpasswdAuth
 from pipeline.storage.memory import MemoryDriver

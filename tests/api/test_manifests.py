@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.digest import Digest
-from pipeline.manifests import MAX_MANIFEST_SIZE
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import MAX_MANIFEST_SIZE
 from tests.api.helpers import (
     OCI_INDEX,
     OCI_MANIFEST,

@@ -23,8 +23,8 @@ from api.metrics import InstrumentedJobs, Metrics, RedisQueueDepth, add_queue_de
 from api.middleware import RequestMiddleware
 from lading.embedded import observe
 from pipeline import events
-from pipeline.digest import Digest
 from pipeline.errors import DeliveryFailed, DigestInvalid
+from pipeline.formats.digest import Digest
 from pipeline.maintenance import garbage_collect, scrub
 from pipeline.manifest_commit import delete_manifest
 from pipeline.registry import Registry

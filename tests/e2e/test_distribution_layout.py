@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.digest import Digest
-from pipeline.manifests import parse_manifest
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import parse_manifest
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings, StorageSettings
 from tests.support import skopeo

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lading import cli
-from pipeline.tarsum import tarsum_file
+from pipeline.formats.tarsum import tarsum_file
 from tests.lading.procs import lading_command, process_env, running
 from tests.support.net import free_port, wait_http
 from tests.support.shared import shared_dir

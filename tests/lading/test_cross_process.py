@@ -30,7 +30,7 @@ import redis
 from lading.composition import compose
 from pipeline import jobs
 from pipeline.coordination import LOCK_CLIENT_PREFIX, coordination_for
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.locks import KEY_PREFIX
 from pipeline.registry import build_registry
 from tests.lading.procs import lading_command

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lading import cli
 from lading.reporting import ProgressDisplay, human_bytes
 from pipeline import paths
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.manifest_commit import delete_manifest
 from pipeline.registry import Registry
 from tests.lading.procs import lading_command, process_env

@@ -15,7 +15,6 @@ import pytest
 
 from pipeline import paths
 from pipeline.blob_commit import advance_digest, commit_blob
-from pipeline.digest import Digest
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -25,7 +24,8 @@ from pipeline.errors import (
     SizeInvalid,
     StorageError,
 )
-from pipeline.hashstate import resumable_available
+from pipeline.formats.digest import Digest
+from pipeline.formats.hashstate import resumable_available
 from pipeline.registry import Registry
 from pipeline.settings import Settings
 from pipeline.storage.checked import CheckedDriver
@@ -454,7 +454,7 @@ def test_lading_commits_a_session_distribution_started(tmp_path: Path) -> None:
     and commits it resuming distribution's state. Needs `docker-registry` (fails if missing)."""
     import httpx
 
-    from pipeline.hashstate import ResumableHash
+    from pipeline.formats.hashstate import ResumableHash
     from tests.support.distribution import distribution
 
     root = tmp_path / "root"

@@ -23,8 +23,8 @@ from pipeline.blobcache import (
     blob_cache_from_settings,
 )
 from pipeline.config import load_settings
-from pipeline.digest import Digest
 from pipeline.errors import BlobCorrupt, BlobUnknown, ConfigurationError
+from pipeline.formats.digest import Digest
 from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.scrub import scrub
 from pipeline.manifest_commit import delete_manifest

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline import paths
 from pipeline.blobs import BlobStore, RepositoryBlobs
-from pipeline.digest import Digest
 from pipeline.errors import BlobUnknown, NameInvalid
+from pipeline.formats.digest import Digest
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import FileWriter, StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver

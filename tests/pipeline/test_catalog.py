@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import paths
 from pipeline.catalog import Catalog
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.storage.memory import MemoryDriver
 
 D = Digest.of(b"m")

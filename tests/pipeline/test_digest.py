@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from pipeline.digest import Digest, new_hasher
 from pipeline.errors import DigestInvalid
+from pipeline.formats.digest import Digest, new_hasher
 
 SHA256_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 SHA512_EMPTY = hashlib.sha512(b"").hexdigest()

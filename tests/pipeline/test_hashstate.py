@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipeline.errors import DigestInvalid
-from pipeline.hashstate import ResumableHash, resumable_available
+from pipeline.formats.hashstate import ResumableHash, resumable_available
 from tests.support.distribution import distribution
 
 # FIPS 180-4 initial hash values.

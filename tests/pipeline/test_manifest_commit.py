@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -24,9 +23,10 @@ from pipeline.errors import (
     TagInvalid,
     TooManyRequests,
 )
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import EMPTY_DIGEST, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from pipeline.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest, delete_manifest
-from pipeline.manifests import EMPTY_DIGEST, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, parse_manifest
 from pipeline.registry import Registry
 from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.memory import MemoryDriver

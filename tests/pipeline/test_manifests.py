@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.digest import Digest
 from pipeline.errors import ManifestInvalid
-from pipeline.manifests import (
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import (
     DOCKER_CONFIG,
     DOCKER_LIST,
     DOCKER_MANIFEST,

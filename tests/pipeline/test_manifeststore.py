@@ -12,9 +12,9 @@ import pytest
 
 from pipeline import paths
 from pipeline.blobs import BlobStore, RepositoryBlobs
-from pipeline.digest import Digest
 from pipeline.errors import ManifestBlobUnknown, ManifestUnknown
-from pipeline.manifests import (
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     EMPTY_DIGEST,

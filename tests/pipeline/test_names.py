@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, NameInvalid, TagInvalid
-from pipeline.names import (
+from pipeline.formats.digest import Digest
+from pipeline.formats.names import (
     MAX_NAME_LENGTH,
     is_digest_reference,
     is_valid_name,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pipeline import paths
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.storage.checked import validate_path
 
 NAME = "library/ubuntu"

@@ -6,8 +6,8 @@ import json
 import time
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid
+from pipeline.formats.digest import Digest
 from pipeline.pending import DEFAULT_LEASE, PendingCommits
 from pipeline.storage.memory import MemoryDriver
 

@@ -14,10 +14,10 @@ import pytest
 
 from pipeline import paths
 from pipeline.blob_commit import commit_blob
-from pipeline.digest import Digest
 from pipeline.errors import ManifestUnknown, OperationUnsupported, UpstreamUnavailable
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_MANIFEST
 from pipeline.manifest_commit import commit_manifest
-from pipeline.manifests import OCI_MANIFEST
 from pipeline.proxy import route
 from pipeline.proxy.cache import HOLD_BACK, BlobTail, blob_key, expire, fresh_tag
 from pipeline.proxy.upstream import UpstreamClient, parse_challenge

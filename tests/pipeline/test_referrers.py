@@ -9,8 +9,15 @@ import pytest
 
 from pipeline import paths
 from pipeline.blobs import BlobStore, RepositoryBlobs
-from pipeline.digest import Digest
-from pipeline.manifests import EMPTY_DIGEST, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Manifest, parse_manifest
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import (
+    EMPTY_DIGEST,
+    OCI_EMPTY,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Manifest,
+    parse_manifest,
+)
 from pipeline.manifeststore import ManifestStore
 from pipeline.referrers import Referrers
 from pipeline.storage.memory import MemoryDriver

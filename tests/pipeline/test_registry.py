@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.blob_commit import commit_blob
-from pipeline.digest import Digest
 from pipeline.errors import ConfigurationError, InvalidPath
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest
-from pipeline.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver

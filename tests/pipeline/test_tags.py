@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import ManifestUnknown, NameUnknown, TagInvalid
+from pipeline.formats.digest import Digest
 from pipeline.storage.memory import MemoryDriver
 from pipeline.tags import TagStore
 

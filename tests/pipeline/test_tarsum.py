@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from pipeline.errors import LayerInvalid
-from pipeline.tarsum import LayerSums, layer_sums, open_layer, tarsum, tarsum_file
+from pipeline.formats.tarsum import LayerSums, layer_sums, open_layer, tarsum, tarsum_file
 from tests.support.shared import shared_dir
 
 VECTORS_DIR = shared_dir() / "testdata" / "tarsum"

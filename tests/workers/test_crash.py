@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from pipeline import jobs
-from pipeline.digest import Digest
 from pipeline.errors import BlobUploadUnknown
+from pipeline.formats.digest import Digest
 from tests.support import redis_server
 from tests.workers.conftest import (
     Deployment,

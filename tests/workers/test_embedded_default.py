@@ -9,7 +9,7 @@ from celery import _state as celery_state
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.registry import build_registry
 from pipeline.settings import Settings, StorageSettings
 from tests.workers.conftest import LoopThread, sha256, upload

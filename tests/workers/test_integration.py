@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from pipeline import jobs, paths
-from pipeline.digest import Digest
 from pipeline.errors import (
     BlobUploadUnknown,
     DigestInvalid,
@@ -30,8 +29,9 @@ from pipeline.errors import (
     RegistryError,
     SizeInvalid,
 )
-from pipeline.hashstate import resumable_available
-from pipeline.manifests import OCI_CONFIG, OCI_MANIFEST
+from pipeline.formats.digest import Digest
+from pipeline.formats.hashstate import resumable_available
+from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
 from tests.workers.conftest import Deployment, LoopThread, sha256, upload
 
 pytestmark = pytest.mark.integration

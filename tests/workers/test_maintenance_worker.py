@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from pipeline import jobs, paths
-from pipeline.digest import Digest
 from pipeline.errors import BlobCorrupt, BlobUnknown, ManifestBlobUnknown
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.manifest_commit import delete_manifest
-from pipeline.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.registry import build_registry
 from tests.support import redis_server
 from tests.workers.conftest import Deployment, LoopThread, WorkerProcess, flush, require_redis, settings_from

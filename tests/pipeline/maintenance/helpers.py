@@ -11,9 +11,9 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.blob_commit import commit_blob
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_INDEX, OCI_MANIFEST
 from pipeline.manifest_commit import commit_manifest
-from pipeline.manifests import OCI_INDEX, OCI_MANIFEST
 from pipeline.registry import Registry
 from pipeline.settings import MaintenanceSettings, Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver

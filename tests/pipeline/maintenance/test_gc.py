@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import ManifestBlobUnknown
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_MANIFEST
 from pipeline.locks import LocalLocks
 from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.reconcile import reconcile
 from pipeline.manifest_commit import commit_manifest, delete_manifest
-from pipeline.manifests import OCI_MANIFEST
 from pipeline.registry import Registry
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import paths
-from pipeline.digest import Digest
+from pipeline.formats.digest import Digest
 from pipeline.maintenance.reconcile import reconcile
 from pipeline.registry import Registry
 from tests.pipeline.maintenance.helpers import fs_registry, push_blob

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import paths
-from pipeline.digest import Digest
 from pipeline.errors import BlobCorrupt, BlobUnknown, ManifestBlobUnknown, ManifestUnknown
+from pipeline.formats.digest import Digest
+from pipeline.formats.manifests import OCI_MANIFEST
 from pipeline.maintenance.scrub import scrub
 from pipeline.manifest_commit import commit_manifest
-from pipeline.manifests import OCI_MANIFEST
 from pipeline.registry import Registry
 from tests.pipeline.maintenance.helpers import (
     flip_byte,

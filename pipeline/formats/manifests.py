@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.digest import Digest
 from pipeline.errors import DigestInvalid, ManifestInvalid
+from pipeline.formats.digest import Digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

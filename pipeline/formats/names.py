@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from pipeline.digest import Digest
 from pipeline.errors import NameInvalid, TagInvalid
+from pipeline.formats.digest import Digest
 
 MAX_NAME_LENGTH = 255
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
