@@ -34,13 +34,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import events
 from pipeline.coordination import RedisTarget, coordination_for, redis_target
-from pipeline.deadletter import DEAD_KEY
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, JobClient
 from pipeline.maintenance import stats as maintenance_stats
 from pipeline.proxy import stats as proxy_stats
 from pipeline.settings import Settings
 from pipeline.storage.driver import StorageDriver
+from pipeline.stores.deadletter import DEAD_KEY
 
 __all__ = [
     "InstrumentedJobs",
@@ -273,7 +273,7 @@ class RedisQueueDepth(Collector):
                 for queue in self.queues:
                     for step in _PRIORITY_STEPS:
                         pipe.llen(queue + _PRIORITY_SEP + step if step else queue)
-                pipe.hlen(DEAD_KEY)  # jobs set aside (pipeline.deadletter), same Redis
+                pipe.hlen(DEAD_KEY)  # jobs set aside (pipeline.stores.deadletter), same Redis
                 *lengths, dead = pipe.execute()
         except Exception as exc:  # a scrape must not fail because the broker is down
             log.warning("queue depth unavailable: %s", exc)

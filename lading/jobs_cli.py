@@ -1,5 +1,5 @@
 """`lading jobs dead|retry|drop`: the jobs set aside after their process died too often
-(pipeline.deadletter), for an operator to look at, send again or forget."""
+(pipeline.stores.deadletter), for an operator to look at, send again or forget."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.deadletter import DeadLetters
 from pipeline.settings import Settings
+from pipeline.stores.deadletter import DeadLetters
 
 
 def letters_for(settings: Settings) -> DeadLetters:

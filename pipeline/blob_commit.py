@@ -40,7 +40,7 @@ from pipeline.formats.digest import CANONICAL, Digest, new_hasher
 from pipeline.formats.hashstate import ResumableHash, resumable_available
 from pipeline.formats.names import validate_name
 from pipeline.storage.driver import StorageDriver
-from pipeline.uploads import is_upload_id
+from pipeline.stores.uploads import is_upload_id
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry

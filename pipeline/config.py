@@ -48,7 +48,7 @@ lading:
 ```
 
 distribution's `storage.cache.blobdescriptor` (`inmemory` or `redis`) caches blob sizes and
-repository links for blob HEAD/GET (pipeline.blobcache). With a broker both values mean the
+repository links for blob HEAD/GET (pipeline.stores.blobcache). With a broker both values mean the
 cache shared in the deployment's Redis; `blobdescriptorsize` bounds the in-memory one.
 
 distribution's `http.tls` (certificate, key, clientcas, clientauth, minimumtls tls1.2/tls1.3,

@@ -31,7 +31,7 @@ Decisions (`coordination_for(settings)`):
   naming the keys to set instead of silently using per-process locks, which would let
   `lading gc` run beside the scheduled gc and API deletes race worker commits.
 
-Batch-mode pending-commit records live on the registry's storage (pipeline.pending), which
+Batch-mode pending-commit records live on the registry's storage (pipeline.stores.pending), which
 every process of a deployment shares already.
 
 Every Redis client Lading opens itself (locks, queue depth, health, the API's result

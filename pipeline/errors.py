@@ -283,7 +283,7 @@ class JobTimeout(RegistryError):
 class JobFailed(LadingError):
     """Raised when a job failed for a reason the client cannot fix: an unexpected error in
     the worker (logged there, never sent to the client), or a job set aside after its
-    process died too often (pipeline.deadletter)."""
+    process died too often (pipeline.stores.deadletter)."""
 
     message = "the job failed"
 

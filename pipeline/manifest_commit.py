@@ -39,7 +39,7 @@ def commit_manifest(
     """Verify and store a pushed manifest; tag it when `reference` is a tag.
 
     `requested_at` (ns since the epoch, when the push arrived): the tag moves only if no
-    change of it requested later has been applied (pipeline.tags) — a redelivered job of
+    change of it requested later has been applied (pipeline.stores.tags) — a redelivered job of
     a client that gave up long ago stores the manifest (idempotent, harmless) but leaves
     the tag where newer pushes put it.
 

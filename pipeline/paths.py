@@ -116,7 +116,7 @@ def upload_started_at(name: str, upload_id: str) -> str:
 
 
 def upload_completing(name: str, upload_id: str) -> str:
-    """The record of a completing PUT whose body was appended (pipeline.uploads.CompletingPut)."""
+    """The record of a completing PUT whose body was appended (pipeline.stores.uploads.CompletingPut)."""
     return f"{upload_dir(name, upload_id)}/completing"
 
 

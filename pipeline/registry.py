@@ -14,21 +14,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.blobcache import BlobCache, blob_cache_from_settings
-from pipeline.blobs import BlobStore, RepositoryBlobs
-from pipeline.catalog import Catalog
 from pipeline.coordination import Coordination, coordination_for
 from pipeline.locks import LocalLocks, RepositoryLocks
-from pipeline.manifeststore import ManifestStore
-from pipeline.pending import PendingCommits
-from pipeline.referrers import Referrers
 from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.factory import driver_from_settings
 from pipeline.storage.memory import MemoryDriver
-from pipeline.tags import TagStore
-from pipeline.uploads import UploadStore
+from pipeline.stores.blobcache import BlobCache, blob_cache_from_settings
+from pipeline.stores.blobs import BlobStore, RepositoryBlobs
+from pipeline.stores.catalog import Catalog
+from pipeline.stores.manifests import ManifestStore
+from pipeline.stores.pending import PendingCommits
+from pipeline.stores.referrers import Referrers
+from pipeline.stores.tags import TagStore
+from pipeline.stores.uploads import UploadStore
 
 
 @dataclass
@@ -86,7 +86,7 @@ def build_registry(
     """The registry `settings` describes: storage from `settings.storage` (or `driver`),
     locks where `coordination` (default: `coordination_for(settings)`) puts them: Redis in
     a scaled-out deployment, in-process in embedded mode, and the blob descriptor cache
-    `storage.cache` asks for (in the same Redis when there is one: pipeline.blobcache).
+    `storage.cache` asks for (in the same Redis when there is one: pipeline.stores.blobcache).
     ConfigurationError for a scaled-out configuration with no shared place for locks."""
     coordination = coordination if coordination is not None else coordination_for(settings)
     locks = coordination.locks()

@@ -14,7 +14,7 @@ delivery tag with the current time every third of the visibility timeout (`ZADD 
 re-creates an entry acknowledged meanwhile). A worker killed whole stops renewing, and a
 live worker restores its messages after `LEASE` plus one restore interval. A worker that
 cannot reach Redis for longer than `LEASE` may see its running jobs re-run by another:
-jobs are idempotent and a late commit never moves a tag back (pipeline.tags).
+jobs are idempotent and a late commit never moves a tag back (pipeline.stores.tags).
 
 kombu has no public API for this. What is used: the consumer channel's `qos._delivered` and
 `qos._dirty` (delivery tags held / acknowledged, kombu.transport.virtual.QoS), `channel.unacked_index_key` and

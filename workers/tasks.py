@@ -31,11 +31,11 @@ from redis.exceptions import RedisError
 
 from pipeline import jobs
 from pipeline.coordination import coordination_for
-from pipeline.deadletter import DeadLetters
 from pipeline.errors import DeliveryFailed, JobFailed, StorageUnavailable
 from pipeline.handlers import run_job
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
+from pipeline.stores.deadletter import DeadLetters
 from workers.leases import LEASE
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class RegistryHolder:
 
 class DeliveryGuard:
     """Counts the starts of late-acknowledged jobs in the coordination Redis and parks a
-    job started more than `MAX_DELIVERIES` times (pipeline.deadletter): a job that kills
+    job started more than `MAX_DELIVERIES` times (pipeline.stores.deadletter): a job that kills
     its process is not redelivered forever. No Redis (embedded mode): no guard — a job
     that kills the process kills the whole registry there anyway."""
 

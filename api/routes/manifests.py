@@ -11,7 +11,7 @@
   MANIFEST_BLOB_UNKNOWN entry per missing digest), stores, tags and records the subject.
   201 carries Location (by digest), Docker-Content-Digest and `OCI-Subject` when the
   manifest has a subject. Blobs the manifest names whose batch-mode commits
-  (api.routes.pending, pipeline.pending) are still running are waited for BEFORE the job is
+  (api.routes.pending, pipeline.stores.pending) are still running are waited for BEFORE the job is
   sent, so it runs once; a failed one is reported (MANIFEST_BLOB_UNKNOWN with the commit's
   error), at once when reconcile recorded the failure or the record outlived its job's
   lease with no result (the job is gone): never a wait for a job that cannot answer.
@@ -48,8 +48,8 @@ from pipeline.errors import (
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import MAX_MANIFEST_SIZE
 from pipeline.formats.names import is_digest_reference, is_valid_tag, validate_tag
-from pipeline.pending import PendingCommit, PendingCommits
 from pipeline.registry import Registry
+from pipeline.stores.pending import PendingCommit, PendingCommits
 
 MAX_TAGS_PER_PUSH = 100
 STALE_PROBE_SECONDS = 0.5

@@ -16,7 +16,7 @@ a status URL answering `202` + `{"status": "pending"}` while the job runs, `200`
 `{"status": "committed", "digest", "size"}` with the blob's Location once it is linked, and
 the commit's own OCI error (e.g. 400 DIGEST_INVALID) if it failed.
 
-The job id is recorded in the registry's pending-commit store (pipeline.pending: on the
+The job id is recorded in the registry's pending-commit store (pipeline.stores.pending: on the
 registry's storage, not in process memory), so a later manifest PUT handled by ANY API
 replica can wait for the commits of the blobs it names before sending its own job, and,
 should blobs still be missing, for records that appeared meanwhile. It fails with one

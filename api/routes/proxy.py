@@ -44,7 +44,7 @@ from pipeline.formats.names import is_digest_reference, is_valid_tag
 from pipeline.proxy import ProxyTarget, cache, route, stats
 from pipeline.proxy.leases import leases_for
 from pipeline.settings import Settings
-from pipeline.tags import paginate
+from pipeline.stores.tags import paginate
 
 log = logging.getLogger("lading.proxy")
 

@@ -28,7 +28,7 @@ and a retry would append it again), so the next request gets 404 and the client 
 - A completing PUT retried after a JobTimeout (503) whose commit finished meanwhile finds
   its session gone but the blob linked, and answers 201 like the first attempt would have
   (only for a UUID id, the form Lading issues, and without a second push event), with or
-  without a body. A PUT with a body records (`completing`, pipeline.uploads.CompletingPut)
+  without a body. A PUT with a body records (`completing`, pipeline.stores.uploads.CompletingPut)
   that its body is in the session before sending the commit; its retry with the same digest
   and a body of the same length, while the session is unchanged, skips the append, drops
   the body and sends the commit again (the job is idempotent).
@@ -65,10 +65,10 @@ from pipeline.errors import (
 from pipeline.formats.digest import CANONICAL, HEX_LENGTHS, Digest
 from pipeline.formats.names import is_valid_name
 from pipeline.jobs import JobClient
-from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
 from pipeline.storage.driver import FileWriter
-from pipeline.uploads import CompletingPut, is_upload_id
+from pipeline.stores.pending import PendingCommits
+from pipeline.stores.uploads import CompletingPut, is_upload_id
 
 log = logging.getLogger("lading.api")
 

@@ -16,7 +16,7 @@ from pipeline import paths
 from pipeline.errors import PathNotFound
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
-from pipeline.uploads import UploadStatus
+from pipeline.stores.uploads import UploadStatus
 
 Progress = Callable[[int, int | None], None]
 

@@ -3,7 +3,7 @@ after a killed garbage collection.
 
 What can soundly be recovered from storage alone:
 
-- Batch-mode blob commits (pipeline.pending records, written by the API when it answered
+- Batch-mode blob commits (pipeline.stores.pending records, written by the API when it answered
   202 without waiting). The record names the repository, digest and upload session, which is
   all a commit needs. A record older than the commit timeout whose session still holds
   data means its job was lost (or failed): the commit runs again here, inline — it is
@@ -32,9 +32,9 @@ from pipeline.maintenance.gc import LOCK as GC_LOCK
 from pipeline.maintenance.gc import recover
 from pipeline.maintenance.inventory import iter_repositories
 from pipeline.maintenance.locking import exclusive
-from pipeline.pending import PendingCommit
 from pipeline.registry import Registry
-from pipeline.uploads import is_upload_id
+from pipeline.stores.pending import PendingCommit
+from pipeline.stores.uploads import is_upload_id
 
 Progress = Callable[[int, int | None], None]
 

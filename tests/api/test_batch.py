@@ -13,8 +13,8 @@ from pipeline import jobs as joblib
 from pipeline import paths
 from pipeline.errors import DigestInvalid
 from pipeline.formats.digest import Digest
-from pipeline.pending import PendingCommits
 from pipeline.registry import Registry
+from pipeline.stores.pending import PendingCommits
 from tests.api.conftest import make_settings
 from tests.api.helpers import (
     OCTET,

@@ -18,11 +18,11 @@ import pytest
 
 from api.auth import Access
 from pipeline import paths
-from pipeline.catalog import Catalog
 from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
 from pipeline.settings import AuthSettings, HtpasswdAuth
 from pipeline.storage.memory import MemoryDriver
+from pipeline.stores.catalog import Catalog
 from tests.api.auth.conftest import SERVICE, basic, bearer, token_settings, write_htpasswd, write_private_key
 from tests.api.auth.conftest import ec_key as new_key
 from tests.api.conftest import make_settings

@@ -16,12 +16,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline.blobcache import (
-    InMemoryBlobCache,
-    NoBlobCache,
-    RedisBlobCache,
-    blob_cache_from_settings,
-)
 from pipeline.config import load_settings
 from pipeline.errors import BlobCorrupt, BlobUnknown, ConfigurationError
 from pipeline.formats.digest import Digest
@@ -33,6 +27,12 @@ from pipeline.settings import CelerySettings, Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver
+from pipeline.stores.blobcache import (
+    InMemoryBlobCache,
+    NoBlobCache,
+    RedisBlobCache,
+    blob_cache_from_settings,
+)
 from tests.pipeline.maintenance.helpers import age_blobs, flip_byte, push_blob, push_image, settings
 from tests.support import redis_server
 

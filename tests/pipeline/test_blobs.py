@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from pipeline import paths
-from pipeline.blobs import BlobStore, RepositoryBlobs
 from pipeline.errors import BlobUnknown, NameInvalid
 from pipeline.formats.digest import Digest
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import FileWriter, StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver
+from pipeline.stores.blobs import BlobStore, RepositoryBlobs
 
 
 class CountingDriver(CheckedDriver):

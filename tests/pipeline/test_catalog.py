@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline import paths
-from pipeline.catalog import Catalog
 from pipeline.formats.digest import Digest
 from pipeline.storage.memory import MemoryDriver
+from pipeline.stores.catalog import Catalog
 
 D = Digest.of(b"m")
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from pipeline import paths
-from pipeline.blobs import BlobStore, RepositoryBlobs
 from pipeline.errors import ManifestBlobUnknown, ManifestUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import (
@@ -25,9 +24,10 @@ from pipeline.formats.manifests import (
     Manifest,
     parse_manifest,
 )
-from pipeline.manifeststore import ManifestStore
 from pipeline.storage.memory import MemoryDriver
-from pipeline.tags import TagStore
+from pipeline.stores.blobs import BlobStore, RepositoryBlobs
+from pipeline.stores.manifests import ManifestStore
+from pipeline.stores.tags import TagStore
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 REPO = "team/app"

@@ -1,4 +1,4 @@
-"""pipeline.pending: the one format of batch-mode pending-commit records."""
+"""pipeline.stores.pending: the one format of batch-mode pending-commit records."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 from pipeline import paths
 from pipeline.errors import DigestInvalid
 from pipeline.formats.digest import Digest
-from pipeline.pending import DEFAULT_LEASE, PendingCommits
 from pipeline.storage.memory import MemoryDriver
+from pipeline.stores.pending import DEFAULT_LEASE, PendingCommits
 
 DIGEST = Digest.of(b"layer")
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from pipeline import paths
-from pipeline.blobs import BlobStore, RepositoryBlobs
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import (
     EMPTY_DIGEST,
@@ -18,9 +17,10 @@ from pipeline.formats.manifests import (
     Manifest,
     parse_manifest,
 )
-from pipeline.manifeststore import ManifestStore
-from pipeline.referrers import Referrers
 from pipeline.storage.memory import MemoryDriver
+from pipeline.stores.blobs import BlobStore, RepositoryBlobs
+from pipeline.stores.manifests import ManifestStore
+from pipeline.stores.referrers import Referrers
 
 REPO = "app"
 SUBJECT = Digest.of(b"the subject image manifest")

@@ -8,7 +8,7 @@ from pipeline import paths
 from pipeline.errors import ManifestUnknown, NameUnknown, TagInvalid
 from pipeline.formats.digest import Digest
 from pipeline.storage.memory import MemoryDriver
-from pipeline.tags import TagStore
+from pipeline.stores.tags import TagStore
 
 REPO = "library/alpine"
 ROOT = "/docker/registry/v2/repositories/library/alpine/_manifests/tags"

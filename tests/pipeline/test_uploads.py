@@ -16,7 +16,7 @@ from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver
-from pipeline.uploads import CompletingPut, UploadStore, format_started_at, parse_started_at
+from pipeline.stores.uploads import CompletingPut, UploadStore, format_started_at, parse_started_at
 
 GO_RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
@@ -214,7 +214,7 @@ def test_two_patches_at_the_same_offset_cannot_both_append(tmp_path: Path) -> No
     from pipeline.errors import RangeInvalid
     from pipeline.storage.checked import CheckedDriver
     from pipeline.storage.filesystem import FilesystemDriver
-    from pipeline.uploads import UploadStore
+    from pipeline.stores.uploads import UploadStore
 
     store = UploadStore(CheckedDriver(FilesystemDriver(str(tmp_path))))
     session = store.create("race/repo")

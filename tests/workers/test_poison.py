@@ -18,8 +18,8 @@ import redis
 from api.jobclient import CeleryJobClient
 from api.metrics import Metrics, RedisQueueDepth
 from pipeline.config import load_settings
-from pipeline.deadletter import MAX_DELIVERIES, DeadLetters
 from pipeline.errors import JobFailed
+from pipeline.stores.deadletter import MAX_DELIVERIES, DeadLetters
 from tests.support import redis_server
 from tests.support.cluster import Cluster, Proc
 from tests.support.lading import lading_command

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pipeline import paths
-from pipeline.digest_dirs import digests_in
 from pipeline.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -24,10 +23,11 @@ from pipeline.errors import (
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import EMPTY_DIGEST, EMPTY_JSON, Manifest, detect_media_type
 from pipeline.storage.driver import StorageDriver
-from pipeline.tags import TagStore, put_link
+from pipeline.stores.digest_dirs import digests_in
+from pipeline.stores.tags import TagStore, put_link
 
 if TYPE_CHECKING:
-    from pipeline.blobs import BlobStore, RepositoryBlobs
+    from pipeline.stores.blobs import BlobStore, RepositoryBlobs
 
 
 class ManifestStore:

@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import paths
-from pipeline.digest_dirs import digests_in
 from pipeline.errors import BlobUnknown, PathNotFound, RegistryError, from_payload
 from pipeline.formats.digest import Digest
 from pipeline.storage.driver import StorageDriver
-from pipeline.uploads import parse_started_at
+from pipeline.stores.digest_dirs import digests_in
+from pipeline.stores.uploads import parse_started_at
 
 __all__ = ["DEFAULT_LEASE", "PendingCommit", "PendingCommits"]
 

@@ -16,7 +16,7 @@ access boundary: a repository sees a blob only when the link is present *and* th
 data exists. Link files hold the digest string with no trailing newline, exactly as CNCF
 distribution writes them, so either registry can serve the other's storage.
 
-Both keep a blob descriptor cache (pipeline.blobcache) current: every storage stat that
+Both keep a blob descriptor cache (pipeline.stores.blobcache) current: every storage stat that
 finds a blob records it, every one that does not, and every delete, drops it. Only
 `RepositoryBlobs.describe` (the HEAD/GET path) answers from the cache; `stat` and `exists`
 always ask storage, so nothing that writes trusts a cached "exists".
@@ -28,12 +28,12 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from pipeline import paths
-from pipeline.blobcache import BlobCache, NoBlobCache
-from pipeline.digest_dirs import digests_in
 from pipeline.errors import BlobCorrupt, BlobUnknown, DigestInvalid, PathNotFound
 from pipeline.formats.digest import CANONICAL, Digest
 from pipeline.formats.names import is_valid_name, validate_name
 from pipeline.storage.driver import StorageDriver
+from pipeline.stores.blobcache import BlobCache, NoBlobCache
+from pipeline.stores.digest_dirs import digests_in
 
 
 class BlobStore:
