@@ -215,8 +215,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     import time
 
+    from pipeline.auth.tokenrecords import token_records_for
     from pipeline.coordination import coordination_for
-    from pipeline.tokenrecords import token_records_for
 
     settings = load(args)
     token = settings.auth.token

@@ -91,8 +91,8 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
     from api.jobclient import CeleryJobClient
     from api.metrics import InstrumentedJobs, Metrics
     from api.notify import Notifier
-    from pipeline.throttle import failure_counters_for
-    from pipeline.tokenrecords import token_records_for
+    from pipeline.auth.throttle import failure_counters_for
+    from pipeline.auth.tokenrecords import token_records_for
     from workers.app import create_app as create_celery
 
     registry = build_registry(settings, coordination)

@@ -14,7 +14,7 @@ bcrypt comparison as a wrong password.
 
 Access controllers (from `Settings.auth`):
 
-- htpasswd: HTTP Basic against an htpasswd file; `pipeline.access` policy decides what
+- htpasswd: HTTP Basic against an htpasswd file; the `pipeline.auth.policy` rules decide what
   each user (or an anonymous caller) may do.
 - token: bearer JWTs from a token server (`api.auth.tokens`); the token's `access` claim
   is authoritative, as in distribution. A caller without a token is challenged, even for
@@ -54,12 +54,12 @@ from api.auth.tokens import (
     load_jwks,
     load_private_key,
 )
-from pipeline.access import ACTIONS, ALL, PULL
+from pipeline.auth.policy import ACTIONS, ALL, PULL
+from pipeline.auth.throttle import FailureCounters, LocalFailureCounters, LoginThrottle
+from pipeline.auth.tokenrecords import LocalTokenRecords, TokenRecords
 from pipeline.config import parse_addr
 from pipeline.errors import ConfigurationError, Denied, Unauthorized
 from pipeline.settings import Settings
-from pipeline.throttle import FailureCounters, LocalFailureCounters, LoginThrottle
-from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 
 __all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.access import ALL, DELETE, PULL, PUSH
+from pipeline.auth.policy import ALL, DELETE, PULL, PUSH
 from pipeline.errors import Unauthorized
 
 _ORDER = {PULL: 0, PUSH: 1, DELETE: 2}

@@ -1,4 +1,4 @@
-"""Checking a user's password with failed attempts throttled (pipeline.throttle).
+"""Checking a user's password with failed attempts throttled (pipeline.auth.throttle).
 
 Credentials verified recently (the htpasswd success cache) pass at once: they are not a
 guess. Anything else is refused with `TooManyRequests` (429, `Retry-After`) while its
@@ -16,8 +16,8 @@ from starlette.requests import Request
 
 from api.auth.credentials import name_for_log
 from api.auth.htpasswd import Htpasswd
+from pipeline.auth.throttle import LoginThrottle
 from pipeline.errors import TooManyRequests
-from pipeline.throttle import LoginThrottle
 
 log = logging.getLogger("lading.auth")
 

@@ -1,7 +1,7 @@
 """The access policy in force: the policy file (reloaded when it changes) or the default.
 
-The rules themselves live in `pipeline.access`; this module only decides where they come
-from: `auth.policy_path` if set, else `pipeline.access.default_policy` (authenticated
+The rules themselves live in `pipeline.auth.policy`; this module only decides where they come
+from: `auth.policy_path` if set, else `pipeline.auth.policy.default_policy` (authenticated
 users may do everything; anonymous callers pull everything with `anonymous_pull`).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 from api.auth.watch import WatchedFile
-from pipeline.access import Policy, default_policy, load_policy
+from pipeline.auth.policy import Policy, default_policy, load_policy
 from pipeline.errors import ConfigurationError
 from pipeline.settings import AuthSettings
 

@@ -14,7 +14,7 @@ Refresh tokens are bound to the user's htpasswd entry (a password change or remo
 revokes them), rotate on every use when `rotate_refresh` is set (the answer carries the
 next one; a used one is refused, and a replay revokes its whole family; off by default, as
 the docker CLI reuses the identity token it stored), and die with `lading tokens revoke USER`.
-Used ids and revocations live in `pipeline.tokenrecords` (Redis when the deployment has one).
+Used ids and revocations live in `pipeline.auth.tokenrecords` (Redis when the deployment has one).
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from api.auth.logins import Logins, client_address
 from api.auth.policy import PolicySource
 from api.auth.tokens import AccessEntry, InvalidToken, IssuedToken, TokenSigner, resource_type
 from api.errors import error_response
-from pipeline.access import ALL, granted_actions
+from pipeline.auth.policy import ALL, granted_actions
+from pipeline.auth.throttle import LocalFailureCounters, LoginThrottle
+from pipeline.auth.tokenrecords import LocalTokenRecords, TokenRecords
 from pipeline.errors import TooManyRequests, Unauthorized
 from pipeline.formats.names import is_valid_name
-from pipeline.throttle import LocalFailureCounters, LoginThrottle
-from pipeline.tokenrecords import LocalTokenRecords, TokenRecords
 
 log = logging.getLogger("lading.auth")
 

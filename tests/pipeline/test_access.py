@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.access import (
+from pipeline.auth.policy import (
     ACTIONS,
     default_policy,
     glob_match,

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from api.auth import Access
+from pipeline.auth.throttle import LocalFailureCounters, RedisFailureCounters
 from pipeline.settings import Settings
-from pipeline.throttle import LocalFailureCounters, RedisFailureCounters
 from tests.api.auth.conftest import (
     SERVICE,
     basic,

@@ -19,8 +19,8 @@ import yaml
 from starlette.testclient import TestClient
 
 from api.auth import Access
+from pipeline.auth.tokenrecords import LocalTokenRecords, RedisTokenRecords, token_records_for
 from pipeline.settings import CelerySettings, Settings
-from pipeline.tokenrecords import LocalTokenRecords, RedisTokenRecords, token_records_for
 from tests.api.auth.conftest import (
     ISSUER,
     SERVICE,
