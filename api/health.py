@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline import paths
 from pipeline.coordination import celery_url, redis_target
 from pipeline.errors import PathNotFound
 from pipeline.settings import Settings
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 
 __all__ = ["BrokerPing", "HealthCheck", "broker_ping", "health_route"]

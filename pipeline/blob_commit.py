@@ -26,7 +26,6 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from pipeline import paths
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -39,6 +38,7 @@ from pipeline.errors import (
 from pipeline.formats.digest import CANONICAL, Digest, new_hasher
 from pipeline.formats.hashstate import ResumableHash, resumable_available
 from pipeline.formats.names import validate_name
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 from pipeline.stores.uploads import is_upload_id
 

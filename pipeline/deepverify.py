@@ -18,11 +18,11 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline import paths
 from pipeline.errors import DigestInvalid, LayerInvalid, ManifestInvalid, PathNotFound
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import Manifest, parse_manifest
 from pipeline.formats.tarsum import layer_sums
+from pipeline.storage import paths
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry

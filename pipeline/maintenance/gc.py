@@ -52,7 +52,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import paths
 from pipeline.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -67,6 +66,7 @@ from pipeline.maintenance import stats
 from pipeline.maintenance.inventory import RepositoryScan, iter_blobs, iter_repositories, scan_repository
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
+from pipeline.storage import paths
 
 Progress = Callable[[int, int | None], None]
 

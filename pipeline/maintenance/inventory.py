@@ -15,11 +15,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pipeline import paths
 from pipeline.errors import DigestInvalid, ManifestUnknown, NameUnknown, PathNotFound
 from pipeline.formats.digest import HEX_LENGTHS, Digest
 from pipeline.formats.names import is_valid_name
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 
 # A directory under repositories/ holding any of these is a repository (for maintenance:

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import paths
 from pipeline.errors import PathNotFound
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from pipeline.stores.uploads import UploadStatus
 
 Progress = Callable[[int, int | None], None]

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import paths
 from pipeline.blob_commit import commit_blob
 from pipeline.errors import BlobUnknown, RegistryError
 from pipeline.maintenance.gc import LOCK as GC_LOCK
@@ -33,6 +32,7 @@ from pipeline.maintenance.gc import recover
 from pipeline.maintenance.inventory import iter_repositories
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from pipeline.stores.pending import PendingCommit
 from pipeline.stores.uploads import is_upload_id
 

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import paths
 from pipeline.errors import DigestInvalid, PathNotFound
 from pipeline.formats.digest import Digest, new_hasher
 from pipeline.maintenance import stats
 from pipeline.maintenance.inventory import RepositoryScan, iter_blobs, iter_repositories, scan_repository
 from pipeline.maintenance.locking import exclusive
 from pipeline.registry import Registry
+from pipeline.storage import paths
 
 Progress = Callable[[int, int | None], None]
 

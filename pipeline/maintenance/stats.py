@@ -14,8 +14,8 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from pipeline import paths
 from pipeline.errors import PathNotFound, StorageError
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 
 log = logging.getLogger("lading.maintenance")

@@ -4,7 +4,7 @@
 
 Cached content is stored exactly as pushed content is — blobs in `blobs/`, links in the
 proxied repository — so every read path, gc and scrub treat it like any other; the cache's
-own records live in `_lading/proxy/` (pipeline.paths).
+own records live in `_lading/proxy/` (pipeline.storage.paths).
 
 Blobs (single flight). `fetch_blob` claims the lease `blob:<repo>@<digest>`
 (pipeline.proxy.leases); only the claimant asks the upstream. It creates an upload
@@ -37,7 +37,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline import paths
 from pipeline.blob_commit import commit_blob
 from pipeline.errors import (
     BlobUnknown,
@@ -68,6 +67,7 @@ from pipeline.formats.names import is_digest_reference, validate_name
 from pipeline.proxy import ProxyTarget, route, stats
 from pipeline.proxy.leases import LEASE_SECONDS, Leases, leases_for
 from pipeline.proxy.upstream import client_for
+from pipeline.storage import paths
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry

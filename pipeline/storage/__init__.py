@@ -1,1 +1,3 @@
-"""Storage drivers: one contract (`driver.StorageDriver`), several backends."""
+"""Storage: the drivers (one contract, `driver.StorageDriver`, several backends) and the
+on-disk layout every store writes through (`paths`, the distribution-compatible tree).
+"""

@@ -27,10 +27,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from pipeline import paths
 from pipeline.errors import BlobCorrupt, BlobUnknown, DigestInvalid, PathNotFound
 from pipeline.formats.digest import CANONICAL, Digest
 from pipeline.formats.names import is_valid_name, validate_name
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 from pipeline.stores.blobcache import BlobCache, NoBlobCache
 from pipeline.stores.digest_dirs import digests_in

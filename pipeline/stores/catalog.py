@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from pipeline import paths
 from pipeline.errors import PathNotFound
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 
 

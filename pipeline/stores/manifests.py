@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from pipeline import paths
 from pipeline.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -22,6 +21,7 @@ from pipeline.errors import (
 )
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import EMPTY_DIGEST, EMPTY_JSON, Manifest, detect_media_type
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 from pipeline.stores.digest_dirs import digests_in
 from pipeline.stores.tags import TagStore, put_link

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import paths
 from pipeline.errors import BlobUnknown, PathNotFound, RegistryError, from_payload
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 from pipeline.stores.digest_dirs import digests_in
 from pipeline.stores.uploads import parse_started_at

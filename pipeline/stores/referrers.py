@@ -10,10 +10,10 @@ Listing reads each referrer manifest back, so a referrer deleted since is simply
 
 from __future__ import annotations
 
-from pipeline import paths
 from pipeline.errors import ManifestInvalid, ManifestUnknown, PathNotFound
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import Descriptor, parse_manifest
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 from pipeline.stores.digest_dirs import digests_in
 from pipeline.stores.manifests import ManifestStore

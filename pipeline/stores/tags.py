@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import time
 
-from pipeline import paths
 from pipeline.errors import DigestInvalid, ManifestUnknown, NameUnknown, PathNotFound
 from pipeline.formats.digest import Digest
 from pipeline.formats.names import validate_tag
+from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-from pipeline import paths
 from pipeline.errors import BlobUploadUnknown, PathNotFound, RangeInvalid
 from pipeline.formats.names import is_valid_name, validate_name
+from pipeline.storage import paths
 from pipeline.storage.driver import FileWriter, StorageDriver
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

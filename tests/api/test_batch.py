@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from pipeline import jobs as joblib
-from pipeline import paths
 from pipeline.errors import DigestInvalid
 from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from pipeline.stores.pending import PendingCommits
 from tests.api.conftest import make_settings
 from tests.api.helpers import (

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from api.auth import Access
-from pipeline import paths
 from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
 from pipeline.settings import AuthSettings, HtpasswdAuth
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.catalog import Catalog
 from tests.api.auth.conftest import SERVICE, basic, bearer, token_settings, write_htpasswd, write_private_key

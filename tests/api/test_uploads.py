@@ -13,9 +13,9 @@ import pytest
 from api import streaming
 from api.routes import uploads as upload_routes
 from pipeline import jobs as joblib
-from pipeline import paths
 from pipeline.errors import DigestInvalid, StorageUnavailable
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from tests.api.helpers import OCTET, GatedJobs, RecordingJobs, errors_of, push_blob, sha
 from tests.support.inline_jobs import InlineJobClient
 

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lading import cli
 from lading.reporting import ProgressDisplay, human_bytes
-from pipeline import paths
 from pipeline.formats.digest import Digest
 from pipeline.manifest_commit import delete_manifest
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from tests.lading.procs import lading_command, process_env
 from tests.pipeline.maintenance.helpers import Image, age, age_blobs, flip_byte, fs_registry, push_image
 from tests.support.lading import lading_embedded

@@ -13,7 +13,6 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from pipeline import paths
 from pipeline.blob_commit import advance_digest, commit_blob
 from pipeline.errors import (
     BlobUnknown,
@@ -28,6 +27,7 @@ from pipeline.formats.digest import Digest
 from pipeline.formats.hashstate import resumable_available
 from pipeline.registry import Registry
 from pipeline.settings import Settings
+from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver

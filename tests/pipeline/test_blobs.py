@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import BlobUnknown, NameInvalid
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import FileWriter, StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import paths
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.catalog import Catalog
 

@@ -9,13 +9,13 @@ import tarfile
 
 import pytest
 
-from pipeline import paths
 from pipeline.deepverify import deep_verify, tarsum_blob, verification_result
 from pipeline.errors import BlobUnknown, LayerInvalid, ManifestInvalid, ManifestUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import parse_manifest
 from pipeline.formats.tarsum import tarsum
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from tests.support.images import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Image, make_image, sha256
 
 REPO = "team/app"

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -29,6 +28,7 @@ from pipeline.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
 from pipeline.settings import Settings, StorageSettings
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 
 REPO = "team/app"

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import ManifestBlobUnknown, ManifestUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import (
@@ -24,6 +23,7 @@ from pipeline.formats.manifests import (
     Manifest,
     parse_manifest,
 )
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.blobs import BlobStore, RepositoryBlobs
 from pipeline.stores.manifests import ManifestStore

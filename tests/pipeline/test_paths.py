@@ -1,4 +1,4 @@
-"""Every function in pipeline/paths.py, with the exact string it must produce.
+"""Every function in pipeline/storage/paths.py, with the exact string it must produce.
 
 The distribution rows are CNCF distribution's layout (registry/storage/paths.go) byte for
 byte: a tree written by one registry must be readable by the other. A function added to
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import paths
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from pipeline.storage.checked import validate_path
 
 NAME = "library/ubuntu"
@@ -100,7 +100,7 @@ def test_every_path_function_has_a_row() -> None:
         if obj.__module__ == paths.__name__ and not name.startswith("_")
     }
     covered = {row[0].__name__ for row in TABLE}
-    assert defined - covered == set(), "add a row to TABLE for each new function in pipeline/paths.py"
+    assert defined - covered == set(), "add a row to TABLE for each new function in pipeline/storage/paths.py"
 
 
 def test_sha512_blobs_fan_out_the_same_way() -> None:

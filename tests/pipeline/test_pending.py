@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from pipeline import paths
 from pipeline.errors import DigestInvalid
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.pending import DEFAULT_LEASE, PendingCommits
 

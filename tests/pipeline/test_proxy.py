@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import paths
 from pipeline.blob_commit import commit_blob
 from pipeline.errors import ManifestUnknown, OperationUnsupported, UpstreamUnavailable
 from pipeline.formats.digest import Digest
@@ -23,6 +22,7 @@ from pipeline.proxy.cache import HOLD_BACK, BlobTail, blob_key, expire, fresh_ta
 from pipeline.proxy.upstream import UpstreamClient, parse_challenge
 from pipeline.registry import Registry
 from pipeline.settings import ProxySettings, Settings, StorageSettings, Upstream
+from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from pipeline import paths
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import (
     EMPTY_DIGEST,
@@ -17,6 +16,7 @@ from pipeline.formats.manifests import (
     Manifest,
     parse_manifest,
 )
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.blobs import BlobStore, RepositoryBlobs
 from pipeline.stores.manifests import ManifestStore

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import ManifestUnknown, NameUnknown, TagInvalid
 from pipeline.formats.digest import Digest
+from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.tags import TagStore
 

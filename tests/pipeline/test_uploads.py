@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import BlobUploadUnknown, NameInvalid, RangeInvalid
+from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver

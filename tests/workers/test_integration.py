@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline import jobs, paths
+from pipeline import jobs
 from pipeline.errors import (
     BlobUploadUnknown,
     DigestInvalid,
@@ -32,6 +32,7 @@ from pipeline.errors import (
 from pipeline.formats.digest import Digest
 from pipeline.formats.hashstate import resumable_available
 from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
+from pipeline.storage import paths
 from tests.workers.conftest import Deployment, LoopThread, sha256, upload
 
 pytestmark = pytest.mark.integration

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import jobs, paths
+from pipeline import jobs
 from pipeline.errors import BlobCorrupt, BlobUnknown, ManifestBlobUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.manifest_commit import delete_manifest
 from pipeline.registry import build_registry
+from pipeline.storage import paths
 from tests.support import redis_server
 from tests.workers.conftest import Deployment, LoopThread, WorkerProcess, flush, require_redis, settings_from
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import ManifestBlobUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_MANIFEST
@@ -22,6 +21,7 @@ from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.reconcile import reconcile
 from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from tests.pipeline.maintenance.helpers import (

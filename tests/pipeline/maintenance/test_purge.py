@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import BlobUploadUnknown
 from pipeline.maintenance.purge import purge_uploads
 from pipeline.registry import Registry
 from pipeline.settings import Settings, StorageSettings, UploadPurging
+from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from tests.pipeline.maintenance.helpers import age, fs_registry

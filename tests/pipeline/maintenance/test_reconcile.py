@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths
 from pipeline.formats.digest import Digest
 from pipeline.maintenance.reconcile import reconcile
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from tests.pipeline.maintenance.helpers import fs_registry, push_blob
 
 OLD = "2020-01-01T00:00:00Z"

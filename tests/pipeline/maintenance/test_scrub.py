@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import BlobCorrupt, BlobUnknown, ManifestBlobUnknown, ManifestUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_MANIFEST
 from pipeline.maintenance.scrub import scrub
 from pipeline.manifest_commit import commit_manifest
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from tests.pipeline.maintenance.helpers import (
     flip_byte,
     fs_registry,

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from pipeline import paths
 from pipeline.errors import StorageUnavailable
 from pipeline.maintenance import garbage_collect, scrub, stats
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from tests.pipeline.maintenance.helpers import fs_registry, push_image
 
 

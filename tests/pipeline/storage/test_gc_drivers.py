@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_MANIFEST
 from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.reconcile import reconcile
 from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
+from pipeline.storage import paths
 from pipeline.storage.azure import AzureDriver
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
