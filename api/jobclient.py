@@ -53,8 +53,8 @@ from redis.exceptions import RedisError
 
 from api.request_id import note_job
 from pipeline import errors, jobs
-from pipeline.coordination import RedisTarget, redis_target
 from pipeline.errors import JobFailed, JobsUnavailable, JobTimeout, LadingError, StorageUnavailable
+from pipeline.infra.coordination import RedisTarget, redis_target
 
 if TYPE_CHECKING:
     pass

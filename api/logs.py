@@ -4,7 +4,7 @@
 response, keeps it current (api.request_id) for everything the request does, and logs
 method, route template, path, status, bytes in/out, duration and the ids of the jobs the
 request sent (`jobs`) when the response ends. It runs inside api.middleware's one pure
-ASGI middleware (streamed bodies are not buffered). `JsonFormatter` (pipeline.logs, shared
+ASGI middleware (streamed bodies are not buffered). `JsonFormatter` (pipeline.infra.logs, shared
 with the workers and beat) renders any log record as one JSON object and adds the current
 request id, so lines from deeper code are linked to their request.
 """
@@ -17,7 +17,7 @@ from contextvars import Token
 from starlette.types import Scope
 
 from api.request_id import HEADER_KEY, incoming_id, job_ids, new_id, request_id
-from pipeline.logs import JsonFormatter, configure_logging
+from pipeline.infra.logs import JsonFormatter, configure_logging
 
 __all__ = ["JsonFormatter", "RequestLog", "configure_logging"]
 

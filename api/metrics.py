@@ -33,8 +33,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import events
-from pipeline.coordination import RedisTarget, coordination_for, redis_target
 from pipeline.errors import LadingError
+from pipeline.infra.coordination import RedisTarget, coordination_for, redis_target
 from pipeline.jobs import QUEUES, JobClient
 from pipeline.maintenance import stats as maintenance_stats
 from pipeline.proxy import stats as proxy_stats

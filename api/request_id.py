@@ -16,7 +16,7 @@ from contextvars import ContextVar
 
 from starlette.types import Scope
 
-from pipeline.logs import request_id  # read by pipeline.logs.JsonFormatter
+from pipeline.infra.logs import request_id  # read by pipeline.infra.logs.JsonFormatter
 
 __all__ = [
     "REQUEST_ID_HEADER",

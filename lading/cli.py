@@ -66,7 +66,7 @@ def load(args: argparse.Namespace) -> Settings:
 
 
 def setup_logging(settings: Settings, quiet_celery: bool = False) -> None:
-    from pipeline.logs import configure_logging
+    from pipeline.infra.logs import configure_logging
 
     configure_logging(settings.log_level)
     if quiet_celery and settings.log_level != "debug":
@@ -216,7 +216,7 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.auth.tokenrecords import token_records_for
-    from pipeline.coordination import coordination_for
+    from pipeline.infra.coordination import coordination_for
 
     settings = load(args)
     token = settings.auth.token
@@ -293,7 +293,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
     settings = load(args)
     setup_logging(settings)
-    registry = compose(settings, "cli").registry  # the workers' locks (pipeline.coordination)
+    registry = compose(settings, "cli").registry  # the workers' locks (pipeline.infra.coordination)
     assert registry is not None
     progress = ProgressDisplay(args.command)
     try:

@@ -4,7 +4,7 @@
 `REGISTRY_*` environment on top, pipeline.config) into the objects a process runs with:
 
 ```
-Settings ──▶ pipeline.coordination.coordination_for ──▶ Coordination (where locks and
+Settings ──▶ pipeline.infra.coordination.coordination_for ──▶ Coordination (where locks and
    │              results live: Redis of the broker / result backend, or in-process;
    │              ConfigurationError for a scaled-out configuration with no Redis)
    ▼
@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.coordination import Coordination, coordination_for
+from pipeline.infra.coordination import Coordination, coordination_for
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
 

@@ -29,7 +29,7 @@ from api.logs import RequestLog
 from api.metrics import Metrics, add_queue_depth, metrics_endpoint
 from api.middleware import RequestMiddleware
 from lading.composition import compose
-from pipeline.coordination import redacted
+from pipeline.infra.coordination import redacted
 from pipeline.registry import Registry
 from pipeline.settings import Settings
 

@@ -15,7 +15,7 @@ from pipeline.stores.deadletter import DeadLetters
 
 def letters_for(settings: Settings) -> DeadLetters:
     """The deployment's dead letters; raises ValueError without a Redis (embedded mode)."""
-    from pipeline.coordination import coordination_for
+    from pipeline.infra.coordination import coordination_for
 
     target = coordination_for(settings).redis
     if target is None:

@@ -76,6 +76,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.errors import ConfigurationError
+from pipeline.infra.tls import TLS_VERSIONS, openssl_ciphers
 from pipeline.settings import (
     AuthSettings,
     CelerySettings,
@@ -92,7 +93,6 @@ from pipeline.settings import (
     UploadPurging,
     Upstream,
 )
-from pipeline.tls import TLS_VERSIONS, openssl_ciphers
 
 __all__ = [
     "CELERY_SECTION_KEYS",

@@ -5,7 +5,7 @@ Every process (API, worker, beat, CLI command, embedded) gets its `Registry` fro
 `build_registry`, called by the composition root `lading.composition` — or, in a worker
 process started by Celery's own command line, by the task layer's `RegistryHolder`
 (workers/ may not import lading/, so the pipeline-level half of the root lives here).
-`build_registry` asks `pipeline.coordination` where locks live, so no process can end up
+`build_registry` asks `pipeline.infra.coordination` where locks live, so no process can end up
 with per-process locks in a deployment of many processes. The stores share the driver
 and hold no per-request state, so one instance serves every thread.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.coordination import Coordination, coordination_for
-from pipeline.locks import LocalLocks, RepositoryLocks
+from pipeline.infra.coordination import Coordination, coordination_for
+from pipeline.infra.locks import LocalLocks, RepositoryLocks
 from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver

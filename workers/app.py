@@ -39,8 +39,8 @@ from kombu import Exchange, Queue
 
 from pipeline import jobs
 from pipeline.config import CELERY_SECTION_KEYS, misspelling_of
-from pipeline.coordination import celery_url, coordination_for, is_redis, kind_of
 from pipeline.errors import ConfigurationError
+from pipeline.infra.coordination import celery_url, coordination_for, is_redis, kind_of
 from pipeline.registry import Registry
 from pipeline.settings import Settings
 from workers.beat import beat_schedule
@@ -82,7 +82,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         result_backend = cfg.result_backend or EMBEDDED_BACKEND
         broker_options["polling_interval"] = EMBEDDED_POLLING_INTERVAL
     else:
-        # Refuses a configuration with no Redis for locks (pipeline.coordination).
+        # Refuses a configuration with no Redis for locks (pipeline.infra.coordination).
         coordination_for(settings)
         broker_url = celery_url(str(cfg.broker_url))
         # A Redis broker doubles as the result backend unless one is named. Any other broker

@@ -1,9 +1,9 @@
-"""Celery's worker, beat and task logging through Lading's one JSON format (pipeline.logs).
+"""Celery's worker, beat and task logging through Lading's one JSON format (pipeline.infra.logs).
 
 Celery configures logging itself (its own text format on stderr, the root logger taken
 over) unless a receiver of its `setup_logging` signal is connected: then it configures
 nothing and leaves the handlers to us. `use_json_logging` connects one that installs
-pipeline.logs' JSON handler, so worker and beat lines come out as the API's do.
+pipeline.infra.logs' JSON handler, so worker and beat lines come out as the API's do.
 
 `tag_job_logs` makes every line logged while a job runs — the job's own and Celery's
 ("succeeded in", "raised unexpected", "retry: Retry in") — carry `job_id`, `job` and
@@ -24,7 +24,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 from celery.utils.log import get_multiprocessing_logger
 
 from pipeline import jobs
-from pipeline.logs import configure_logging, reset_log_fields, set_log_fields
+from pipeline.infra.logs import configure_logging, reset_log_fields, set_log_fields
 
 __all__ = ["tag_job_logs", "use_json_logging"]
 

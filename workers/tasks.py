@@ -30,9 +30,9 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from pipeline import jobs
-from pipeline.coordination import coordination_for
 from pipeline.errors import DeliveryFailed, JobFailed, StorageUnavailable
 from pipeline.handlers import run_job
+from pipeline.infra.coordination import coordination_for
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings
 from pipeline.stores.deadletter import DeadLetters

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import redis
 
-    from pipeline.coordination import Coordination
+    from pipeline.infra.coordination import Coordination
 
 __all__ = [
     "FailureCounters",

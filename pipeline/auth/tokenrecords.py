@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import redis
 
-    from pipeline.coordination import Coordination
+    from pipeline.infra.coordination import Coordination
 
 __all__ = ["LocalTokenRecords", "RedisTokenRecords", "TokenRecords", "subject_key", "token_records_for"]
 
@@ -117,7 +117,7 @@ class RedisTokenRecords:
 
 def token_records_for(coordination: Coordination) -> TokenRecords:
     """Where this deployment keeps token records: in the Redis every process shares
-    (`pipeline.coordination`, which refuses a scaled-out deployment without one), or in
+    (`pipeline.infra.coordination`, which refuses a scaled-out deployment without one), or in
     this process when embedded."""
     if coordination.redis is None:
         return LocalTokenRecords()

@@ -7,7 +7,7 @@ first process to claim a key fetches; everyone else reads the record to find the
 session the bytes are arriving in. A fetcher that dies stops renewing and its lease expires
 within `LEASE_SECONDS`, after which the next request claims it again.
 
-Backends: Redis (`SET NX PX`) — the one pipeline.coordination names for the deployment's
+Backends: Redis (`SET NX PX`) — the one pipeline.infra.coordination names for the deployment's
 locks — when API replicas and workers are separate processes, and one in-process table in
 embedded mode (the API and its worker are threads of one process).
 """
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from pipeline.coordination import coordination_for
+from pipeline.infra.coordination import coordination_for
 from pipeline.proxy import stats
 from pipeline.settings import Settings
 
@@ -105,7 +105,7 @@ _guard = threading.Lock()
 
 
 def leases_for(settings: Settings) -> Leases:
-    """The deployment's leases, in the Redis pipeline.coordination chooses for its locks
+    """The deployment's leases, in the Redis pipeline.infra.coordination chooses for its locks
     (in-process in embedded mode); one object per process and Redis. Also makes
     pipeline.proxy.stats count into the same Redis."""
     target = coordination_for(settings).redis

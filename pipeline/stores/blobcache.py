@@ -192,7 +192,7 @@ def blob_cache_from_settings(settings: Settings, client: Any = None) -> BlobCach
     `inmemory` in embedded mode is process-local. With a broker the deployment has several
     processes, so `inmemory` and `redis` both mean the shared Redis cache (a process-local
     one would miss other processes' invalidations), on `client`: the redis-py client of the
-    deployment's Redis (pipeline.coordination), None when it has none. Then `redis` is
+    deployment's Redis (pipeline.infra.coordination), None when it has none. Then `redis` is
     refused and `inmemory` runs without a cache (with a warning)."""
     from pipeline.errors import ConfigurationError
 

@@ -11,7 +11,7 @@ client with JobFailed. `lading jobs dead [--json]` lists the records, `lading jo
 ID` sends the job again (fresh counts), `lading jobs drop ID` forgets it; `/metrics`
 shows how many there are (`lading_jobs_dead`).
 
-Plain redis-py on the deployment's coordination Redis (pipeline.coordination): no Celery.
+Plain redis-py on the deployment's coordination Redis (pipeline.infra.coordination): no Celery.
 """
 
 from __future__ import annotations

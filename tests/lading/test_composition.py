@@ -13,7 +13,7 @@ from lading.cli import main
 from lading.composition import compose
 from pipeline.config import load_settings
 from pipeline.errors import ConfigurationError
-from pipeline.locks import FileLocks, RedisLocks
+from pipeline.infra.locks import FileLocks, RedisLocks
 from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.lading.procs import lading_command, process_env
 from tests.support import redis_server

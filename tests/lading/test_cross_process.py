@@ -29,9 +29,9 @@ import redis
 
 from lading.composition import compose
 from pipeline import jobs
-from pipeline.coordination import LOCK_CLIENT_PREFIX, coordination_for
 from pipeline.formats.digest import Digest
-from pipeline.locks import KEY_PREFIX
+from pipeline.infra.coordination import LOCK_CLIENT_PREFIX, coordination_for
+from pipeline.infra.locks import KEY_PREFIX
 from pipeline.registry import build_registry
 from tests.lading.procs import lading_command
 from tests.lading.scaled import (

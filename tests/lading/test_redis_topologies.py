@@ -1,4 +1,4 @@
-"""Every Redis spelling pipeline.coordination accepts runs a real deployment: a private
+"""Every Redis spelling pipeline.infra.coordination accepts runs a real deployment: a private
 `redis-server` on a unix socket, and a real Redis Sentinel (`redis-server --sentinel`)
 in front of a Redis. `lading serve` and `lading worker` run as processes on each, an image
 is pushed and pulled through them, and their locks live in that Redis (`lading gc` from the
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.coordination import LOCK_CLIENT_PREFIX
+from pipeline.infra.coordination import LOCK_CLIENT_PREFIX
 from tests.lading.procs import lading_command
 from tests.lading.scaled import Deployment, assert_pullable, deployment, push_image, random_image, sha256
 from tests.support.redis_server import RedisServer

@@ -198,7 +198,7 @@ def test_blobdescriptor_from_config_yml(tmp_path: Path) -> None:
     assert isinstance(blob_cache_from_settings(embedded), InMemoryBlobCache)
 
     # With a broker there are several processes: inmemory means the shared Redis cache,
-    # on the deployment's Redis (pipeline.coordination).
+    # on the deployment's Redis (pipeline.infra.coordination).
     scaled = load_settings(str(config), {"REGISTRY_CELERY_BROKER_URL": redis_server.url(REDIS_DB)})
     assert isinstance(build_registry(scaled).blobs.cache, RedisBlobCache)
 

@@ -1,4 +1,4 @@
-"""pipeline.coordination: which URLs name a Redis, and where a deployment's locks live."""
+"""pipeline.infra.coordination: which URLs name a Redis, and where a deployment's locks live."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from typing import Any
 
 import pytest
 
-from pipeline.coordination import celery_url, coordination_for, is_redis, kind_of, redacted, redis_target
 from pipeline.errors import ConfigurationError
-from pipeline.locks import FileLocks, LocalLocks, RedisLocks
+from pipeline.infra.coordination import (
+    celery_url,
+    coordination_for,
+    is_redis,
+    kind_of,
+    redacted,
+    redis_target,
+)
+from pipeline.infra.locks import FileLocks, LocalLocks, RedisLocks
 from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.support import redis_server
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import TooManyRequests
-from pipeline.locks import FileLocks
+from pipeline.infra.locks import FileLocks
 
 HOLDER = """
 import sys
-from pipeline.locks import FileLocks
+from pipeline.infra.locks import FileLocks
 with FileLocks(sys.argv[1]).lock("team/app", timeout=5):
     print("held", flush=True)
     sys.stdin.readline()

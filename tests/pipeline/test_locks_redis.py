@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from pipeline.errors import TooManyRequests
-from pipeline.locks import KEY_PREFIX, RedisLocks
+from pipeline.infra.locks import KEY_PREFIX, RedisLocks
 
 
 @pytest.fixture

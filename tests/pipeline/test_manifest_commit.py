@@ -24,7 +24,7 @@ from pipeline.errors import (
 )
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import EMPTY_DIGEST, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, parse_manifest
-from pipeline.locks import LocalLocks
+from pipeline.infra.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
 from pipeline.settings import Settings, StorageSettings

@@ -14,7 +14,7 @@ from pipeline.blob_commit import commit_blob
 from pipeline.errors import ConfigurationError, InvalidPath
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
-from pipeline.locks import LocalLocks
+from pipeline.infra.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest
 from pipeline.registry import Registry, build_registry
 from pipeline.settings import Settings, StorageSettings

@@ -1,5 +1,5 @@
 """One log format for every process: `lading worker` and `lading beat` write the API's JSON
-lines (pipeline.logs), and every line logged while a job runs names the job."""
+lines (pipeline.infra.logs), and every line logged while a job runs names the job."""
 
 from __future__ import annotations
 

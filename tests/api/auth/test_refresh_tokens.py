@@ -199,7 +199,7 @@ def test_lading_tokens_revoke_revokes_every_refresh_token_of_a_user(
 
 
 def test_token_records_follow_the_coordination(files: dict[str, Path]) -> None:
-    from pipeline.coordination import coordination_for
+    from pipeline.infra.coordination import coordination_for
 
     assert isinstance(token_records_for(coordination_for(settings_for(files))), LocalTokenRecords)
     url = redis_server.url(REDIS_DB)

@@ -16,7 +16,7 @@ import pytest
 from pipeline.errors import ManifestBlobUnknown
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_MANIFEST
-from pipeline.locks import LocalLocks
+from pipeline.infra.locks import LocalLocks
 from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.reconcile import reconcile
 from pipeline.manifest_commit import commit_manifest, delete_manifest

@@ -13,7 +13,7 @@ holds up another. Two implementations of `RepositoryLocks`:
   holds a short lease that a background thread renews while the holder runs, so a long
   critical section keeps its lock and a process that dies releases it within one lease.
 
-Which one a process uses is decided once, by `pipeline.coordination.coordination_for`.
+Which one a process uses is decided once, by `pipeline.infra.coordination.coordination_for`.
 """
 
 from __future__ import annotations

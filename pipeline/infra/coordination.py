@@ -19,7 +19,7 @@ Decisions (`coordination_for(settings)`):
 
 - embedded (no `celery.broker_url`): every worker is a thread of the one process and job
   results live in the in-process result store (workers.embedded). Locks are file locks
-  beside filesystem storage (`pipeline.locks.FileLocks` in `<rootdirectory>/.lading-locks`),
+  beside filesystem storage (`pipeline.infra.locks.FileLocks` in `<rootdirectory>/.lading-locks`),
   so a `lading gc` run from the command line next to `lading serve` on the same host
   shares them; with in-memory storage nothing outside the process can reach the data and
   they are in-process (`LocalLocks`). Embedded mode on S3 storage has no lock shared with
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pipeline.errors import ConfigurationError
-from pipeline.locks import FileLocks, LocalLocks, RepositoryLocks
+from pipeline.infra.locks import FileLocks, LocalLocks, RepositoryLocks
 
 if TYPE_CHECKING:
     import redis
@@ -287,7 +287,7 @@ class Coordination:
         """The repository locks every process of the deployment shares."""
         if self.redis is None:
             return FileLocks(self.lock_dir) if self.lock_dir is not None else LocalLocks()
-        from pipeline.locks import RedisLocks
+        from pipeline.infra.locks import RedisLocks
 
         name = f"{LOCK_CLIENT_PREFIX}{os.getpid()}"
         return RedisLocks(self.redis.client(name=name), lease=self.lock_lease)
