@@ -252,7 +252,13 @@ def _purge(result: Mapping[str, Any]) -> list[str]:
     ]
     sessions = list(result.get("sessions") or [])
     lines += _listed([f"{s['repository']} {s['upload_id']} ({_session(s)})" for s in sessions])
-    if result.get("dry_run") and purged:
+    unfinished = result.get("unfinished_writes", 0)
+    if unfinished:
+        lines.append(
+            f"  Storage: {verb} {_plural(unfinished, 'unfinished write')} of crashed writers "
+            f"({human_bytes(result.get('unfinished_bytes', 0))})."
+        )
+    if result.get("dry_run") and (purged or unfinished):
         lines.append("  Dry run: nothing was deleted.")
     return lines
 

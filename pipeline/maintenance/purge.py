@@ -4,12 +4,17 @@ storage.maintenance.uploadpurging).
 A session is abandoned when it was started more than `age` ago AND its data has not been
 written within `age` either: a slow multi-day upload that is still receiving chunks is never
 cut off just because it started long ago.
+
+Then what writers that died mid-write left in the storage backend itself (S3 multipart
+uploads, GCS part objects, Azure uncommitted blobs, filesystem temporary files), last
+written more than `age` ago, goes too, through `StorageDriver.purge_unfinished_writes`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import PathNotFound
@@ -45,7 +50,8 @@ def purge_uploads(
     """Remove upload sessions started AND last written more than `older_than_seconds` ago
     (None → storage.maintenance.uploadpurging.age). dry_run: None → that section's dryrun.
     Returns {purged, kept, bytes, dry_run, seconds, sessions: [{repository, upload_id, size,
-    started_at}] of the purged ones}, or {"skipped": reason} when a purge is running."""
+    started_at}] of the purged ones, unfinished_writes, unfinished_bytes: what dead writers
+    left in the backend}, or {"skipped": reason} when a purge is running."""
     purging = registry.settings.storage.upload_purging
     age = purging.age_seconds if older_than_seconds is None else older_than_seconds
     dry = purging.dryrun if dry_run is None else dry_run
@@ -86,10 +92,13 @@ def _purge(registry: Registry, age: float, dry_run: bool, progress: Progress | N
                 "started_at": session.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
         )
+    unfinished = registry.driver.purge_unfinished_writes(datetime.fromtimestamp(now - age, UTC), dry_run)
     return {
         "purged": len(purged),
         "kept": kept,
         "bytes": freed,
+        "unfinished_writes": len(unfinished),
+        "unfinished_bytes": sum(w.size for w in unfinished),
         "dry_run": dry_run,
         "seconds": round(time.monotonic() - started, 3),
         "sessions": purged,

@@ -3,7 +3,11 @@ distribution's azure driver (see `objects.KeyLayout`), with block blobs.
 
 - New-file writers stage blocks of `chunk_size` as they fill and commit the block list
   at commit, so nothing is visible before; a file that never filled a block is one Put
-  Blob. Cancel stages nothing more (the service discards uncommitted blocks).
+  Blob. Cancel stages nothing more (the service discards uncommitted blocks after a
+  week). A new blob whose writer died holds only uncommitted blocks: listings show it
+  only on request, and `purge_unfinished_writes` removes it once older than the purge
+  age. (Uncommitted blocks staged onto an existing blob cannot be dated; they go with the
+  blob's deletion, or after the service's week.)
 - Appending writers never send stored bytes again: they stage only the new bytes as
   blocks and commit the object's committed block list plus the new blocks, conditional on
   the ETag seen at open. The committed block list is the upload's whole state, so an
@@ -35,7 +39,7 @@ from azure.core import exceptions as aexc
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, UnfinishedWrite, UnfinishedWrites
 from pipeline.storage.objects import (
     AppendGuard,
     KeyLayout,
@@ -243,6 +247,40 @@ class AzureDriver(ListedObjectStore):
         for key in keys:
             with contextlib.suppress(PathNotFound), _azure_errors(path):
                 self._blob(key).delete_blob()
+
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+        """Blobs of uncommitted blocks only (their Last-Modified: the first block staged).
+        Delete Blob does not reach them, so each is committed empty — only while it still
+        has no committed version — and that empty blob is deleted."""
+        with _azure_errors("/"):
+            listed = self.container.list_blobs(
+                name_starts_with=self.layout.dir_prefix("/") or None, include=["uncommittedblobs"]
+            )
+            # A blob of uncommitted blocks lists with size 0; a committed one answers HEAD.
+            candidates = [b for b in listed if int(b.size) == 0 and b.last_modified < before]
+        purged: UnfinishedWrites = []
+        for item in candidates:
+            path = self.layout.path(item.name)
+            if self._head(path) is not None:
+                continue
+            blob = self._blob(item.name)
+            with _azure_errors(path):
+                _, uncommitted = blob.get_block_list("uncommitted")
+                if not dry_run and not self._discard_uncommitted(blob):
+                    continue
+            purged.append(UnfinishedWrite(path, item.last_modified, sum(int(b.size) for b in uncommitted)))
+        return purged
+
+    @staticmethod
+    def _discard_uncommitted(blob: Any) -> bool:
+        """Commit an empty block list unless the blob was committed meanwhile (False),
+        then delete that empty blob unless it changed since."""
+        try:
+            empty = blob.commit_block_list([], match_condition=MatchConditions.IfMissing)
+            blob.delete_blob(etag=empty["etag"], match_condition=_UNCHANGED)
+        except (aexc.ResourceExistsError, aexc.ResourceModifiedError, aexc.ResourceNotFoundError):
+            return False  # a writer committed it after all: it is no leftover
+        return True
 
 
 class _BlockWriter(ObjectWriter):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from typing import BinaryIO
 
 from pipeline.errors import InvalidPath, PathNotFound
-from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver
+from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver, UnfinishedWrites
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -90,6 +91,9 @@ class CheckedDriver(StorageDriver):
 
     def local_path(self, path: str) -> str | None:
         return self._inner.local_path(validate_path(path))
+
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+        return self._inner.purge_unfinished_writes(before, dry_run)
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         return self._inner.walk(validate_path(path))

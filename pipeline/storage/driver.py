@@ -46,6 +46,23 @@ class FileInfo:
     is_dir: bool
 
 
+@dataclass(frozen=True)
+class UnfinishedWrite:
+    """What a writer that never committed or cancelled (its process died) left in the
+    backend: an S3 multipart upload, a GCS part object, an Azure blob of uncommitted
+    blocks, a filesystem temporary file. `path` is the storage path it was written for
+    (or the hidden path of the artifact itself), `modified` when it was last written as
+    far as the backend says, `size` the bytes it holds (0 when the backend does not say)."""
+
+    path: str
+    modified: datetime
+    size: int
+
+
+# Spelled here: every driver's own `list` method shadows the builtin in its class body.
+UnfinishedWrites = list[UnfinishedWrite]
+
+
 class FileWriter(abc.ABC):
     """An appending writer. For a new file (append=False) nothing is visible at the
     path until `commit`; `cancel` discards everything written. For append=True the
@@ -136,6 +153,14 @@ class StorageDriver(abc.ABC):
     def local_path(self, path: str) -> str | None:
         """The OS path of a file, for zero-copy sending (capabilities.local_path)."""
         raise UnsupportedMethod("local_path")
+
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+        """Discard what writers that died mid-write left behind, last written before
+        `before` (dry_run: only report it). Never touches committed files, nor anything
+        written at or after `before`: `lading purge-uploads` passes its purge age, so a
+        writer still at work is safe. The default is for drivers whose writers leave
+        nothing behind when their process dies."""
+        return []
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         """Every file and directory below path, depth first, in lexical order.

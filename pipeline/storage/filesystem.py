@@ -37,7 +37,14 @@ from pipeline.errors import (
     StorageError,
     StorageUnavailable,
 )
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.driver import (
+    Capabilities,
+    FileInfo,
+    FileWriter,
+    StorageDriver,
+    UnfinishedWrite,
+    UnfinishedWrites,
+)
 from pipeline.storage.objects import check_move
 
 TEMP_PREFIX = ".lading-tmp-"
@@ -231,6 +238,28 @@ class FilesystemDriver(StorageDriver):
                 except PathNotFound:
                     continue
                 yield from self._walk(below, child)
+
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+        """Temporary files of new-file writers whose process died (a live writer removes
+        its own on cancel), found by walking the whole tree."""
+        purged: UnfinishedWrites = []
+        for directory, _dirs, names in os.walk(self.root):
+            for name in names:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                full = os.path.join(directory, name)
+                path = full[len(self.root) :]
+                try:
+                    with _os_errors(path, reading=True):
+                        st = os.stat(full)
+                        if _mtime(st) >= before:
+                            continue
+                        if not dry_run:
+                            os.unlink(full)
+                except PathNotFound:
+                    continue  # committed or cancelled while we walked
+                purged.append(UnfinishedWrite(path, _mtime(st), st.st_size))
+        return purged
 
     def local_path(self, path: str) -> str | None:
         full = self._full(path)

@@ -8,7 +8,10 @@ distribution's gcs driver (see `objects.KeyLayout`).
 - Appending writers never send stored bytes again: the new bytes go to a temporary part
   object (hidden from listings), and commit composes `[object, part]` onto the object
   server-side, conditional on the generation seen at open, then deletes the part. The
-  appended object is all there is: an upload survives any restart of the process.
+  appended object is all there is: an upload survives any restart of the process. A part
+  left by a process that died before composing is removed by `purge_unfinished_writes`
+  once older than the purge age (the resumable sessions of dead writers are never listed
+  and cost nothing; GCS drops them after a week).
 - Redirects are V4 signed URLs; they need a service-account key (`keyfile` or
   `credentials`), so without one `capabilities.redirect` is false.
 - `endpoint` (a Lading key, for emulators such as fake-gcs-server) sends API calls to that
@@ -37,7 +40,7 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, UnfinishedWrite, UnfinishedWrites
 from pipeline.storage.objects import (
     HIDDEN,
     AppendGuard,
@@ -52,6 +55,7 @@ CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
 DEFAULT_CHUNK = 16 * 1024 * 1024
 SIGN_SECONDS = 20 * 60  # distribution's redirect lifetime
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+PARTS = "parts/"  # appenders' part objects: hidden names below this
 
 _TRANSIENT = (
     gexc.TooManyRequests,
@@ -274,6 +278,12 @@ class GCSDriver(ListedObjectStore):
             with contextlib.suppress(PathNotFound), _gcs_errors(path):
                 self._blob(key).delete(retry=self._retry, timeout=self._timeout)
 
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+        stale = [b for b in self._keys(self.layout.hidden(PARTS), "/") if b.updated < before]
+        if not dry_run:
+            self._delete_keys("/", [b.name for b in stale])
+        return [UnfinishedWrite(self.layout.path(b.name), b.updated, int(b.size or 0)) for b in stale]
+
 
 class _ResumableSession:
     """One resumable upload session (created with the client's public
@@ -428,7 +438,7 @@ class _AppendWriter(ObjectWriter):
                 # Nothing stored yet: write the object itself (replacing the empty one).
                 self._inner = _ObjectWriter(driver, path, self._key, self._generation)
             else:
-                self._part_key = driver.layout.hidden(f"parts/{uuid.uuid4().hex}")
+                self._part_key = driver.layout.hidden(PARTS + uuid.uuid4().hex)
                 self._inner = _ObjectWriter(driver, path, self._part_key, 0)
             self._created = head is None
 

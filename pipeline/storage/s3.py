@@ -13,6 +13,13 @@ directory disappear.
   commit swaps the object in one step, cancel leaves the old one untouched. Appenders of
   one path exclude each other within this process (a bounded wait, then
   StorageUnavailable); across processes the upload store's offset check is the guard.
+- A writer whose process died leaves its multipart upload open (S3 keeps its parts, and
+  bills them, until it is aborted). `purge_unfinished_writes` lists the multipart uploads
+  below the root directory, as distribution's writer does to find one to resume, and
+  aborts those started and last given a part before the purge age. (distribution never
+  aborts them: its abort-at-start was left as a TODO because uploads "have no
+  timestamps"; ListMultipartUploads does report `Initiated` and ListParts each part's
+  `LastModified`.)
 - `walk` is native: one flat listing, not a request per directory.
 - `move` follows the one rule of every driver (`objects.check_move`): it never merges
   into a directory that holds files.
@@ -48,7 +55,14 @@ from pipeline.errors import (
     StorageUnavailable,
     UnsupportedMethod,
 )
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver
+from pipeline.storage.driver import (
+    Capabilities,
+    FileInfo,
+    FileWriter,
+    StorageDriver,
+    UnfinishedWrite,
+    UnfinishedWrites,
+)
 from pipeline.storage.filereader import FileReader
 from pipeline.storage.objects import AppendGuard, KeyLayout, ObjectWriter, check_move, tree
 
@@ -333,6 +347,43 @@ class S3Driver(StorageDriver):
             if not keys:
                 raise PathNotFound(path)
         self._delete_keys(path, keys)
+
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+        uploads = self.client.get_paginator("list_multipart_uploads")
+        with _s3_errors("/"):
+            stale = [
+                upload
+                for page in uploads.paginate(Bucket=self.bucket, Prefix=self._dir_prefix("/"))
+                for upload in page.get("Uploads", [])
+                if upload["Initiated"] < before
+            ]
+        purged: UnfinishedWrites = []
+        for upload in stale:
+            key, upload_id, path = upload["Key"], upload["UploadId"], self._path(upload["Key"])
+            try:
+                size, modified = self._parts_summary(path, key, upload_id, upload["Initiated"])
+                if modified >= before:
+                    continue  # started long ago, but a part arrived recently: still uploading
+                if not dry_run:
+                    with _s3_errors(path):
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except PathNotFound:
+                continue  # completed or aborted while we looked
+            purged.append(UnfinishedWrite(path, modified, size))
+        return purged
+
+    def _parts_summary(
+        self, path: str, key: str, upload_id: str, initiated: datetime
+    ) -> tuple[int, datetime]:
+        """The bytes held by a multipart upload's parts and when the newest arrived."""
+        size, modified = 0, initiated
+        parts = self.client.get_paginator("list_parts")
+        with _s3_errors(path):
+            for page in parts.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                for part in page.get("Parts", []):
+                    size += int(part["Size"])
+                    modified = max(modified, part["LastModified"])
+        return size, modified
 
     def _delete_keys(self, path: str, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):

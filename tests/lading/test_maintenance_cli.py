@@ -133,6 +133,25 @@ def test_purge_uploads_dry_run_then_purge(capsys: pytest.CaptureFixture[str], re
     assert registry.uploads.status("app", live).size == 0
 
 
+def test_purge_uploads_reports_what_dead_writers_left(
+    capsys: pytest.CaptureFixture[str], registry: Registry, root: Path
+) -> None:
+    dead = registry.driver.writer("/docker/registry/v2/blobs/x/data")
+    dead.write(b"d" * (2 << 20))  # flushed to its temporary file; then the process dies
+    (temp,) = [
+        os.path.join(d, n) for d, _, names in os.walk(root) for n in names if n.startswith(".lading-tmp-")
+    ]
+    when = os.stat(temp).st_mtime - 2 * WEEK
+    os.utime(temp, (when, when))
+    code, out, _ = run(capsys, "purge-uploads", "--dry-run")
+    assert code == 0 and "Storage: would delete 1 unfinished write of crashed writers (2.0 MiB)." in out
+    assert os.path.exists(temp)
+    code, out, _ = run(capsys, "purge-uploads")
+    assert code == 0 and "Storage: deleted 1 unfinished write of crashed writers (2.0 MiB)." in out
+    assert not os.path.exists(temp)
+    del dead
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

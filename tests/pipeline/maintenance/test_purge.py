@@ -4,6 +4,7 @@ long ago but is still receiving data."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,10 @@ from pipeline.settings import Settings, StorageSettings, UploadPurging
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
-from tests.pipeline.maintenance.helpers import age, fs_registry
+from pipeline.storage.s3 import MIN_PART, S3Driver
+from tests.pipeline.maintenance.helpers import age, fs_registry, settings
+from tests.pipeline.storage.test_filesystem import temp_files
+from tests.support.emulators import S3_KEY, S3_SECRET, moto_server
 
 WEEK = 7 * 24 * 3600
 
@@ -87,3 +91,50 @@ def test_leftover_session_without_startedat_is_purged_by_its_age(registry: Regis
 def test_a_second_purge_while_one_runs_is_skipped(registry: Registry) -> None:
     with registry.locks.lock("_purge_uploads"):
         assert "skipped" in purge_uploads(registry)
+
+
+def test_a_dead_writers_temporary_file_goes_with_the_purge(registry: Registry) -> None:
+    stale = registry.driver.writer("/docker/registry/v2/blobs/stale/data")
+    stale.write(b"s" * (3 << 20))  # its process dies here: the temporary file stays
+    fresh = registry.driver.writer("/docker/registry/v2/blobs/fresh/data")
+    fresh.write(b"f" * 7)
+    root = registry.driver.inner.root  # type: ignore[attr-defined]
+    (old,) = (f for f in temp_files(root) if "/stale/" in f)
+    st = os.stat(old)
+    os.utime(old, (st.st_mtime - 2 * WEEK, st.st_mtime - 2 * WEEK))
+    dry = purge_uploads(registry, older_than_seconds=WEEK, dry_run=True)
+    assert dry["unfinished_writes"] == 1 and dry["unfinished_bytes"] == st.st_size > 0
+    assert old in temp_files(root)
+    summary = purge_uploads(registry, older_than_seconds=WEEK)
+    assert summary["unfinished_writes"] == 1 and summary["unfinished_bytes"] == st.st_size
+    assert [f for f in temp_files(root) if "/stale/" in f] == []
+    fresh.write(b"g")
+    fresh.commit()  # the live writer was left alone
+    assert registry.driver.get_content("/docker/registry/v2/blobs/fresh/data") == b"f" * 7 + b"g"
+    del stale
+
+
+def test_an_abandoned_s3_multipart_upload_is_aborted() -> None:
+    with moto_server() as endpoint:
+        bucket = f"lading-{uuid.uuid4().hex[:16]}"
+        s3 = S3Driver(
+            bucket,
+            endpoint_url=endpoint,
+            force_path_style=True,
+            secure=False,
+            chunk_size=MIN_PART,
+            access_key=S3_KEY,
+            secret_key=S3_SECRET,
+        )
+        s3.client.create_bucket(Bucket=bucket)
+        registry = Registry.from_driver(settings(), CheckedDriver(s3))
+        dead = registry.driver.writer("/docker/registry/v2/blobs/x/data")
+        dead.write(b"p" * (MIN_PART + 1))  # a part is uploaded; then the process dies
+        assert len(s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+        kept = purge_uploads(registry, older_than_seconds=WEEK)
+        assert kept["unfinished_writes"] == 0
+        summary = purge_uploads(registry, older_than_seconds=0)
+        assert summary["unfinished_writes"] == 1 and summary["unfinished_bytes"] == MIN_PART + 1
+        assert s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert not registry.driver.exists("/docker/registry/v2/blobs/x/data")
+        del dead

@@ -3,7 +3,9 @@
 A driver's test module subclasses `DriverContract` and overrides the `driver` fixture to
 return a fresh, empty backend (built with `lock_timeout` of about a second, so the
 appender-exclusion test stays quick). It may also override `leftovers` to report backend
-artifacts a user must never be left with (temporary files, half-finished uploads), and a
+artifacts a user must never be left with (temporary files, half-finished uploads),
+`unfinished` (default: `leftovers`) and `abandon` to report and make what a writer whose
+process died leaves behind, for `purge_unfinished_writes`, and a
 network driver overrides `bytes_sent` with a counter of the request body bytes its client
 sent (a wrapped transport), which proves appends never send stored bytes again.
 
@@ -17,7 +19,7 @@ import io
 import random
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -89,6 +91,24 @@ class DriverContract:
     @pytest.fixture
     def leftovers(self) -> Callable[[], list[str]]:
         return lambda: []
+
+    @pytest.fixture
+    def unfinished(self, leftovers: Callable[[], list[str]]) -> Callable[[], list[str]]:
+        """What a writer whose process died left behind, which `purge_unfinished_writes`
+        must remove once it is old enough."""
+        return leftovers
+
+    @pytest.fixture
+    def abandon(self) -> Callable[[StorageDriver, str], object]:
+        """Leave at `path` what a writer killed mid-write leaves (returns the writer: the
+        test keeps it, so nothing ever commits or cancels it)."""
+
+        def crash(d: StorageDriver, path: str) -> object:
+            w = d.writer(path)
+            w.write(payload(6 * MiB, seed=7))  # past every driver's part / block / chunk size
+            return w
+
+        return crash
 
     @pytest.fixture
     def bytes_sent(self) -> Callable[[], int] | None:
@@ -376,6 +396,29 @@ class DriverContract:
             start = max(edge - 3, 0)
             with d.reader("/up/data", start) as stream:
                 assert stream.read(7) == data[start : start + 7]
+
+    # --- what dead writers leave ---------------------------------------------------------
+
+    def test_purge_unfinished_writes_removes_only_what_a_dead_writer_left_once_old(
+        self,
+        d: StorageDriver,
+        unfinished: Callable[[], list[str]],
+        abandon: Callable[[StorageDriver, str], object],
+    ) -> None:
+        d.put_content("/keep/data", b"kept")
+        writer = abandon(d, "/uploads/crashed/data")
+        left, visible = unfinished(), files_below(d)
+        young = d.purge_unfinished_writes(datetime.now(UTC) - timedelta(hours=1))
+        assert young == [] and unfinished() == left, "a write newer than the age is left alone"
+        later = datetime.now(UTC) + timedelta(minutes=1)  # everything so far counts as old
+        dry = d.purge_unfinished_writes(later, dry_run=True)
+        assert len(dry) == len(left) and unfinished() == left, "a dry run removes nothing"
+        purged = d.purge_unfinished_writes(later)
+        assert sorted(w.path for w in purged) == sorted(w.path for w in dry)
+        assert unfinished() == []
+        assert files_below(d) == visible and d.get_content("/keep/data") == b"kept"
+        assert d.purge_unfinished_writes(later) == []
+        del writer
 
     # --- stat ----------------------------------------------------------------------------
 

@@ -63,6 +63,13 @@ def new_driver(service_url: str, hook: SentBytes | None = None, **options: Any) 
     return driver
 
 
+def uncommitted_blobs(driver: AzureDriver) -> list[str]:
+    """Blobs holding uncommitted blocks only (a dead writer's; listed only on request)."""
+    committed = {b.name for b in driver.container.list_blobs()}
+    every = driver.container.list_blobs(include=["uncommittedblobs"])
+    return sorted(b.name for b in every if b.name not in committed)
+
+
 class TestAzureDriver(DriverContract):
     @pytest.fixture
     def counter(self) -> SentBytes:
@@ -71,6 +78,10 @@ class TestAzureDriver(DriverContract):
     @pytest.fixture
     def driver(self, service_url: str, counter: SentBytes) -> StorageDriver:
         return new_driver(service_url, counter)
+
+    @pytest.fixture
+    def unfinished(self, driver: AzureDriver) -> Callable[[], list[str]]:
+        return lambda: uncommitted_blobs(driver)
 
     @pytest.fixture
     def bytes_sent(self, counter: SentBytes) -> Callable[[], int]:

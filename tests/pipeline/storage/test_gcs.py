@@ -97,6 +97,20 @@ class TestGCSDriver(DriverContract):
         return lambda: hidden_objects(gcs)
 
     @pytest.fixture
+    def abandon(self) -> Callable[[StorageDriver, str], object]:
+        """A dead appender leaves its part object when it dies after the part landed and
+        before the compose (a new-file writer leaves only an unlisted resumable session)."""
+
+        def crash(d: StorageDriver, path: str) -> object:
+            d.put_content(path, b"stored")
+            w = d.writer(path, append=True)
+            w.write(payload(3 * CHUNK_UNIT, seed=7))
+            w._inner.commit()  # type: ignore[attr-defined]  # the part lands; no compose follows
+            return w
+
+        return crash
+
+    @pytest.fixture
     def bytes_sent(self, session: CountingSession) -> Callable[[], int]:
         return lambda: session.sent
 
