@@ -3,7 +3,9 @@
 Every command that reads configuration takes an optional CONFIG path (else `$LADING_CONFIG`,
 else distribution's `$REGISTRY_CONFIGURATION_PATH`, else built-in defaults) and applies
 `REGISTRY_*` environment overrides on top (pipeline.config). Exit codes: 0 success,
-1 runtime or configuration error, 2 usage error.
+1 runtime or configuration error, 2 usage error. A failure prints one line on stderr
+naming what failed (Redis, the broker, a file, storage); `--debug` or LADING_DEBUG=1 adds
+the traceback.
 The maintenance one-shots (gc, scrub, purge-uploads) draw progress on stderr and print a
 summary (lading.reporting); they also exit 1 when skipped or when they found trouble.
 """
@@ -15,11 +17,12 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.config import parse_addr
-from pipeline.errors import ConfigurationError, LadingError
+from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, ROUTES
 from pipeline.settings import Settings
 
@@ -332,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lading: a container image registry whose ingestion is a Celery pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"lading {version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of a failure (also: LADING_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -444,22 +450,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """`purge-uploads`, `jobs dead`, `tokens revoke`: what the user ran."""
+    words = [args.command, getattr(args, "jobs_command", None), getattr(args, "tokens_command", None)]
+    return " ".join(w for w in words if w)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming what failed, for an error no command anticipated."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if isinstance(exc, (RedisConnectionError, RedisTimeout)):
+        return f"Redis is unreachable: {exc}"
+    if isinstance(exc, RedisError):
+        return f"Redis refused the request: {type(exc).__name__}: {exc}"
+    if isinstance(exc, BrokerError):
+        return f"the job broker is unreachable: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{what}: {exc.filename}{other}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def debugging(args: argparse.Namespace | None) -> bool:
+    flag = bool(getattr(args, "debug", False))
+    return flag or os.environ.get("LADING_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except CommandError as exc:
-        print(f"lading: {exc}", file=sys.stderr)
-        return exc.code
-    except ConfigurationError as exc:
-        print(f"lading: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except LadingError as exc:
-        print(f"lading: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if debugging(args):
+            traceback.print_exc()
+        if isinstance(exc, CommandError):
+            print(f"lading: {exc}", file=sys.stderr)
+            return exc.code
+        if isinstance(exc, LadingError):  # configuration, storage, jobs: already a sentence
+            print(f"lading: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        hint = "" if debugging(args) else " (--debug or LADING_DEBUG=1 shows the traceback)"
+        print(f"lading: {command_name(args)} failed: {describe_failure(exc)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -167,6 +168,56 @@ def test_tarsum_matches_the_reference_vector(capsys: pytest.CaptureFixture[str])
 def test_tarsum_of_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_main(capsys, "tarsum", str(tmp_path / "nope.tar"))
     assert code == 1 and "nope.tar" in err
+
+
+def lading_failing(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*lading_command(), *argv], env=process_env(**env), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["jobs", "dead"], {}),
+        (["--debug", "jobs", "dead"], {}),
+        (["jobs", "dead"], {"LADING_DEBUG": "1"}),
+        (["jobs", "drop", "some-id"], {}),
+    ],
+)
+def test_unreachable_redis_is_one_line_naming_it(argv: list[str], env: dict[str, str]) -> None:
+    port = free_port()  # nothing listens there
+    result = lading_failing(*argv, REGISTRY_CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0", **env)
+    command = " ".join(a for a in argv if a != "--debug" and a != "some-id")
+    lines = result.stderr.strip().splitlines()
+    debug = "--debug" in argv or "LADING_DEBUG" in env
+    assert result.returncode == 1 and lines, result.stderr
+    assert lines[-1].startswith(f"lading: {command} failed: Redis is unreachable")
+    assert f"127.0.0.1:{port}" in lines[-1]
+    if debug:
+        assert lines[0] == "Traceback (most recent call last):"
+    else:
+        assert len(lines) == 1 and "Traceback" not in result.stderr and "--debug" in lines[0]
+
+
+@pytest.mark.parametrize("problem", ["no permission", "a file in the way"])
+def test_unusable_root_directory_is_one_line_naming_the_path(tmp_path: Path, problem: str) -> None:
+    if problem == "no permission":
+        if os.geteuid() == 0:
+            pytest.skip("root reads and writes through any permission bits")
+        parent = tmp_path / "locked"
+        parent.mkdir(mode=0)
+        error = "Permission denied"
+    else:
+        parent = tmp_path / "file"
+        parent.write_text("not a directory")
+        error = "Not a directory"
+    root = parent / "registry"
+    for command in ("purge-uploads", "gc", "scrub"):
+        result = lading_failing(command, REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=str(root))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"lading: {command} failed: {error}: {root}/")
 
 
 def test_maintenance_command_runs_the_pipeline_function(
