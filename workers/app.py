@@ -47,6 +47,7 @@ from workers.beat import beat_schedule
 from workers.embedded import BACKEND as EMBEDDED_BACKEND
 from workers.leases import RESTORE_INTERVAL, LeaseKeeper
 from workers.logs import tag_job_logs
+from workers.results import backend_class
 from workers.tasks import register_tasks, visibility_timeout
 from workers.transport import TRANSPORT as REDIS_TRANSPORT
 
@@ -235,9 +236,12 @@ def create_app(
     first job with `registry_factory` (lading.composition's), by default
     `pipeline.registry.build_registry(settings)`."""
     check_extra(dict(settings.celery.extra))
+    config = apply_extra({**celery_config(settings), **signing_config(settings)}, dict(settings.celery.extra))
     app = Celery(main, set_as_current=False)
-    config = {**celery_config(settings), **signing_config(settings)}
-    app.conf.update(apply_extra(config, dict(settings.celery.extra)))
+    app.conf.update(config)
+    # A Redis result backend stores each result in one round trip (workers.results).
+    backend = config.get("result_backend")
+    app.backend_cls = backend_class(backend) if isinstance(backend, str) else None
     _setup_signing(app, settings)
     register_tasks(app, settings, registry=registry, factory=registry_factory)
     tag_job_logs()

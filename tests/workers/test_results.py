@@ -1,0 +1,128 @@
+"""The Redis result backend (workers.results): a job's result is stored and published in
+one Redis command, and a stored SUCCESS is never overwritten (a redelivered job's second
+run), exactly as Celery's own read-then-write did, on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from pipeline.settings import CelerySettings, Settings, StorageSettings
+from tests.support import redis_server
+from workers.app import create_app
+from workers.results import RedisResults, SentinelResults, backend_class
+
+URL = redis_server.url(25)  # this module's own database
+META = "celery-task-meta-"
+
+
+def make_app(**extra: object) -> Celery:
+    return create_app(
+        Settings(
+            storage=StorageSettings(driver="inmemory"),
+            celery=CelerySettings(broker_url=URL, result_backend=URL, extra=dict(extra)),
+        )
+    )
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(URL)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def commands(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def stored(client: redis.Redis, job_id: str) -> dict[str, Any]:
+    raw = client.get(META + job_id)
+    assert raw is not None
+    meta: dict[str, Any] = json.loads(raw)
+    return meta
+
+
+def test_a_redis_result_backend_is_the_one_round_trip_store() -> None:
+    assert isinstance(make_app().backend, RedisResults)
+    assert backend_class("rediss://h:6380/1") is RedisResults
+    assert backend_class("redis+socket:///run/redis.sock") is RedisResults
+    assert backend_class("sentinel://h:26379/0") is SentinelResults
+    assert backend_class("db+postgresql://h/db") is None
+
+
+def test_a_result_is_stored_and_published_with_one_command_and_no_read(client: redis.Redis) -> None:
+    app = make_app()
+    backend = app.backend
+    backend.mark_as_done(str(uuid.uuid4()), {"warm": True})  # loads the script once
+    pubsub = client.pubsub()
+    pubsub.psubscribe(META + "*")
+    assert pubsub.get_message(timeout=5)["type"] == "psubscribe"  # type: ignore[index]
+    job_id = str(uuid.uuid4())
+    client.config_resetstat()
+
+    backend.mark_as_done(job_id, {"digest": "sha256:ab", "size": 4})
+
+    # One command sent (EVALSHA); Redis counts the ones the script runs too.
+    calls = commands(client)
+    calls.pop("config|resetstat", None)
+    assert calls == {"evalsha": 1, "get": 1, "setex": 1, "publish": 1}
+    message = pubsub.get_message(timeout=5)
+    assert message is not None and message["channel"] == (META + job_id).encode()
+    meta = json.loads(message["data"])
+    assert meta["status"] == "SUCCESS" and meta["result"] == {"digest": "sha256:ab", "size": 4}
+    assert stored(client, job_id) == meta
+    assert 0 < client.ttl(META + job_id) <= 3600  # result_expires
+    assert backend.get_task_meta(job_id)["result"] == {"digest": "sha256:ab", "size": 4}
+    pubsub.close()
+
+
+def test_a_stored_success_is_kept_when_a_redelivered_run_ends_otherwise(client: redis.Redis) -> None:
+    backend = make_app().backend
+    job_id = str(uuid.uuid4())
+    backend.mark_as_done(job_id, {"digest": "sha256:ab"})
+
+    backend.mark_as_failure(job_id, RuntimeError("second run"))
+    backend.mark_as_retry(job_id, RuntimeError("second run"))
+    backend.mark_as_done(job_id, {"digest": "sha256:cd"})
+
+    meta = stored(client, job_id)
+    assert meta["status"] == "SUCCESS" and meta["result"] == {"digest": "sha256:ab"}
+
+
+def test_a_retry_or_failure_is_replaced_by_the_final_result(client: redis.Redis) -> None:
+    backend = make_app().backend
+    job_id = str(uuid.uuid4())
+    backend.mark_as_retry(job_id, RuntimeError("storage blip"))
+    assert stored(client, job_id)["status"] == "RETRY"
+    backend.mark_as_failure(job_id, RuntimeError("gave up"))
+    assert stored(client, job_id)["status"] == "FAILURE"
+    backend.mark_as_done(job_id, {"ok": 1})
+    assert stored(client, job_id)["status"] == "SUCCESS"
+
+
+def test_a_failure_keeps_its_own_expiry(client: redis.Redis) -> None:
+    backend = make_app(result_failure_expires=120).backend
+    failed, done = str(uuid.uuid4()), str(uuid.uuid4())
+    backend.mark_as_failure(failed, RuntimeError("boom"))
+    backend.mark_as_done(done, {"ok": 1})
+    assert 0 < client.ttl(META + failed) <= 120
+    assert 120 < client.ttl(META + done) <= 3600
+
+
+def test_non_json_results_take_celerys_own_path(client: redis.Redis) -> None:
+    backend = make_app(result_compression="zlib").backend
+    job_id = str(uuid.uuid4())
+    backend.mark_as_done(job_id, {"ok": 1})
+    client.config_resetstat()
+    backend.mark_as_failure(job_id, RuntimeError("second run"))
+    assert "evalsha" not in commands(client)
+    assert backend.get_task_meta(job_id)["status"] == "SUCCESS"
