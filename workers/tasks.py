@@ -156,10 +156,18 @@ class RegistryHolder:
 
 
 class DeliveryGuard:
-    """Counts the starts of late-acknowledged jobs in the coordination Redis and parks a
-    job started more than `MAX_DELIVERIES` times (pipeline.stores.deadletter): a job that kills
-    its process is not redelivered forever. No Redis (embedded mode): no guard — a job
-    that kills the process kills the whole registry there anyway."""
+    """Counts the redeliveries of late-acknowledged jobs in the coordination Redis and
+    parks a job started more than `MAX_DELIVERIES` times (pipeline.stores.deadletter): a
+    job that kills its process is not redelivered forever. No Redis (embedded mode): no
+    guard — a job that kills the process kills the whole registry there anyway.
+
+    A first delivery costs nothing: only a message the broker delivers again is counted
+    (its `delivery_info["redelivered"]`, which kombu's Redis transport sets on every
+    message it puts back — a rejected one, a dead worker's after its lease, a closed
+    channel's — and RabbitMQ sets natively; Celery reads the same flag for
+    `worker_deduplicate_successful_tasks`). So the count of a job that died N times is N
+    at its N+1st start, as when every start was counted, one Redis round trip per job
+    cheaper (tests/workers/test_poison.py)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -185,17 +193,18 @@ class DeliveryGuard:
         job_id = getattr(request, "id", None)
         if letters is None or not job_id:
             return None
+        delivery = getattr(request, "delivery_info", None) or {}
+        if not delivery.get("redelivered"):
+            return None  # a first start; if its process dies, the job comes back redelivered
         attempt = int(getattr(request, "retries", 0) or 0)
         try:
-            count, previous = letters.start(job_id, attempt, str(getattr(request, "hostname", "") or ""))
-            if count <= letters.max_deliveries:
+            # Redeliveries so far, this one included: the starts are one more.
+            died, previous = letters.start(job_id, attempt, str(getattr(request, "hostname", "") or ""))
+            if died + 1 <= letters.max_deliveries:
                 return None
-            error = (
-                f"the process running it died {count - 1} times (last on {previous or 'an unknown worker'})"
-            )
-            delivery = getattr(request, "delivery_info", None) or {}
+            error = f"the process running it died {died} times (last on {previous or 'an unknown worker'})"
             queue = str(delivery.get("routing_key") or jobs.ROUTES.get(name, ""))
-            letters.park(job_id, name, kwargs, count - 1, error, queue)
+            letters.park(job_id, name, kwargs, died, error, queue)
         except RedisError as exc:
             log.warning("could not count the deliveries of job %s: %s", job_id, exc)
             return None

@@ -3,9 +3,10 @@ dead-letter records an operator sees.
 
 A late-acknowledged job whose process dies is delivered again (`reject_on_worker_lost`,
 or the lease of a worker killed whole). A job that kills its process every time would run
-forever. So each start of a job is counted in Redis, per job id and retry attempt (a
-retry after a transient error is a new attempt, not a redelivery), and the start past
-`MAX_DELIVERIES` does not run it: the job is parked — a record with its name, arguments,
+forever. So each redelivery of a job is counted in Redis, per job id and retry attempt
+(a retry after a transient error is a new attempt, not a redelivery; a first delivery is
+not counted, workers.tasks.DeliveryGuard), and the start past `MAX_DELIVERIES` does not
+run it: the job is parked — a record with its name, arguments,
 count and last known error in the `lading:jobs:dead` hash — and answers its waiting
 client with JobFailed. `lading jobs dead [--json]` lists the records, `lading jobs retry
 ID` sends the job again (fresh counts), `lading jobs drop ID` forgets it; `/metrics`
