@@ -152,11 +152,10 @@ def _place_blob(
     # Before the existence check: withdraws the blob from a running garbage collection's
     # sweep (pipeline.maintenance.gc).
     registry.blobs.rescue(target)
-    try:
-        existing: int | None = registry.blobs.stat(target)
-    except BlobUnknown:
-        existing = None
-    if existing == size:
+    # Storage stats that leave the blob cache alone: commit_blob records the blob once,
+    # when it is linked and in place (one Redis round trip per commit, not three); the
+    # ways out below that leave it absent drop the entry (exists, delete).
+    if registry.blobs.stored_size(target) == size:
         return  # content-addressed: the stored blob is these very bytes
     try:
         # A rename on a filesystem; concurrent moves of the same digest carry identical bytes.
@@ -166,11 +165,8 @@ def _place_blob(
             raise BlobUploadUnknown(upload_id) from None
         return
     registry.blobs.clear_quarantine(target)
-    try:
-        moved = registry.blobs.stat(target)
-    except BlobUnknown:
-        moved = size
-    if moved != size:
+    moved = registry.blobs.stored_size(target)
+    if moved is not None and moved != size:
         # A chunk was appended between verification and the move (a client writing to the
         # session while committing it): never serve those bytes under this digest.
         with contextlib.suppress(BlobUnknown):

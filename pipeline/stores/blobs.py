@@ -54,6 +54,15 @@ class BlobStore:
         self.cache.remember(digest, size)
         return size
 
+    def stored_size(self, digest: Digest) -> int | None:
+        """The blob's size from storage, None when it is not stored or is quarantined.
+        Leaves the cache alone: for a writer that records the outcome itself (a commit
+        remembers the blob once, when it is in place, and drops it on every way it fails)."""
+        try:
+            return self._stat(digest)
+        except BlobUnknown:  # BlobCorrupt included
+            return None
+
     def _stat(self, digest: Digest) -> int:
         try:
             info = self.driver.stat(paths.blob_data(digest))

@@ -16,8 +16,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pipeline.blob_commit import commit_blob
 from pipeline.config import load_settings
-from pipeline.errors import BlobCorrupt, BlobUnknown, ConfigurationError
+from pipeline.errors import BlobCorrupt, BlobUnknown, BlobUploadUnknown, ConfigurationError, PathNotFound
 from pipeline.formats.digest import Digest
 from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.scrub import scrub
@@ -117,6 +118,46 @@ def test_writers_never_trust_the_cache(shared_redis: redis.Redis) -> None:
     driver.calls.clear()
     registry.repo_blobs.stat("app", digest)  # what manifest verification and mounts call
     assert driver.calls["stat"] >= 1
+
+
+def test_a_commit_records_the_blob_in_one_cache_write_and_drops_nothing(shared_redis: redis.Redis) -> None:
+    # Every cache call of the Redis cache is a round trip for the worker running the commit.
+    registry, _ = counting_registry(RedisBlobCache(shared_redis))
+    cache = CountingDriver(registry.blobs.cache)
+    registry.blobs.cache = cache  # type: ignore[assignment]
+    data = os.urandom(700)
+
+    digest = push_blob(registry, "app", data)  # a new blob
+    assert dict(cache.calls) == {"remember": 1}
+    push_blob(registry, "other", data)  # already stored: only linked into another repository
+    assert dict(cache.calls) == {"remember": 2}
+
+    assert registry.repo_blobs.describe("app", digest) == 700
+    assert registry.repo_blobs.describe("other", digest) == 700
+
+
+def test_a_commit_corrects_a_stale_entry_and_a_failed_one_drops_it(
+    shared_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, driver = counting_registry(RedisBlobCache(shared_redis))
+    data = os.urandom(900)
+    digest = Digest.of(data)
+    registry.blobs.cache.remember(digest, 5, "app")  # stale: written behind Lading's back
+    push_blob(registry, "app", data)
+    assert registry.repo_blobs.describe("app", digest) == 900
+
+    lost = os.urandom(300)
+    registry.blobs.cache.remember(Digest.of(lost), 300, "app")  # stale: not stored at all
+    session = registry.uploads.create("app")
+    registry.uploads.append("app", session.upload_id, lost)
+
+    def vanished(source: str, target: str) -> None:  # the data went away before the move
+        raise PathNotFound(source)
+
+    monkeypatch.setattr(driver, "move", vanished)
+    with pytest.raises(BlobUploadUnknown):
+        commit_blob(registry, "app", session.upload_id, str(Digest.of(lost)), 300)
+    assert registry.blobs.cache.describe("app", Digest.of(lost)) is None
 
 
 @pytest.mark.parametrize("kind", ["inmemory", "redis"])
