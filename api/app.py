@@ -37,9 +37,9 @@ from api.errors import API_VERSION, API_VERSION_HEADER, error_response
 from api.middleware import RequestMiddleware
 from api.notify import Notifier
 from api.routes.router import RegistryRouter
+from pipeline.config import Settings
 from pipeline.jobs import JobClient
 from pipeline.registry import Registry
-from pipeline.settings import Settings
 
 log = logging.getLogger("lading.api")
 

@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.config import Settings
 from pipeline.errors import PathNotFound
 from pipeline.infra.coordination import celery_url, redis_target
-from pipeline.settings import Settings
 from pipeline.storage import paths
 from pipeline.storage.driver import StorageDriver
 

@@ -33,12 +33,12 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import events
+from pipeline.config import Settings
 from pipeline.errors import LadingError
 from pipeline.infra.coordination import RedisTarget, coordination_for, redis_target
 from pipeline.jobs import QUEUES, JobClient
 from pipeline.maintenance import stats as maintenance_stats
 from pipeline.proxy import stats as proxy_stats
-from pipeline.settings import Settings
 from pipeline.storage.driver import StorageDriver
 from pipeline.stores.deadletter import DEAD_KEY
 

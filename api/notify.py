@@ -31,9 +31,9 @@ from starlette.requests import Request
 
 from api.request_id import current_request_id
 from pipeline import events
+from pipeline.config import Settings
 from pipeline.events import Action
 from pipeline.jobs import NOTIFY_EVENT, JobClient
-from pipeline.settings import Settings
 
 __all__ = ["BACKLOG", "BLOB_MEDIA_TYPE", "Notifier", "actor_of", "request_record"]
 

@@ -29,9 +29,8 @@ import yaml
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
-from pipeline.config import load_settings
+from pipeline.config import Settings, StorageSettings, load_settings
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings, StorageSettings
 from workers.app import create_app
 from workers.embedded import start_embedded_worker
 

@@ -21,10 +21,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.config import parse_addr
+from pipeline.config import Settings, parse_addr
 from pipeline.errors import LadingError
 from pipeline.jobs import QUEUES, ROUTES
-from pipeline.settings import Settings
 
 __all__ = ["build_parser", "main"]
 

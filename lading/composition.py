@@ -37,9 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from pipeline.config import Settings
 from pipeline.infra.coordination import Coordination, coordination_for
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery

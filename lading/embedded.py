@@ -29,9 +29,9 @@ from api.logs import RequestLog
 from api.metrics import Metrics, add_queue_depth, metrics_endpoint
 from api.middleware import RequestMiddleware
 from lading.composition import compose
+from pipeline.config import Settings
 from pipeline.infra.coordination import redacted
 from pipeline.registry import Registry
-from pipeline.settings import Settings
 
 __all__ = ["Assembly", "assemble"]
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.settings import Settings
+from pipeline.config import Settings
 from pipeline.stores.deadletter import DeadLetters
 
 

@@ -29,9 +29,8 @@ from prometheus_client import start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lading.http_limits import HeadLimits, limited_protocol
-from pipeline.config import parse_addr
+from pipeline.config import Settings, TlsSettings, parse_addr
 from pipeline.infra.tls import server_context
-from pipeline.settings import Settings, TlsSettings
 
 __all__ = ["serve", "uvicorn_config"]
 

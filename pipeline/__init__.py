@@ -7,7 +7,6 @@ The map, top to bottom; a module may import only from the rows below its own (th
 `layers` contract in pyproject.toml enforces it, and every new module must be given a row):
 
     handlers.py          job name -> use case, and the job envelope around its outcome
-    config.py            Settings from config.yml + REGISTRY_* (read by the composition root)
     proxy/               use case: pull-through cache of upstream registries
     maintenance/         use cases: scrub, purge uploads, gc, reconcile, stats
     manifest_commit.py   use case: commit or delete a manifest (tags, referrers, links)
@@ -21,9 +20,12 @@ The map, top to bottom; a module may import only from the rows below its own (th
     storage/             drivers (filesystem, memory, s3, gcs, azure; checked wrapper) and
                          paths.py, the on-disk layout every store writes through
     infra/               where locks live (coordination), lock backends, JSON logs, TLS
+    config/              settings.py: the Settings dataclasses every process runs with;
+                         build.py: Settings from config.yml + REGISTRY_* (the composition
+                         root loads them; nothing in pipeline does). Its one import upward:
+                         infra/tls.py's cipher table, to refuse a bad `http.tls` at load
     formats/             digests, names, manifest documents, tarsum, resumable hash state
     jobs.py              job names, queues, payloads, envelope: the api <-> workers contract
-    settings.py          the Settings dataclasses every process runs with
     errors.py            the one tree of domain errors and their wire form
 
 Use cases sit at the top level (or in their own package when they are several modules);

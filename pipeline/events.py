@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from pipeline.config.settings import NotificationEndpoint, Settings
 from pipeline.errors import DeliveryFailed, OperationUnsupported
-from pipeline.settings import NotificationEndpoint, Settings
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config.settings import Settings, StorageSettings
 from pipeline.infra.coordination import Coordination, coordination_for
 from pipeline.infra.locks import LocalLocks, RepositoryLocks
-from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.factory import driver_from_settings

@@ -38,11 +38,10 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from pipeline import jobs
-from pipeline.config import CELERY_SECTION_KEYS, misspelling_of
+from pipeline.config import CELERY_SECTION_KEYS, Settings, misspelling_of
 from pipeline.errors import ConfigurationError
 from pipeline.infra.coordination import celery_url, coordination_for, is_redis, kind_of
 from pipeline.registry import Registry
-from pipeline.settings import Settings
 from workers.beat import beat_schedule
 from workers.embedded import BACKEND as EMBEDDED_BACKEND
 from workers.leases import RESTORE_INTERVAL, LeaseKeeper

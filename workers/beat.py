@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import jobs
-from pipeline.settings import Settings
+from pipeline.config import Settings
 
 
 def _entry(job: str, interval: float) -> dict[str, Any]:

@@ -30,11 +30,11 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from pipeline import jobs
+from pipeline.config import Settings
 from pipeline.errors import DeliveryFailed, JobFailed, StorageUnavailable
 from pipeline.handlers import run_job
 from pipeline.infra.coordination import coordination_for
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings
 from pipeline.stores.deadletter import DeadLetters
 from workers.leases import LEASE
 

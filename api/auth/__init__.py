@@ -57,9 +57,8 @@ from api.auth.tokens import (
 from pipeline.auth.policy import ACTIONS, ALL, PULL
 from pipeline.auth.throttle import FailureCounters, LocalFailureCounters, LoginThrottle
 from pipeline.auth.tokenrecords import LocalTokenRecords, TokenRecords
-from pipeline.config import parse_addr
+from pipeline.config import Settings, parse_addr
 from pipeline.errors import ConfigurationError, Denied, Unauthorized
-from pipeline.settings import Settings
 
 __all__ = ["ANONYMOUS", "Access", "AccessEntry", "Identity"]
 

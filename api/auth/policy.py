@@ -11,8 +11,8 @@ import functools
 
 from api.auth.watch import WatchedFile
 from pipeline.auth.policy import Policy, default_policy, load_policy
+from pipeline.config import AuthSettings
 from pipeline.errors import ConfigurationError
-from pipeline.settings import AuthSettings
 
 POLICY_KEY = "lading.auth.policy"
 

@@ -18,11 +18,11 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from api.notify import BLOB_MEDIA_TYPE, Notifier
+from pipeline.config import Settings
 from pipeline.events import Action
 from pipeline.formats.digest import Digest
 from pipeline.jobs import JobClient
 from pipeline.registry import Registry
-from pipeline.settings import Settings
 
 T = TypeVar("T")
 

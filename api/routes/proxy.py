@@ -37,13 +37,13 @@ from api.routes.context import RequestContext
 from api.routes.pagination import next_link, page_size
 from api.streaming import READ_CHUNK, ContentResponse, first_error
 from pipeline import jobs as joblib
+from pipeline.config import Settings
 from pipeline.errors import BlobUnknown, JobTimeout, ManifestUnknown, OperationUnsupported, RegistryError
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_INDEX
 from pipeline.formats.names import is_digest_reference, is_valid_tag
 from pipeline.proxy import ProxyTarget, cache, route, stats
 from pipeline.proxy.leases import leases_for
-from pipeline.settings import Settings
 from pipeline.stores.tags import paginate
 
 log = logging.getLogger("lading.proxy")

@@ -30,11 +30,11 @@ from api.middleware import UNMATCHED
 from api.notify import Notifier
 from api.routes import base, blobs, catalog, manifests, proxy, referrers, tags, uploads
 from api.routes.context import RequestContext, Urls
+from pipeline.config import Settings
 from pipeline.errors import LadingError
 from pipeline.formats.names import validate_name
 from pipeline.jobs import JobClient
 from pipeline.registry import Registry
-from pipeline.settings import Settings
 
 log = logging.getLogger("lading.api")
 

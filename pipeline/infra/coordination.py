@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-    from pipeline.settings import Settings
+    from pipeline.config.settings import Settings
 
 __all__ = [
     "Coordination",

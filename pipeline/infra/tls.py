@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ssl
 
+from pipeline.config.settings import TlsSettings
 from pipeline.errors import ConfigurationError
-from pipeline.settings import TlsSettings
 
 __all__ = ["GO_CIPHER_SUITES", "TLS13_SUITES", "TLS_VERSIONS", "server_context"]
 

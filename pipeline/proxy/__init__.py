@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config.settings import Settings, Upstream
 from pipeline.errors import OperationUnsupported
-from pipeline.settings import Settings, Upstream
 
 
 @dataclass(frozen=True)

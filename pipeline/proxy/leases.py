@@ -19,9 +19,9 @@ import threading
 import time
 from typing import Any, Protocol
 
+from pipeline.config.settings import Settings
 from pipeline.infra.coordination import coordination_for
 from pipeline.proxy import stats
-from pipeline.settings import Settings
 
 LEASE_SECONDS = 30.0
 KEY_PREFIX = "lading:proxy:"

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
+from pipeline.config.settings import Upstream
 from pipeline.errors import BlobUnknown, ManifestUnknown, NameUnknown, UpstreamUnavailable
 from pipeline.proxy import stats
-from pipeline.settings import Upstream
 
 DEFAULT_TOKEN_LIFETIME = 60.0
 TOKEN_MARGIN = 10.0  # renew a token this long before it expires

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pipeline.config.settings import StorageSettings
 from pipeline.errors import ConfigurationError
-from pipeline.settings import StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver

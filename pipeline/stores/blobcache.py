@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pipeline.formats.digest import Digest
 
 if TYPE_CHECKING:
-    from pipeline.settings import Settings
+    from pipeline.config.settings import Settings
 
 __all__ = [
     "BlobCache",

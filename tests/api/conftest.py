@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from api.app import create_app
+from pipeline.config import HttpSettings, Settings, StorageSettings
 from pipeline.registry import Registry
-from pipeline.settings import HttpSettings, Settings, StorageSettings
 from tests.support.inline_jobs import InlineJobClient
 
 

@@ -144,7 +144,7 @@ async def test_with_the_real_htpasswd_access_controller(make_api: Any, tmp_path:
     import httpx
 
     from api.auth import Access
-    from pipeline.settings import AuthSettings, HtpasswdAuth, Settings
+    from pipeline.config import AuthSettings, HtpasswdAuth, Settings
 
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("alice:" + bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode() + "\n")

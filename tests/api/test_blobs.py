@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import MaintenanceSettings, Settings, StorageSettings
 from pipeline.formats.digest import Digest
 from pipeline.maintenance import scrub
 from pipeline.registry import build_registry
-from pipeline.settings import MaintenanceSettings, Settings, StorageSettings
 from tests.api.helpers import OCI_MANIFEST, errors_of, push_blob, push_image, sha
 
 pytestmark = pytest.mark.anyio

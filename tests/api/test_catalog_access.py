@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from api.auth import Access
+from pipeline.config import AuthSettings, HtpasswdAuth
 from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
-from pipeline.settings import AuthSettings, HtpasswdAuth
 from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 from pipeline.stores.catalog import Catalog

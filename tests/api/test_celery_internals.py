@@ -20,7 +20,7 @@ from celery import _state as celery_state
 from celery.worker import state as worker_state
 
 from pipeline import jobs
-from pipeline.settings import CelerySettings, Settings
+from pipeline.config import CelerySettings, Settings
 from workers.app import create_app
 
 

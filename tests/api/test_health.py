@@ -10,8 +10,8 @@ import pytest
 from starlette.applications import Starlette
 
 from api.health import health_route
+from pipeline.config import CelerySettings, HttpSettings, Settings, StorageSettings
 from pipeline.errors import StorageUnavailable
-from pipeline.settings import CelerySettings, HttpSettings, Settings, StorageSettings
 from pipeline.storage.driver import FileInfo
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver

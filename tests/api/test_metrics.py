@@ -23,12 +23,12 @@ from api.metrics import InstrumentedJobs, Metrics, RedisQueueDepth, add_queue_de
 from api.middleware import RequestMiddleware
 from lading.embedded import observe
 from pipeline import events
+from pipeline.config import CelerySettings, HttpSettings, NotificationEndpoint, Settings
 from pipeline.errors import DeliveryFailed, DigestInvalid
 from pipeline.formats.digest import Digest
 from pipeline.maintenance import garbage_collect, scrub
 from pipeline.manifest_commit import delete_manifest
 from pipeline.registry import Registry
-from pipeline.settings import CelerySettings, HttpSettings, NotificationEndpoint, Settings
 from tests.pipeline.maintenance.helpers import age_blobs, flip_byte, fs_registry, push_image
 from tests.support import redis_server
 from tests.support.inline_jobs import InlineJobClient

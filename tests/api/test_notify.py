@@ -19,9 +19,9 @@ from api.app import create_app
 from api.auth import Access
 from api.notify import Notifier
 from pipeline import events, jobs
+from pipeline.config import NotificationEndpoint, Settings, StorageSettings
 from pipeline.errors import StorageUnavailable
 from pipeline.registry import Registry
-from pipeline.settings import NotificationEndpoint, Settings, StorageSettings
 from tests.api.auth.conftest import basic, htpasswd_settings, write_htpasswd
 from tests.api.helpers import OCI_MANIFEST, oci_manifest, push_blob, push_image, push_manifest, sha
 from tests.support.inline_jobs import InlineJobClient

@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from pipeline.config import Settings, StorageSettings
 from pipeline.registry import build_registry
-from pipeline.settings import Settings, StorageSettings
 from tests.api.helpers import OCI_MANIFEST, oci_manifest
 from tests.support.inline_jobs import InlineJobClient
 from tests.support.net import free_port

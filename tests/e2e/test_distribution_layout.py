@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import Settings, StorageSettings
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import parse_manifest
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings, StorageSettings
 from tests.support import skopeo
 from tests.support.distribution import distribution
 from tests.support.images import make_image, read_oci_layout, write_oci_layout

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
-from pipeline.config import load_settings
-from pipeline.settings import Settings
+from pipeline.config import Settings, load_settings
 from tests.lading.procs import Running, lading_command, process_env, running
 from tests.support.net import free_port, wait_http
 

@@ -11,10 +11,9 @@ import pytest
 
 from lading.cli import main
 from lading.composition import compose
-from pipeline.config import load_settings
+from pipeline.config import CelerySettings, Settings, StorageSettings, load_settings
 from pipeline.errors import ConfigurationError
 from pipeline.infra.locks import FileLocks, RedisLocks
-from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.lading.procs import lading_command, process_env
 from tests.support import redis_server
 

@@ -11,7 +11,7 @@ import pytest
 from celery.signals import task_retry
 
 from lading.embedded import Assembly, _count_retries, assemble
-from pipeline.settings import AuthSettings, HtpasswdAuth, HttpSettings, Settings, StorageSettings
+from pipeline.config import AuthSettings, HtpasswdAuth, HttpSettings, Settings, StorageSettings
 
 pytestmark = pytest.mark.anyio
 

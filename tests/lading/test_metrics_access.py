@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lading.embedded import assemble
-from pipeline.settings import AuthSettings, HtpasswdAuth, HttpSettings, Settings, StorageSettings
+from pipeline.config import AuthSettings, HtpasswdAuth, HttpSettings, Settings, StorageSettings
 from tests.api.auth.conftest import SERVICE, basic, bearer, token_settings, write_htpasswd, write_private_key
 from tests.api.auth.conftest import ec_key as new_key
 

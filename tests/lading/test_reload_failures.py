@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from lading.embedded import assemble
-from pipeline.settings import AuthSettings, HtpasswdAuth, Settings, StorageSettings
+from pipeline.config import AuthSettings, HtpasswdAuth, Settings, StorageSettings
 from tests.api.auth.conftest import basic, touch_newer, write_htpasswd
 
 pytestmark = pytest.mark.anyio

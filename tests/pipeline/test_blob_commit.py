@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from pipeline.blob_commit import advance_digest, commit_blob
+from pipeline.config import Settings
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -26,7 +27,6 @@ from pipeline.errors import (
 from pipeline.formats.digest import Digest
 from pipeline.formats.hashstate import resumable_available
 from pipeline.registry import Registry
-from pipeline.settings import Settings
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver

@@ -17,14 +17,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pipeline.blob_commit import commit_blob
-from pipeline.config import load_settings
+from pipeline.config import CelerySettings, Settings, StorageSettings, load_settings
 from pipeline.errors import BlobCorrupt, BlobUnknown, BlobUploadUnknown, ConfigurationError, PathNotFound
 from pipeline.formats.digest import Digest
 from pipeline.maintenance.gc import garbage_collect
 from pipeline.maintenance.scrub import scrub
 from pipeline.manifest_commit import delete_manifest
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import CelerySettings, Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.memory import MemoryDriver

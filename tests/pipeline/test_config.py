@@ -467,7 +467,7 @@ def test_an_unimplemented_section_switched_off_is_only_a_warning(tmp_path: Path)
 def test_s3_is_mapped_when_the_storage_settings_have_s3_fields(tmp_path: Path) -> None:
     import dataclasses
 
-    from pipeline.settings import StorageSettings
+    from pipeline.config import StorageSettings
 
     path = write(
         tmp_path,

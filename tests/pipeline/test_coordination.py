@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import CelerySettings, Settings, StorageSettings
 from pipeline.errors import ConfigurationError
 from pipeline.infra.coordination import (
     celery_url,
@@ -17,7 +18,6 @@ from pipeline.infra.coordination import (
     redis_target,
 )
 from pipeline.infra.locks import FileLocks, LocalLocks, RedisLocks
-from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.support import redis_server
 
 

@@ -203,8 +203,8 @@ def _push_blobs_only(registry: Registry, image: Image, repo: str = REPO) -> None
 
 
 def test_commit_under_reject_refuses_a_lying_config_and_writes_nothing() -> None:
+    from pipeline.config import Settings
     from pipeline.manifest_commit import commit_manifest
-    from pipeline.settings import Settings
 
     registry = Registry.in_memory(Settings(deep_verification="reject"))
     honest = make_image([2000, 3000])
@@ -224,8 +224,8 @@ def test_commit_under_reject_refuses_a_lying_config_and_writes_nothing() -> None
 
 
 def test_commit_under_warn_stores_and_records_the_mismatch() -> None:
+    from pipeline.config import Settings
     from pipeline.manifest_commit import commit_manifest
-    from pipeline.settings import Settings
 
     registry = Registry.in_memory(Settings(deep_verification="warn"))
     liar = make_image([1000], diff_ids=[sha256(b"wrong")])

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import Settings, StorageSettings
 from pipeline.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -27,7 +28,6 @@ from pipeline.formats.manifests import EMPTY_DIGEST, OCI_EMPTY, OCI_INDEX, OCI_M
 from pipeline.infra.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
-from pipeline.settings import Settings, StorageSettings
 from pipeline.storage import paths
 from pipeline.storage.memory import MemoryDriver
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from pipeline.blob_commit import commit_blob
+from pipeline.config import ProxySettings, Settings, StorageSettings, Upstream
 from pipeline.errors import ManifestUnknown, OperationUnsupported, UpstreamUnavailable
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_MANIFEST
@@ -21,7 +22,6 @@ from pipeline.proxy import route
 from pipeline.proxy.cache import HOLD_BACK, BlobTail, blob_key, expire, fresh_tag
 from pipeline.proxy.upstream import UpstreamClient, parse_challenge
 from pipeline.registry import Registry
-from pipeline.settings import ProxySettings, Settings, StorageSettings, Upstream
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.blob_commit import commit_blob
+from pipeline.config import Settings, StorageSettings
 from pipeline.errors import ConfigurationError, InvalidPath
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_CONFIG, OCI_MANIFEST
 from pipeline.infra.locks import LocalLocks
 from pipeline.manifest_commit import commit_manifest
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings, StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.factory import driver_from_settings
 from pipeline.storage.filesystem import FilesystemDriver

@@ -26,10 +26,9 @@ import yaml
 from celery import Celery
 
 from api.jobclient import CeleryJobClient
-from pipeline.config import load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.jobs import QUEUES
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings
 from tests.support import redis_server
 from workers.app import create_app
 

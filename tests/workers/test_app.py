@@ -10,9 +10,15 @@ from celery import _state as celery_state
 from celery import current_app
 
 from pipeline import jobs
-from pipeline.config import load_settings
+from pipeline.config import (
+    CelerySettings,
+    MaintenanceSettings,
+    Settings,
+    StorageSettings,
+    UploadPurging,
+    load_settings,
+)
 from pipeline.errors import ConfigurationError, StorageUnavailable
-from pipeline.settings import CelerySettings, MaintenanceSettings, Settings, StorageSettings, UploadPurging
 from tests.support import redis_server
 from workers.app import create_app
 from workers.beat import beat_schedule

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from pipeline import jobs
-from pipeline.settings import CelerySettings, Settings, StorageSettings
+from pipeline.config import CelerySettings, Settings, StorageSettings
 from pipeline.stores.deadletter import COUNT_PREFIX, MAX_DELIVERIES, DeadLetters
 from tests.support import redis_server
 from workers.tasks import DeliveryGuard

@@ -18,10 +18,10 @@ from celery.signals import task_postrun
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
+from pipeline.config import MaintenanceSettings, Settings, StorageSettings, UploadPurging
 from pipeline.errors import DigestInvalid, JobTimeout, StorageUnavailable
 from pipeline.formats.digest import Digest
 from pipeline.registry import Registry
-from pipeline.settings import MaintenanceSettings, Settings, StorageSettings, UploadPurging
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import FileInfo
 from pipeline.storage.memory import MemoryDriver

@@ -9,9 +9,9 @@ from celery import _state as celery_state
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
+from pipeline.config import Settings, StorageSettings
 from pipeline.formats.digest import Digest
 from pipeline.registry import build_registry
-from pipeline.settings import Settings, StorageSettings
 from tests.workers.conftest import LoopThread, sha256, upload
 from workers.app import create_app
 from workers.embedded import start_embedded_worker

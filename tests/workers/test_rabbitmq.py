@@ -18,10 +18,10 @@ import pytest
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
+from pipeline.config import CelerySettings, Settings, StorageSettings
 from pipeline.errors import DigestInvalid
 from pipeline.formats.digest import Digest
 from pipeline.registry import build_registry
-from pipeline.settings import CelerySettings, Settings, StorageSettings
 from tests.workers.conftest import REDIS_URL, LoopThread, require_redis, sha256, upload
 from workers.app import create_app
 from workers.embedded import EmbeddedWorker, start_embedded_worker

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
-from pipeline.settings import CelerySettings, Settings, StorageSettings
+from pipeline.config import CelerySettings, Settings, StorageSettings
 from tests.support import redis_server
 from workers.app import create_app
 from workers.results import RedisResults, SentinelResults, backend_class

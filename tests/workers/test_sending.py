@@ -15,8 +15,8 @@ from kombu import Connection, Exchange, Queue
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
+from pipeline.config import CelerySettings, Settings, StorageSettings
 from pipeline.errors import JobsUnavailable
-from pipeline.settings import CelerySettings, Settings, StorageSettings
 from workers.app import create_app
 
 KWARGS = {"repository": "send/app", "upload_id": "u-1", "digest": "sha256:" + "0" * 64, "size": 3}

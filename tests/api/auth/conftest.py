@@ -32,8 +32,8 @@ from starlette.testclient import TestClient
 from api.auth import Access
 from api.auth.challenge import challenge_headers
 from api.auth.tokens import PrivateKey, libtrust_key_id
+from pipeline.config import AuthSettings, HtpasswdAuth, Settings, TokenAuth
 from pipeline.errors import Denied, RegistryError, TooManyRequests, Unauthorized
-from pipeline.settings import AuthSettings, HtpasswdAuth, Settings, TokenAuth
 
 ISSUER = "test-issuer"
 SERVICE = "test-service"

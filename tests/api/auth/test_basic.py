@@ -223,7 +223,7 @@ def test_policy_reloads_when_the_file_changes(client_for: Any, htpasswd: Path, p
 
 
 def test_open_registry_without_auth_and_policy_needs_auth(tmp_path: Path, policy: Path) -> None:
-    from pipeline.settings import AuthSettings, Settings
+    from pipeline.config import AuthSettings, Settings
 
     assert Access.from_settings(Settings()) is None
     with pytest.raises(ConfigurationError):

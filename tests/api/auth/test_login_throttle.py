@@ -20,7 +20,7 @@ import redis
 
 from api.auth import Access
 from pipeline.auth.throttle import LocalFailureCounters, RedisFailureCounters
-from pipeline.settings import Settings
+from pipeline.config import Settings
 from tests.api.auth.conftest import (
     SERVICE,
     basic,

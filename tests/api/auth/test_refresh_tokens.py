@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from api.auth import Access
 from pipeline.auth.tokenrecords import LocalTokenRecords, RedisTokenRecords, token_records_for
-from pipeline.settings import CelerySettings, Settings
+from pipeline.config import CelerySettings, Settings
 from tests.api.auth.conftest import (
     ISSUER,
     SERVICE,

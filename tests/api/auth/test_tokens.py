@@ -341,8 +341,8 @@ def test_relative_realm_comes_from_configuration_never_the_host_header(client_fo
     import dataclasses
 
     from api.auth import realm_url
+    from pipeline.config import HttpSettings
     from pipeline.errors import ConfigurationError
-    from pipeline.settings import HttpSettings
 
     settings = token_settings(rootcertbundle=str(bundle), realm="/auth/token")
     client, _ = client_for(settings)

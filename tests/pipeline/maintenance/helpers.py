@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.blob_commit import commit_blob
+from pipeline.config import MaintenanceSettings, Settings, StorageSettings
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_INDEX, OCI_MANIFEST
 from pipeline.manifest_commit import commit_manifest
 from pipeline.registry import Registry
-from pipeline.settings import MaintenanceSettings, Settings, StorageSettings
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver

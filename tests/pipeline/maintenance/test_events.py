@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline import events
+from pipeline.config import NotificationEndpoint, Settings, StorageSettings
 from pipeline.errors import DeliveryFailed, OperationUnsupported
 from pipeline.registry import Registry
-from pipeline.settings import NotificationEndpoint, Settings, StorageSettings
 from tests.pipeline.maintenance.webhook import Receiver, free_port
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import Settings, StorageSettings, UploadPurging
 from pipeline.errors import BlobUploadUnknown
 from pipeline.maintenance.purge import purge_uploads
 from pipeline.registry import Registry
-from pipeline.settings import Settings, StorageSettings, UploadPurging
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from azure.core import exceptions as aexc
 
+from pipeline.config import StorageSettings
 from pipeline.errors import PathNotFound, StorageError, StorageUnavailable
-from pipeline.settings import StorageSettings
 from pipeline.storage.azure import AzureDriver, _translate
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver

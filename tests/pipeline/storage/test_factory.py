@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import StorageSettings
 from pipeline.errors import ConfigurationError, InvalidPath
-from pipeline.settings import StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.factory import driver_from_settings
 from pipeline.storage.filesystem import FilesystemDriver

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from botocore.stub import Stubber
 
+from pipeline.config import StorageSettings
 from pipeline.errors import PathNotFound, StorageError, StorageUnavailable
-from pipeline.settings import StorageSettings
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.factory import driver_from_settings

@@ -75,9 +75,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.errors import ConfigurationError
-from pipeline.infra.tls import TLS_VERSIONS, openssl_ciphers
-from pipeline.settings import (
+from pipeline.config.settings import (
     AuthSettings,
     CelerySettings,
     HtpasswdAuth,
@@ -93,6 +91,7 @@ from pipeline.settings import (
     UploadPurging,
     Upstream,
 )
+from pipeline.errors import ConfigurationError
 
 __all__ = [
     "CELERY_SECTION_KEYS",
@@ -1123,6 +1122,10 @@ _CLIENTAUTH = {
 
 def _tls(t: Mapping[str, Any] | None) -> TlsSettings | None:
     """distribution's `http.tls` (None when absent). Every key is honoured or refused."""
+    # infra.tls imports pipeline.config.settings: importing it here, not at module level,
+    # keeps `import pipeline.infra.tls` from running into a half-imported pipeline.config.
+    from pipeline.infra.tls import TLS_VERSIONS, openssl_ciphers
+
     if not t:
         return None
     certificate, key = t.get("certificate"), t.get("key")
