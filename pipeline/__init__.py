@@ -21,9 +21,10 @@ The map, top to bottom; a module may import only from the rows below its own (th
                          paths.py, the on-disk layout every store writes through
     infra/               where locks live (coordination), lock backends, JSON logs, TLS
     config/              settings.py: the Settings dataclasses every process runs with;
-                         build.py: Settings from config.yml + REGISTRY_* (the composition
-                         root loads them; nothing in pipeline does). Its one import upward:
-                         infra/tls.py's cipher table, to refuse a bad `http.tls` at load
+                         units, schema, environment, build: load_settings from config.yml
+                         + REGISTRY_* (the composition root loads; nothing in pipeline
+                         does). Its one import upward: build.py checks `http.tls` with
+                         infra/tls.py's cipher table
     formats/             digests, names, manifest documents, tarsum, resumable hash state
     jobs.py              job names, queues, payloads, envelope: the api <-> workers contract
     errors.py            the one tree of domain errors and their wire form
