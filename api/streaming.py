@@ -8,16 +8,20 @@
 - `parse_range`: the one Range header parser (single `bytes=` range; anything else is
   ignored as RFC 9110 allows, except an unsatisfiable range, which is a 416).
 - `ContentResponse`: sends `length` bytes of a readable stream (a blob from any driver, or
-  an OS file when the driver has a local path). Reads run in a thread with 1 MiB chunks.
-  When the server offers the ASGI `http.response.pathsend` extension and the whole file is
-  sent, the server sends the file itself (zero copy); uvicorn lacks it, so there the chunked
-  read is used. It stops reading as soon as the client goes away.
+  an OS file when the driver has a local path). When the stream is an OS file and the
+  server offers the ASGI `http.response.zerocopysend` extension (lading.server's protocol
+  does, on plain TCP), the server sends the file itself (sendfile: no copy through Python,
+  ranges too); else, for the whole file and a server offering `http.response.pathsend`,
+  the server sends the path. Otherwise reads run in a thread with 1 MiB chunks. It stops as
+  soon as the client goes away.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Awaitable, Callable, Mapping
 from typing import BinaryIO
 
 import anyio
@@ -31,6 +35,8 @@ from pipeline.storage.driver import FileWriter
 
 BUFFER_SIZE = 1024 * 1024
 READ_CHUNK = 1024 * 1024
+ZEROCOPYSEND = "http.response.zerocopysend"
+PATHSEND = "http.response.pathsend"
 
 
 async def write_body(request: Request, writer: FileWriter, buffer_size: int | None = None) -> int:
@@ -155,9 +161,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 class ContentResponse(Response):
     """`length` bytes of `stream` (already positioned at the first byte to send; closed here).
 
-    `stream` is None for HEAD answers and empty bodies. `path` (optional) is an OS path holding
-    exactly these bytes; with `whole=True` and a server offering pathsend, the server sends
-    the file itself."""
+    `stream` is None for HEAD answers and empty bodies. `path` (optional) says `stream` is
+    the OS file at that path: a server offering zerocopysend sends `length` bytes of it from
+    the stream's position; with `whole=True` (the file holds exactly these bytes) a server
+    offering pathsend sends the path."""
 
     def __init__(
         self,
@@ -188,21 +195,31 @@ class ContentResponse(Response):
             if stream is None or scope.get("method") == "HEAD" or self.length == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            pathsend = "http.response.pathsend" in scope.get("extensions", {})
-            if self.path is not None and self.whole and pathsend:
-                await send({"type": "http.response.pathsend", "path": self.path})
+            extensions = scope.get("extensions") or {}
+            if self.path is not None and ZEROCOPYSEND in extensions and _is_os_file(stream):
+                message = {
+                    "type": ZEROCOPYSEND,
+                    "file": stream,
+                    "offset": stream.tell(),
+                    "count": self.length,
+                    "more_body": False,
+                }
+                await self._until_disconnect(lambda: _send_file(send, message), receive)
                 return
-            await self._send_until_disconnect(stream, receive, send)
+            if self.path is not None and self.whole and PATHSEND in extensions:
+                await send({"type": PATHSEND, "path": self.path})
+                return
+            await self._until_disconnect(lambda: self._stream(stream, send), receive)
         finally:
             if stream is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(stream.close)
 
-    async def _send_until_disconnect(self, stream: BinaryIO, receive: Receive, send: Send) -> None:
+    async def _until_disconnect(self, sending: Callable[[], Awaitable[None]], receive: Receive) -> None:
         async with anyio.create_task_group() as tg:
 
             async def stream_then_stop() -> None:
-                await self._stream(stream, send)
+                await sending()
                 tg.cancel_scope.cancel()
 
             async def stop_on_disconnect() -> None:
@@ -229,3 +246,18 @@ class ContentResponse(Response):
         except OSError:
             # Client gone (ASGI 2.4 servers raise on send) or a short storage read.
             return
+
+
+async def _send_file(send: Send, message: dict[str, object]) -> None:
+    try:
+        await send(message)
+    except OSError:
+        return  # client gone (the server has ended the connection)
+
+
+def _is_os_file(stream: BinaryIO) -> bool:
+    """True if `stream` reads a regular OS file (what sendfile can send from)."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation), or closed
+        return False

@@ -21,6 +21,9 @@ distribution, stops reading at `MaxHeaderBytes` (1 MiB) and answers 431.
   `ReadHeaderTimeout`); otherwise the connection is closed. Idle keep-alive time between
   requests is uvicorn's `timeout_keep_alive`.
 
+It also serves the ASGI `http.response.zerocopysend` extension with sendfile
+(`lading.zerocopy`).
+
 It subclasses `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol` (uvicorn's `http`
 option accepts a protocol class) and relies on its parser callbacks `on_message_begin`,
 `on_header`, `on_headers_complete`, `on_message_complete` and on `send_400_response` for a
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lading.zerocopy import ZEROCOPYSEND, FileSends
 
 __all__ = ["HeadLimits", "limited_protocol"]
 
@@ -63,6 +68,7 @@ class _TooManyHeaders(Exception):
 
 class _LimitedHttpToolsProtocol(HttpToolsProtocol):
     limits: HeadLimits  # set on the subclass limited_protocol makes
+    file_sends: FileSends  # likewise: zero-copy file responses (lading.zerocopy)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,6 +131,9 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._header_count = 0
         super().on_message_begin()
+        if self.scheme == "http":  # never under TLS: sendfile would bypass the encryption
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            scope.setdefault("extensions", {})[ZEROCOPYSEND] = {}
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -136,7 +145,10 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before and self.scheme == "http":
+            self.file_sends.wrap(self.cycle)
 
     def on_message_complete(self) -> None:
         self._in_head = True
@@ -157,5 +169,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def limited_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol class bounded by `limits` (pass as `Config(http=...)`)."""
-    return type("LimitedHttpToolsProtocol", (_LimitedHttpToolsProtocol,), {"limits": limits})
+    """uvicorn's httptools protocol class bounded by `limits` (pass as `Config(http=...)`),
+    with zero-copy file responses (`lading.zerocopy`)."""
+    attributes = {"limits": limits, "file_sends": FileSends()}
+    return type("LimitedHttpToolsProtocol", (_LimitedHttpToolsProtocol,), attributes)
