@@ -146,12 +146,62 @@ def test_io_error_while_writing_is_unavailable(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "write", broken_write)
+    monkeypatch.setattr(os, "writev", broken_write)
     with pytest.raises(StorageUnavailable):
         w.write(payload(2 * 1024 * 1024))
     monkeypatch.undo()
     w.cancel()
     assert temp_files(root) == []
     assert not fs.exists("/f")
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_mixed_writes_land_in_order_whatever_the_caller_does_with_its_buffers(
+    fs: StorageDriver, append: bool
+) -> None:
+    """Writes are gathered by reference and flushed together: tiny ones, request-body-sized
+    ones and huge ones, bytes, bytearrays the caller refills right after, memoryviews."""
+    expected = bytearray()
+    w = fs.writer("/f", append=append)
+    reused = bytearray(100 * 1024)
+    for i in range(300):
+        kind = i % 5
+        if kind == 0:
+            data: bytes | bytearray | memoryview = bytes([i % 251]) * (i % 7)  # tiny, even empty
+        elif kind == 1:
+            data = payload(256 * 1024 + i)  # a request body piece
+        elif kind == 2:
+            reused[:] = bytes([i % 251]) * len(reused)
+            data = reused  # refilled by the caller before the next write
+        elif kind == 3:
+            data = memoryview(payload(70 * 1024 + i))[i:]
+        else:
+            data = payload(3000 + i)
+        expected += data
+        assert w.write(data) == len(data)
+        assert w.size == len(expected)
+    w.write(payload(3 * 1024 * 1024))  # larger than the whole buffer
+    expected += payload(3 * 1024 * 1024)
+    w.commit()
+    w.close()
+    assert fs.get_content("/f") == bytes(expected)
+
+
+def test_a_partial_writev_is_continued(fs: StorageDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.writev
+
+    def at_most_1000_bytes(fd: int, buffers: list[memoryview]) -> int:
+        first = memoryview(buffers[0])[:1000]
+        return real(fd, [first])
+
+    monkeypatch.setattr(os, "writev", at_most_1000_bytes)
+    data = [payload(300 * 1024 + i) for i in range(5)]
+    with fs.writer("/f") as w:
+        for part in data:
+            w.write(part)
+        w.commit()
+    monkeypatch.undo()
+    assert fs.get_content("/f") == b"".join(data)
 
 
 def test_writing_below_a_file_is_a_conflict_not_a_missing_path(fs: StorageDriver) -> None:
