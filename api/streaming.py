@@ -1,8 +1,9 @@
 """Moving bytes between HTTP and storage without holding a blob in memory.
 
-- `write_body`: a request body -> a `FileWriter`. Incoming chunks (uvicorn delivers ~64 KiB)
-  are gathered into ~1 MiB buffers; each buffer is written in a worker thread while the next
-  one is being received (one buffer in flight, so memory stays bounded). A client that
+- `write_body`: a request body -> a `FileWriter`. Incoming chunks (uvicorn delivers up to
+  256 KiB) are gathered, uncopied, into ~1 MiB batches; each batch is written in a worker
+  thread while the next one is being received (one batch in flight, so memory stays
+  bounded). A client that
   disconnects mid-body raises `ClientDisconnect`; the caller cancels the writer, so no
   partial chunk is ever kept.
 - `parse_range`: the one Range header parser (single `bytes=` range; anything else is
@@ -44,37 +45,48 @@ async def write_body(request: Request, writer: FileWriter, buffer_size: int | No
 
     Raises starlette.requests.ClientDisconnect if the client goes away; the caller cancels."""
     buffer_size = buffer_size or BUFFER_SIZE
-    send_stream, receive_stream = anyio.create_memory_object_stream[bytes](1)
+    send_stream, receive_stream = anyio.create_memory_object_stream[list[bytes]](1)
     written = 0
 
-    async def consume(stream: MemoryObjectReceiveStream[bytes]) -> None:
+    async def consume(stream: MemoryObjectReceiveStream[list[bytes]]) -> None:
         nonlocal written
         async with stream:
-            async for block in stream:
-                await anyio.to_thread.run_sync(writer.write, block)
-                written += len(block)
+            async for parts in stream:
+                written += await anyio.to_thread.run_sync(_write_parts, writer, parts)
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume, receive_stream)
             async with send_stream:
                 try:
-                    buffer = bytearray()
+                    # The chunks as received, not copied into one buffer: the writer takes
+                    # each (the filesystem driver hands them to one writev).
+                    parts: list[bytes] = []
+                    gathered = 0
                     async for chunk in request.stream():
                         if not chunk:
                             continue
-                        buffer += chunk
-                        if len(buffer) >= buffer_size:
-                            await send_stream.send(bytes(buffer))
-                            buffer.clear()
-                    if buffer:
-                        await send_stream.send(bytes(buffer))
+                        parts.append(chunk)
+                        gathered += len(chunk)
+                        if gathered >= buffer_size:
+                            await send_stream.send(parts)
+                            parts, gathered = [], 0
+                    if parts:
+                        await send_stream.send(parts)
                 except anyio.BrokenResourceError:
                     pass  # the writer failed; the task group raises its error
     except BaseExceptionGroup as group:
         # Callers handle plain errors (ClientDisconnect, StorageUnavailable, ...), not groups.
         raise first_error(group) from None
     return written
+
+
+def _write_parts(writer: FileWriter, parts: list[bytes]) -> int:
+    """One thread hop: write each part; the bytes written."""
+    total = 0
+    for part in parts:
+        total += writer.write(part)
+    return total
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
