@@ -22,12 +22,18 @@ distribution, stops reading at `MaxHeaderBytes` (1 MiB) and answers 431.
   requests is uvicorn's `timeout_keep_alive`.
 
 It also serves the ASGI `http.response.zerocopysend` extension with sendfile
-(`lading.zerocopy`).
+(`lading.zerocopy`), and hands request bodies to the app uncopied: uvicorn appends every
+piece httptools parses to a bytearray and copies that again into each `http.request`
+message (two copies of every uploaded byte); here the pieces are kept as they are and a
+message carries the one piece received (or, rarely, several joined). Reading still pauses
+past uvicorn's 64 KiB, so what a connection holds is unchanged.
 
 It subclasses `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol` (uvicorn's `http`
 option accepts a protocol class) and relies on its parser callbacks `on_message_begin`,
-`on_header`, `on_headers_complete`, `on_message_complete` and on `send_400_response` for a
-parser error; tests/lading/test_http_limits.py fails if those change.
+`on_header`, `on_headers_complete`, `on_body`, `on_message_complete`, on `send_400_response`
+for a parser error, and on its `RequestResponseCycle.receive` answering from the cycle's
+`body`, `more_body` and `message_event`; tests/lading/test_http_limits.py and
+tests/lading/test_bodies.py fail if those change.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lading.zerocopy import ZEROCOPYSEND, FileSends
@@ -66,6 +73,37 @@ class _TooManyHeaders(Exception):
     pass
 
 
+class _Body:
+    """The request body pieces received and not yet handed to the app."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def take(self) -> bytes:
+        parts = self.parts
+        if not parts:
+            return b""
+        self.parts, self.size = [], 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _wrap_receive(cycle: Any, body: _Body) -> None:
+    """`cycle.receive` answering with the pieces in `body` (uvicorn's own `cycle.body`
+    stays empty: `on_body` below never fills it)."""
+    original = cycle.receive
+
+    async def receive() -> Any:
+        message = await original()
+        if message["type"] == "http.request":
+            message["body"] = body.take()
+        return message
+
+    cycle.receive = receive
+
+
 class _LimitedHttpToolsProtocol(HttpToolsProtocol):
     limits: HeadLimits  # set on the subclass limited_protocol makes
     file_sends: FileSends  # likewise: zero-copy file responses (lading.zerocopy)
@@ -77,6 +115,7 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body = _Body()  # the current request's (a new one per request)
 
     # --- the timer ---------------------------------------------------------------------
 
@@ -147,8 +186,22 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         before = self.cycle
         super().on_headers_complete()
-        if self.cycle is not before and self.scheme == "http":
-            self.file_sends.wrap(self.cycle)
+        cycle = self.cycle
+        if cycle is not before:
+            self._body = _Body()
+            _wrap_receive(cycle, self._body)
+            if self.scheme == "http":
+                self.file_sends.wrap(cycle)
+
+    def on_body(self, body: bytes) -> None:
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        held = self._body
+        held.parts.append(body)
+        held.size += len(body)
+        if held.size > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        self.cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         self._in_head = True

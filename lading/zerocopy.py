@@ -26,7 +26,7 @@ chunk, one after the other; distribution (Go's net/http) hands the socket to `se
 It relies on uvicorn's `RequestResponseCycle` (its `send`, `transport`, `disconnected`,
 `response_started`, `response_complete`, `chunked_encoding`, `expected_content_length`,
 `keep_alive`) and on the protocol building `self.cycle` in `on_headers_complete`;
-tests/lading/test_zerocopy.py fails if those change.
+tests/lading/test_bodies.py fails if those change.
 """
 
 from __future__ import annotations
