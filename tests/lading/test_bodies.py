@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -182,6 +183,22 @@ def test_non_filesystem_drivers_stream_without_sendfile(memory_server: Server) -
         r = client.get(f"/v2/repo/blobs/{digest}", headers={"Range": "bytes=10-"})
         assert r.status_code == 206 and r.content == data[10:]
     assert memory_server.sendfiles == []
+
+
+def test_with_every_sendfile_slot_taken_files_go_out_in_chunks(
+    fs_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        zerocopy.FileSends, "limiter", property(lambda self: SimpleNamespace(available_tokens=0))
+    )
+    data = os.urandom(3 * MiB + 11)
+    with httpx.Client(base_url=fs_server.url, timeout=60) as client:
+        digest = push(client, "repo", data)
+        assert client.get(f"/v2/repo/blobs/{digest}").content == data
+        r = client.get(f"/v2/repo/blobs/{digest}", headers={"Range": "bytes=1000000-"})
+        assert r.status_code == 206 and r.content == data[1000000:]
+        assert client.get("/v2/").status_code == 200
+    assert fs_server.sendfiles == []
 
 
 def open_fds() -> int:
