@@ -31,8 +31,8 @@ import uvicorn
 from api.app import create_app
 from lading import zerocopy
 from lading.http_limits import HeadLimits, limited_protocol
+from pipeline.config import Settings, StorageSettings
 from pipeline.registry import Registry, build_registry
-from pipeline.settings import Settings, StorageSettings
 from tests.support.inline_jobs import InlineJobClient
 from tests.support.net import free_port
 
