@@ -44,6 +44,7 @@ from pipeline.infra.coordination import celery_url, coordination_for, is_redis, 
 from pipeline.registry import Registry
 from workers.beat import beat_schedule
 from workers.embedded import BACKEND as EMBEDDED_BACKEND
+from workers.embedded import TRANSPORT as EMBEDDED_TRANSPORT
 from workers.leases import RESTORE_INTERVAL, LeaseKeeper
 from workers.logs import tag_job_logs
 from workers.results import backend_class
@@ -51,8 +52,9 @@ from workers.tasks import register_tasks, visibility_timeout
 from workers.transport import TRANSPORT as REDIS_TRANSPORT
 
 EMBEDDED_BROKER = "memory://localhost/"
-# The memory transport polls; its 1 s default makes every embedded job take a second.
-EMBEDDED_POLLING_INTERVAL = 0.005
+# kombu's memory transport, woken on each message instead of polled (workers.embedded);
+# the interval only bounds one sleep of its consumer.
+EMBEDDED_POLLING_INTERVAL = 1.0
 RESULT_EXPIRES = 3600  # the API waits minutes at most; nobody reads a result later
 # Every Redis operation of the broker and the result backend is bounded: a frozen or
 # partitioned Redis makes an operation fail after this many seconds (kombu's default is
@@ -81,6 +83,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         broker_url: str = EMBEDDED_BROKER
         result_backend = cfg.result_backend or EMBEDDED_BACKEND
         broker_options["polling_interval"] = EMBEDDED_POLLING_INTERVAL
+        transport["broker_transport"] = EMBEDDED_TRANSPORT
     else:
         # Refuses a configuration with no Redis for locks (pipeline.infra.coordination).
         coordination_for(settings)

@@ -3,9 +3,9 @@
 `start_embedded_worker(app, concurrency)` runs a `celery.worker.WorkController` (the same
 worker the `celery worker` command runs, minus its signal handlers, logging setup and pid
 file) with the threads pool in a background thread, consuming every Lading queue. With
-`create_app` on embedded settings the broker is kombu's `memory://` transport (polled every
-few ms) and results go to `InProcessBackend`, so a job runs through exactly the task code a
-scaled-out worker runs.
+`create_app` on embedded settings the broker is kombu's `memory://` transport, woken rather
+than polled (`WakingTransport`, below), and results go to `InProcessBackend`, so a job runs
+through exactly the task code a scaled-out worker runs.
 
 Constraints of the mode, all inherent to one process:
 - the memory transport keeps its queues in the process (a class attribute of kombu's
@@ -18,6 +18,13 @@ Constraints of the mode, all inherent to one process:
 
 `celery.contrib.testing.worker.start_worker` is not used: it is a test helper that sets the
 default app, reconfigures logging and requires the `celery.ping` test task.
+
+Waiting for a job costs nothing either: kombu's memory transport polls its queues (the
+worker loop sleeps `polling_interval` between empty reads: every 5 ms it took the GIL from
+the event loop, and a job waited up to that long to start). `WakingTransport` sleeps on a
+condition instead, notified whenever a message is put or a prefetch slot is freed (ack,
+reject), so a job starts as soon as it is sent and an idle worker does not wake at all
+(`polling_interval` remains only a safety bound on one sleep).
 
 Waiting costs nothing while nothing lands: the result store keeps waiters per task id and
 calls back only the waiters of the result just stored (the API's job client hooks in via
@@ -42,13 +49,95 @@ from celery.beat import EmbeddedService
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.worker import WorkController
 from celery.worker import state as worker_state
+from kombu.transport import memory
+from kombu.transport.virtual import Empty
 
 from pipeline.jobs import QUEUES
 
 log = logging.getLogger(__name__)
 
 BACKEND = "workers.embedded:InProcessBackend"
+TRANSPORT = "workers.embedded:WakingTransport"
 MAX_RESULTS = 10_000
+WAKE_BOUND = 1.0
+"""Longest single sleep of a waiting WakingTransport (kombu's own polling default): only
+a path that frees a slot without notifying (none is known) would wait that long."""
+
+
+class _Wakeups:
+    """A generation counter and a condition: anything that may let a waiting consumer
+    take a message bumps the counter and wakes every sleeper. One per process, like the
+    memory transport's queues (a class attribute of its channel)."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition(threading.Lock())
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self.condition:
+            self.generation += 1
+            self.condition.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Sleep up to `timeout` s unless a notify came after `seen` was read."""
+        with self.condition:
+            if self.generation == seen:
+                self.condition.wait(timeout)
+
+
+_WAKEUPS = _Wakeups()
+
+
+class WakingChannel(memory.Channel):
+    """kombu's memory channel, notifying `_WAKEUPS` on every put, ack and reject."""
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        super()._put(queue, message, **kwargs)
+        _WAKEUPS.notify()
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str | None = None, **kwargs: Any) -> None:
+        super()._put_fanout(exchange, message, routing_key, **kwargs)
+        _WAKEUPS.notify()
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        super().basic_ack(delivery_tag, multiple)
+        _WAKEUPS.notify()  # a prefetch slot is free: the consumer may take the next job
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().basic_reject(delivery_tag, requeue)
+        _WAKEUPS.notify()
+
+    def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
+        consumer_tag = super().basic_consume(*args, **kwargs)
+        _WAKEUPS.notify()
+        return consumer_tag
+
+    def basic_qos(self, *args: Any, **kwargs: Any) -> None:
+        super().basic_qos(*args, **kwargs)
+        _WAKEUPS.notify()
+
+
+class WakingTransport(memory.Transport):
+    """kombu's memory transport whose `drain_events` sleeps until woken (see module)."""
+
+    Channel = WakingChannel
+
+    def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bound = min(self.polling_interval or WAKE_BOUND, WAKE_BOUND)
+        cycle = self.cycle
+        assert cycle is not None  # set when the transport is created
+        while True:
+            seen = _WAKEUPS.generation  # before looking: a put after this wakes the sleep
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            remaining = bound if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError()
+            _WAKEUPS.wait(seen, min(remaining, bound))
 
 
 class _ResultStore:

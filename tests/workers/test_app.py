@@ -22,7 +22,7 @@ from pipeline.errors import ConfigurationError, StorageUnavailable
 from tests.support import redis_server
 from workers.app import create_app
 from workers.beat import beat_schedule
-from workers.embedded import InProcessBackend
+from workers.embedded import InProcessBackend, WakingTransport
 from workers.leases import LEASE, LeaseKeeper
 from workers.tasks import POLICIES
 
@@ -134,10 +134,11 @@ def test_a_redis_broker_doubles_as_result_backend() -> None:
     assert conf.result_backend == REDIS
 
 
-def test_embedded_mode_uses_the_memory_broker_polled_quickly_and_a_shared_backend() -> None:
+def test_embedded_mode_uses_the_woken_memory_broker_and_a_shared_backend() -> None:
     app = create_app(Settings(storage=StorageSettings(driver="inmemory")))
     assert app.conf.broker_url.startswith("memory://")
-    assert app.conf.broker_transport_options["polling_interval"] <= 0.01
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, WakingTransport)
     assert isinstance(app.backend, InProcessBackend)
     app.backend.store_result("job-1", {"ok": True, "value": {}}, "SUCCESS")
     import threading

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from celery.signals import task_postrun
+from kombu import Connection, Consumer, Exchange, Queue
+from kombu.message import Message
 
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
@@ -26,8 +29,9 @@ from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import FileInfo
 from pipeline.storage.memory import MemoryDriver
 from tests.workers.conftest import LoopThread, sha256, upload
+from workers import embedded as embedded_module
 from workers.app import create_app
-from workers.embedded import EmbeddedWorker, InProcessBackend, start_embedded_worker
+from workers.embedded import EmbeddedWorker, InProcessBackend, WakingTransport, start_embedded_worker
 
 
 class FlakyDriver(MemoryDriver):
@@ -253,3 +257,60 @@ def test_result_callbacks_fire_once_on_the_final_state_only() -> None:
 def backend(e: Embedded) -> InProcessBackend:
     result: InProcessBackend = e.app.backend
     return result
+
+
+@pytest.fixture
+def woken_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting consumer sleeps for an hour unless woken: what it receives was woken for."""
+    monkeypatch.setattr(embedded_module, "WAKE_BOUND", 3600.0)
+
+
+def _broker() -> Connection:
+    return Connection("memory://", transport=WakingTransport, transport_options={"polling_interval": 3600})
+
+
+def _consuming(connection: Connection, queue: Queue, prefetch: int) -> tuple[Consumer, list[Message]]:
+    got: list[Message] = []
+    consumer = Consumer(connection, [queue], callbacks=[lambda body, message: got.append(message)])
+    consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    return consumer, got
+
+
+def _drain_in_thread(connection: Connection) -> threading.Thread:
+    thread = threading.Thread(target=connection.drain_events, kwargs={"timeout": 3600}, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.usefixtures("woken_only")
+def test_the_embedded_broker_wakes_its_consumer_on_a_message() -> None:
+    queue = Queue(f"wake-{uuid.uuid4().hex}", Exchange("wake-test", type="direct"), routing_key="wake")
+    with _broker() as connection:
+        consumer, got = _consuming(connection, queue, prefetch=1)
+        waiting = _drain_in_thread(connection)
+        with _broker() as sender:
+            sender.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="wake", declare=[queue])
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert [m.payload for m in got] == [{"n": 1}]
+        consumer.cancel()
+
+
+@pytest.mark.usefixtures("woken_only")
+def test_the_embedded_broker_wakes_its_consumer_when_a_prefetch_slot_frees() -> None:
+    queue = Queue(f"wake-{uuid.uuid4().hex}", Exchange("wake-test", type="direct"), routing_key="wake")
+    with _broker() as connection:
+        consumer, got = _consuming(connection, queue, prefetch=1)
+        producer = connection.Producer()
+        for n in (1, 2):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="wake", declare=[queue])
+        connection.drain_events(timeout=5)
+        assert [m.payload for m in got] == [{"n": 1}]
+        waiting = _drain_in_thread(connection)  # the second job waits for the first's slot
+        got[0].ack()
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert [m.payload for m in got] == [{"n": 1}, {"n": 2}]
+        got[1].ack()
+        consumer.cancel()
