@@ -404,16 +404,10 @@ async def complete_upload(ctx: RequestContext) -> Response:
         return await _complete(ctx, upload_id, digest, size)
     length = decimal(ctx.request.headers.get("content-length"))
     try:
-        appended = await ctx.blocking(_appended_before, ctx.registry, ctx.name, upload_id, digest, length)
-        if appended is not None:
-            # A retry of a PUT that timed out (503) after its body was appended: commit
-            # again (the job is idempotent) rather than append the body a second time.
-            await _drain(ctx)
-            size = appended
+        if length is not None and length <= SMALL_BODY:
+            size = await _append_small_completing(ctx, upload_id, digest)
         else:
-            before, size = await _append(ctx, upload_id)
-            put = CompletingPut(str(digest), size, size - before)
-            await ctx.blocking(ctx.registry.uploads.mark_completing, ctx.name, upload_id, put)
+            size = await _append_streamed_completing(ctx, upload_id, digest, length)
     except RangeInvalid as err:
         return await _range_error(ctx, upload_id, err)
     except BlobUploadUnknown:
@@ -421,6 +415,11 @@ async def complete_upload(ctx: RequestContext) -> Response:
             await _drain(ctx)
             return _created(ctx, str(digest))
         raise
+    return await _complete_or_discard(ctx, upload_id, digest, size)
+
+
+async def _complete_or_discard(ctx: RequestContext, upload_id: str, digest: Digest, size: int) -> Response:
+    """`_complete` for a PUT that carried a body; a commit that failed cancels the session."""
     try:
         return await _complete(ctx, upload_id, digest, size)
     except (DigestInvalid, SizeInvalid):
@@ -432,6 +431,43 @@ async def complete_upload(ctx: RequestContext) -> Response:
         except Exception:  # the client still learns why its PUT failed; purging removes it
             log.warning("could not cancel upload %s after a failed commit", upload_id, exc_info=True)
         raise
+
+
+async def _append_small_completing(ctx: RequestContext, upload_id: str, digest: Digest) -> int:
+    """The session's size once a small completing body is in it, in one thread hop: the
+    retry check (`_appended_before`), the append and the completing record together."""
+    offset, expected = _content_range(ctx)
+    body = await ctx.request.body()
+    if expected is not None and len(body) != expected:
+        raise SizeInvalid({"declared": expected, "received": len(body)})
+    return await ctx.blocking(_append_completing, ctx.registry, ctx.name, upload_id, digest, offset, body)
+
+
+async def _append_streamed_completing(
+    ctx: RequestContext, upload_id: str, digest: Digest, length: int | None
+) -> int:
+    """The session's size once a completing body of any size is in it (streamed)."""
+    appended = await ctx.blocking(_appended_before, ctx.registry, ctx.name, upload_id, digest, length)
+    if appended is not None:
+        # A retry of a PUT that timed out (503) after its body was appended: commit
+        # again (the job is idempotent) rather than append the body a second time.
+        await _drain(ctx)
+        return appended
+    before, size = await _append(ctx, upload_id)
+    put = CompletingPut(str(digest), size, size - before)
+    await ctx.blocking(ctx.registry.uploads.mark_completing, ctx.name, upload_id, put)
+    return size
+
+
+def _append_completing(
+    registry: Registry, repository: str, upload_id: str, digest: Digest, offset: int | None, body: bytes
+) -> int:
+    appended = _appended_before(registry, repository, upload_id, digest, len(body))
+    if appended is not None:
+        return appended  # a retry after a 503: commit again, never append twice
+    before, size = _append_small(registry, repository, upload_id, offset, body)
+    registry.uploads.mark_completing(repository, upload_id, CompletingPut(str(digest), size, size - before))
+    return size
 
 
 def _appended_before(
