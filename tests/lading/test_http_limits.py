@@ -179,6 +179,25 @@ def test_slowloris_connections_are_closed_after_the_header_timeout(small_server:
     assert status(exchange(port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
 
 
+def test_a_slow_head_after_answered_requests_on_a_keepalive_connection_is_closed(
+    small_server: tuple[Running, int],
+) -> None:
+    # Each head gets the whole header timeout from its own first byte, however many
+    # requests the connection answered before: fast ones first, then one that never ends.
+    _, port = small_server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        for _ in range(3):
+            s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"{}"):
+                chunk = s.recv(4096)
+                assert chunk, "the server closed a connection whose heads were complete"
+                answer += chunk
+            assert status(answer) == 200
+        s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head that never ends
+        assert s.recv(100) == b""  # closed by the server (the 1 s header timeout)
+
+
 def test_concurrent_connections_are_bounded(tmp_path: Path) -> None:
     cm, port = start(tmp_path, {"maxconnections": 5})
     with cm as server:  # type: ignore[attr-defined]
