@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import anyio.to_thread
 from starlette.requests import Request
 
 from api.notify import BLOB_MEDIA_TYPE, Notifier
+from api.threads import run_blocking
 from pipeline.config import Settings
 from pipeline.events import Action
 from pipeline.formats.digest import Digest
@@ -77,8 +77,8 @@ class RequestContext:
         return grants.get(name, False)
 
     async def blocking(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a storage call (it may block) in a worker thread."""
-        return await anyio.to_thread.run_sync(func, *args)
+        """Run a storage call (it may block) in a worker thread (api.threads)."""
+        return await run_blocking(func, *args)
 
     async def notify_blob(self, action: Action, digest: str, size: int | None = None, **extra: str) -> None:
         """Emit `action` on a blob of this repository (api.notify). Except for a delete, a
