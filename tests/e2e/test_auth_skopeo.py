@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,7 +152,8 @@ def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 def test_user_pushes_and_pulls_with_credentials(registry: Registry, tmp_path: Path) -> None:
     image = make_image([1500, 250_000, 3000])
     layout = write_oci_layout(image, tmp_path / "src", tag="v1")
-    ref = f"{registry.host}/team/app-{uuid.uuid4().hex[:8]}:v1"
+    repository = f"team/app-{uuid.uuid4().hex[:8]}"
+    ref = f"{registry.host}/{repository}:v1"
     log_before = len(access_log(registry.server))
 
     push(layout, "v1", ref, ALICE)
@@ -163,9 +165,19 @@ def test_user_pushes_and_pulls_with_credentials(registry: Registry, tmp_path: Pa
     for digest, data in image.blobs.items():
         assert pulled[digest] == data, digest
 
+    # The server's output is read by another thread: lines of the fixture's own pushes may
+    # land after log_before was taken, and this push's line after skopeo returned. Only
+    # this repository's manifest PUTs count, once its line is in.
+    def manifest_puts(requests: list[dict[str, object]]) -> list[dict[str, object]]:
+        path = f"/v2/{repository}/manifests/"
+        return [r for r in requests if r["method"] == "PUT" and str(r["path"]).startswith(path)]
+
+    deadline = time.monotonic() + 30
     requests = access_log(registry.server)[log_before:]
-    manifest_puts = [r for r in requests if r["method"] == "PUT" and "/manifests/" in str(r["path"])]
-    assert [r["status"] for r in manifest_puts] == [201]
+    while not manifest_puts(requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        requests = access_log(registry.server)[log_before:]
+    assert [r["status"] for r in manifest_puts(requests)] == [201]
     token_requests = [r for r in requests if r["path"] == TOKEN_PATH]
     if registry.mode == "token":
         # skopeo followed the Bearer challenge to the built-in endpoint and got tokens.
