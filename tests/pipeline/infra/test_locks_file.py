@@ -28,7 +28,7 @@ def test_a_lock_held_by_another_process_excludes_this_one(tmp_path: Path) -> Non
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     assert holder.stdout is not None and holder.stdin is not None
     try:
