@@ -38,16 +38,17 @@ from azure.core import MatchConditions
 from azure.core import exceptions as aexc
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
-from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, UnfinishedWrite, UnfinishedWrites
+from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable
+from pipeline.storage.driver import Capabilities, FileWriter, UnfinishedWrite, UnfinishedWrites
 from pipeline.storage.objects import (
     AppendGuard,
     KeyLayout,
     ListedObjectStore,
     ObjectWriter,
     RangeReader,
+    children,
     chunks,
-    tree,
+    redirect_method,
 )
 
 DEFAULT_CHUNK = 8 * 1024 * 1024
@@ -186,28 +187,12 @@ class AzureDriver(ListedObjectStore):
 
     def list(self, path: str) -> list[str]:
         prefix = self.layout.dir_prefix(path)
-        names: set[str] = set()
         with _azure_errors(path):
-            for item in self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/"):
-                names.add(item.name[len(prefix) :].rstrip("/"))
-        names.discard("")
-        if not names and path != "/":
-            raise PathNotFound(path)
-        base = "" if path == "/" else path
-        return [f"{base}/{name}" for name in sorted(names)]
-
-    def walk(self, path: str) -> Iterator[FileInfo]:
-        files = [
-            (self.layout.path(b.name), *self._size_and_modified(b))
-            for b in self._keys(self.layout.dir_prefix(path), path)
-        ]
-        if not files and path != "/":
-            raise PathNotFound(path)
-        yield from tree(files, "" if path == "/" else path)
+            listed = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/")
+            return children(path, (item.name[len(prefix) :] for item in listed))
 
     def redirect_url(self, path: str, method: str = "GET") -> str | None:
-        if method.upper() not in ("GET", "HEAD"):
-            raise UnsupportedMethod(f"redirect for {method}")
+        redirect_method(method)
         key = self.layout.key(path)
         sas = generate_blob_sas(
             self.account_name,
@@ -297,24 +282,13 @@ class _BlockWriter(ObjectWriter):
         self._id_bytes = ID_BYTES
         self._condition: dict[str, Any] = {}
         self._before: str | None = None  # the blob's ETag ("" absent) before the first staged block
-        self._start = 0
-        self._written = 0
+        self._start = 0  # the size of the blob this writer continues
 
-    @property
-    def size(self) -> int:
-        return self._start + self._written
+    def _ready(self) -> bool:
+        return len(self._buffer) >= self._driver.chunk_size
 
-    def write(self, data: bytes) -> int:
-        self._check_open()
-        self._buffer += data
-        self._written += len(data)
-        if len(self._buffer) >= self._driver.chunk_size:
-            try:
-                self._stage(self._driver.chunk_size)
-            except BaseException:
-                self.cancel()
-                raise
-        return len(data)
+    def _send(self) -> None:
+        self._stage(self._driver.chunk_size)
 
     def _stage(self, whole: int) -> None:
         """Stage the buffer's leading multiple of `whole` bytes (all of it for whole=1)."""
@@ -373,7 +347,7 @@ class _AppendWriter(_BlockWriter):
             self._condition = {"match_condition": MatchConditions.IfMissing}
             return
         self._condition = {"etag": head.etag, "match_condition": MatchConditions.IfNotModified}
-        self._start = int(head.size)
+        self._start = self._size = int(head.size)
         if self._start == 0:
             return
         with _azure_errors(self._path):
@@ -391,7 +365,7 @@ class _AppendWriter(_BlockWriter):
         self._base, self._blocks = self._blocks, []
 
     def _commit(self) -> None:
-        if not self._created and self._written == 0:
+        if not self._created and self._size == self._start:
             return  # nothing appended: the blob stays exactly as it was
         super()._commit()
 

@@ -40,7 +40,7 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, UnfinishedWrite, UnfinishedWrites
+from pipeline.storage.driver import Capabilities, FileWriter, UnfinishedWrite, UnfinishedWrites
 from pipeline.storage.objects import (
     HIDDEN,
     AppendGuard,
@@ -48,7 +48,8 @@ from pipeline.storage.objects import (
     ListedObjectStore,
     ObjectWriter,
     RangeReader,
-    tree,
+    children,
+    redirect_method,
 )
 
 CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
@@ -213,35 +214,18 @@ class GCSDriver(ListedObjectStore):
 
     def list(self, path: str) -> list[str]:
         prefix = self.layout.dir_prefix(path)
-        names: set[str] = set()
+        names: list[str] = []
         with _gcs_errors(path):
             pages = self.client.list_blobs(
                 self.bucket, prefix=prefix, delimiter="/", retry=self._retry, timeout=self._timeout
             )
             for page in pages.pages:
-                names.update(b.name[len(prefix) :] for b in page)
-                names.update(p[len(prefix) :].rstrip("/") for p in page.prefixes)
-        names.discard("")
-        if path == "/":
-            names.discard(HIDDEN)
-        if not names and path != "/":
-            raise PathNotFound(path)
-        base = "" if path == "/" else path
-        return [f"{base}/{name}" for name in sorted(names)]
-
-    def walk(self, path: str) -> Iterator[FileInfo]:
-        files = [
-            (self.layout.path(b.name), *self._size_and_modified(b))
-            for b in self._keys(self.layout.dir_prefix(path), path)
-            if not self.layout.is_hidden(b.name)
-        ]
-        if not files and path != "/":
-            raise PathNotFound(path)
-        yield from tree(files, "" if path == "/" else path)
+                names += (b.name[len(prefix) :] for b in page)
+                names += (p[len(prefix) :] for p in page.prefixes)
+        return children(path, (n for n in names if path != "/" or n.rstrip("/") != HIDDEN))
 
     def redirect_url(self, path: str, method: str = "GET") -> str | None:
-        if method.upper() not in ("GET", "HEAD"):
-            raise UnsupportedMethod(f"redirect for {method}")
+        redirect_method(method)
         if self.signer is None:
             raise UnsupportedMethod("redirect_url: GCS signed URLs need a service-account key")
         with _gcs_errors(path):
@@ -379,28 +363,18 @@ class _ObjectWriter(ObjectWriter):
         self._key = key
         self._match = if_generation_match
         self._session: _ResumableSession | None = None
-        self._size = 0
 
-    @property
-    def size(self) -> int:
-        return self._size
+    def _ready(self) -> bool:
+        # More than a chunk: bytes are kept back, as the final chunk may not be empty.
+        return len(self._buffer) > self._driver.chunk_size
 
-    def write(self, data: bytes) -> int:
-        self._check_open()
-        self._buffer += data
-        self._size += len(data)
+    def _send(self) -> None:
+        if self._session is None:
+            self._session = _ResumableSession(self._driver, self._path, self._key, self._match)
         chunk = self._driver.chunk_size
-        if len(self._buffer) > chunk:  # keep the last bytes: the final chunk may not be empty
-            try:
-                if self._session is None:
-                    self._session = _ResumableSession(self._driver, self._path, self._key, self._match)
-                cut = (len(self._buffer) - 1) // chunk * chunk
-                self._session.send(bytes(self._buffer[:cut]), final=False)
-                del self._buffer[:cut]
-            except BaseException:
-                self.cancel()
-                raise
-        return len(data)
+        cut = (len(self._buffer) - 1) // chunk * chunk
+        self._session.send(bytes(self._buffer[:cut]), final=False)
+        del self._buffer[:cut]
 
     def _commit(self) -> None:
         if self._session is not None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.errors import PathExists, PathNotFound, StorageError, StorageUnavailable
+from pipeline.errors import PathExists, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
 from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver
 from pipeline.storage.filereader import FileReader
 
@@ -66,6 +66,33 @@ def tree(files: Iterable[tuple[str, int, datetime]], base: str) -> list[FileInfo
                 entries[parent] = FileInfo(parent, 0, modified, True)
             parent = parent.rsplit("/", 1)[0]
     return sorted(entries.values(), key=lambda info: info.path.split("/"))
+
+
+def walked(files: Iterable[tuple[str, int, datetime]], path: str) -> list[FileInfo]:
+    """`walk` of directory `path` from (path, size, modified) of the files a flat listing
+    found below it; PathNotFound when there are none (the root always exists)."""
+    found = tree(files, "" if path == "/" else path)
+    if not found and path != "/":
+        raise PathNotFound(path)
+    return found
+
+
+def children(path: str, names: Iterable[str]) -> list[str]:
+    """`list` of directory `path` from the names a delimited listing found directly below
+    it (a common prefix may end in `/`): full paths, sorted; PathNotFound when there are
+    none (the root always exists)."""
+    unique = {name.rstrip("/") for name in names} - {""}
+    if not unique and path != "/":
+        raise PathNotFound(path)
+    base = "" if path == "/" else path
+    return [f"{base}/{name}" for name in sorted(unique)]
+
+
+def redirect_method(method: str) -> str:
+    """GET or HEAD, the methods a redirect URL serves; UnsupportedMethod otherwise."""
+    if method.upper() not in ("GET", "HEAD"):
+        raise UnsupportedMethod(f"redirect for {method}")
+    return method.upper()
 
 
 class AppendGuard:
@@ -166,6 +193,32 @@ class ObjectWriter(FileWriter):
         self._path = path
         self._buffer = bytearray()
         self._state = "open"
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> int:
+        """Buffer `data`; once `_ready` says enough is buffered, `_send` it. A failed send
+        cancels the writer."""
+        self._check_open()
+        self._buffer += data
+        self._size += len(data)
+        if self._ready():
+            try:
+                self._send()
+            except BaseException:
+                self.cancel()
+                raise
+        return len(data)
+
+    def _ready(self) -> bool:
+        """Whether the buffer holds enough to send a part / block / chunk."""
+        return False
+
+    def _send(self) -> None:
+        """Send what the buffer holds to the backend (part of the object, not yet visible)."""
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -235,6 +288,14 @@ class ListedObjectStore(StorageDriver):
 
     def _any_below(self, path: str) -> Any:
         return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)
+
+    def walk(self, path: str) -> Iterator[FileInfo]:
+        files = [
+            (self.layout.path(obj.name), *self._size_and_modified(obj))
+            for obj in self._keys(self.layout.dir_prefix(path), path)
+            if not self.layout.is_hidden(obj.name)
+        ]
+        yield from walked(files, path)
 
     def stat(self, path: str) -> FileInfo:
         if path == "/":

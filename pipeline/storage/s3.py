@@ -53,7 +53,6 @@ from pipeline.errors import (
     PathNotFound,
     StorageError,
     StorageUnavailable,
-    UnsupportedMethod,
 )
 from pipeline.storage.driver import (
     Capabilities,
@@ -64,7 +63,15 @@ from pipeline.storage.driver import (
     UnfinishedWrites,
 )
 from pipeline.storage.filereader import FileReader
-from pipeline.storage.objects import AppendGuard, KeyLayout, ObjectWriter, check_move, tree
+from pipeline.storage.objects import (
+    AppendGuard,
+    KeyLayout,
+    ObjectWriter,
+    check_move,
+    children,
+    redirect_method,
+    walked,
+)
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest non-final multipart part
 MAX_COPY_PART = 1024 * 1024 * 1024  # copy ranges stay well under S3's 5 GiB part limit
@@ -239,30 +246,22 @@ class S3Driver(StorageDriver):
 
     def list(self, path: str) -> list[str]:
         prefix = self._dir_prefix(path)
-        names: set[str] = set()
+        names: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         with _s3_errors(path):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-                names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
-                names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
-        names.discard("")
-        if not names and path != "/":
-            raise PathNotFound(path)
-        base = "" if path == "/" else path
-        return [f"{base}/{name}" for name in sorted(names)]
+                names += (p["Prefix"][len(prefix) :] for p in page.get("CommonPrefixes", []))
+                names += (o["Key"][len(prefix) :] for o in page.get("Contents", []))
+        return children(path, names)
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         prefix = self._dir_prefix(path)
         objects = self._objects(prefix, path)
         files = [(self._path(o["Key"]), int(o["Size"]), o["LastModified"]) for o in objects]
-        if not files and path != "/":
-            raise PathNotFound(path)
-        yield from tree(files, "" if path == "/" else path)
+        yield from walked(files, path)
 
     def redirect_url(self, path: str, method: str = "GET") -> str | None:
-        operation = {"GET": "get_object", "HEAD": "head_object"}.get(method.upper())
-        if operation is None:
-            raise UnsupportedMethod(f"redirect for {method}")
+        operation = {"GET": "get_object", "HEAD": "head_object"}[redirect_method(method)]
         with _s3_errors(path):
             url: str = self.client.generate_presigned_url(
                 operation, Params={"Bucket": self.bucket, "Key": self._key(path)}, ExpiresIn=PRESIGN_SECONDS
@@ -431,21 +430,11 @@ class _ObjectWriter(ObjectWriter):
         self._size = len(initial)
         self._copy_from: tuple[int, str] | None = None  # (size, etag) of bytes to copy first
 
-    @property
-    def size(self) -> int:
-        return self._size
+    def _ready(self) -> bool:
+        return len(self._buffer) >= self._driver.chunk_size
 
-    def write(self, data: bytes) -> int:
-        self._check_open()
-        self._buffer += data
-        self._size += len(data)
-        if len(self._buffer) >= self._driver.chunk_size:
-            try:
-                self._flush_part()
-            except BaseException:
-                self.cancel()
-                raise
-        return len(data)
+    def _send(self) -> None:
+        self._flush_part()
 
     def _start_upload(self) -> None:
         client, bucket = self._driver.client, self._driver.bucket
