@@ -6,21 +6,70 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from pipeline.blob_commit import commit_blob
 from pipeline.config import MaintenanceSettings, Settings, StorageSettings
 from pipeline.formats.digest import Digest
 from pipeline.formats.manifests import OCI_INDEX, OCI_MANIFEST
+from pipeline.maintenance.gc import garbage_collect
 from pipeline.manifest_commit import commit_manifest
 from pipeline.registry import Registry
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
+from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
+
+
+class HookDriver(CheckedDriver):
+    """Runs `on_move(source, dest)` after every move, `on_put(path)` after every
+    put_content and `on_delete(path)` after every delete, so a test can run a push (or
+    kill the collection) at an exact point inside it."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.on_move: Callable[[str, str], None] | None = None
+        self.on_put: Callable[[str], None] | None = None
+        self.on_delete: Callable[[str], None] | None = None
+
+    def delete(self, path: str) -> None:
+        super().delete(path)
+        if self.on_delete is not None:
+            self.on_delete(path)
+
+    def move(self, source: str, dest: str) -> None:
+        super().move(source, dest)
+        if self.on_move is not None:
+            self.on_move(source, dest)
+
+    def put_content(self, path: str, content: bytes) -> None:
+        super().put_content(path, content)
+        if self.on_put is not None:
+            self.on_put(path)
+
+
+def kill_collection_in_the_trash(registry: Registry, driver: HookDriver, digest: Digest) -> None:
+    """Run a collection that dies (a killed process) right after parking `digest`'s blob in
+    the trash."""
+
+    class Killed(Exception):
+        pass
+
+    def die(source: str, dest: str) -> None:
+        if dest == paths.gc_trash(digest):
+            raise Killed
+
+    driver.on_move = die
+    with pytest.raises(Killed):
+        garbage_collect(registry)
+    driver.on_move = None
 
 
 def settings(**maintenance: Any) -> Settings:

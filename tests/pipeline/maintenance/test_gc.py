@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,14 @@ from pipeline.maintenance.reconcile import reconcile
 from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
 from pipeline.storage import paths
-from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from tests.pipeline.maintenance.helpers import (
+    HookDriver,
     Image,
     age_blobs,
     fs_registry,
     image_manifest,
+    kill_collection_in_the_trash,
     push_blob,
     push_image,
     push_index,
@@ -38,36 +38,9 @@ from tests.pipeline.maintenance.helpers import (
 )
 
 
-class HookDriver(CheckedDriver):
-    """Runs `on_move(source, dest)` after every move, `on_put(path)` after every
-    put_content and `on_delete(path)` after every delete, so a test can run a push at an
-    exact point inside the collection."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(FilesystemDriver(root))
-        self.on_move: Callable[[str, str], None] | None = None
-        self.on_put: Callable[[str], None] | None = None
-        self.on_delete: Callable[[str], None] | None = None
-
-    def delete(self, path: str) -> None:
-        super().delete(path)
-        if self.on_delete is not None:
-            self.on_delete(path)
-
-    def move(self, source: str, dest: str) -> None:
-        super().move(source, dest)
-        if self.on_move is not None:
-            self.on_move(source, dest)
-
-    def put_content(self, path: str, content: bytes) -> None:
-        super().put_content(path, content)
-        if self.on_put is not None:
-            self.on_put(path)
-
-
 @pytest.fixture
 def driver(tmp_path: Path) -> HookDriver:
-    return HookDriver(str(tmp_path))
+    return HookDriver(FilesystemDriver(str(tmp_path)))
 
 
 class SpyLocks(LocalLocks):
@@ -372,18 +345,7 @@ def test_mount_rescues_the_blob(registry: Registry, driver: HookDriver) -> None:
 def test_a_killed_collection_is_recovered(registry: Registry, driver: HookDriver) -> None:
     image, body = orphan(registry)
     layer = Digest.of(image.layers[0])
-
-    class Killed(Exception):
-        pass
-
-    def die(source: str, dest: str) -> None:
-        if dest == paths.gc_trash(layer):
-            raise Killed
-
-    driver.on_move = die
-    with pytest.raises(Killed):
-        garbage_collect(registry)
-    driver.on_move = None
+    kill_collection_in_the_trash(registry, driver, layer)
     assert not stored(registry, layer)  # parked in the trash by the dead run
     summary = reconcile(registry)
     assert summary["gc"]["restored"] == 1 and summary["gc"]["markers"] >= 1

@@ -4,7 +4,6 @@ long ago but is still receiving data."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,11 @@ from pipeline.registry import Registry
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.filesystem import FilesystemDriver
-from pipeline.storage.s3 import MIN_PART, S3Driver
+from pipeline.storage.s3 import MIN_PART
 from tests.pipeline.maintenance.helpers import age, fs_registry, settings
 from tests.pipeline.storage.test_filesystem import temp_files
-from tests.support.emulators import S3_KEY, S3_SECRET, moto_server
+from tests.pipeline.storage.test_s3 import new_driver as new_s3_driver
+from tests.support.emulators import moto_server
 
 WEEK = 7 * 24 * 3600
 
@@ -116,17 +116,8 @@ def test_a_dead_writers_temporary_file_goes_with_the_purge(registry: Registry) -
 
 def test_an_abandoned_s3_multipart_upload_is_aborted() -> None:
     with moto_server() as endpoint:
-        bucket = f"lading-{uuid.uuid4().hex[:16]}"
-        s3 = S3Driver(
-            bucket,
-            endpoint_url=endpoint,
-            force_path_style=True,
-            secure=False,
-            chunk_size=MIN_PART,
-            access_key=S3_KEY,
-            secret_key=S3_SECRET,
-        )
-        s3.client.create_bucket(Bucket=bucket)
+        s3 = new_s3_driver(endpoint)
+        bucket = s3.bucket
         registry = Registry.from_driver(settings(), CheckedDriver(s3))
         dead = registry.driver.writer("/docker/registry/v2/blobs/x/data")
         dead.write(b"p" * (MIN_PART + 1))  # a part is uploaded; then the process dies

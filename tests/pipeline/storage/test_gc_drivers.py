@@ -2,13 +2,14 @@
 (fake-gcs-server) and Azure (Azurite). gc parks a blob directory in the trash with `move`
 and moves it back when a push rescued it; when the push stored the same blob again
 meanwhile, the move back must refuse (the one move rule: PathExists, nothing merged) so gc
-keeps the pushed copy and drops its own. The interleavings are forced with a driver
-wrapper that runs a push right after gc's move into the trash."""
+keeps the pushed copy and drops its own. The interleavings are forced with the driver
+wrapper of the gc tests (`helpers.HookDriver`), which runs a push right after gc's move
+into the trash."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,19 @@ from pipeline.manifest_commit import commit_manifest, delete_manifest
 from pipeline.registry import Registry
 from pipeline.storage import paths
 from pipeline.storage.azure import AzureDriver
-from pipeline.storage.checked import CheckedDriver
 from pipeline.storage.driver import StorageDriver
 from pipeline.storage.filesystem import FilesystemDriver
 from pipeline.storage.gcs import GCSDriver
 from pipeline.storage.memory import MemoryDriver
 from pipeline.storage.s3 import S3Driver
-from tests.pipeline.maintenance.helpers import push_blob, push_image, settings, stored
+from tests.pipeline.maintenance.helpers import (
+    HookDriver,
+    kill_collection_in_the_trash,
+    push_blob,
+    push_image,
+    settings,
+    stored,
+)
 from tests.support.emulators import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -39,19 +46,6 @@ from tests.support.emulators import (
 )
 
 DRIVERS = ["filesystem", "inmemory", "s3", "gcs", "azure"]
-
-
-class HookDriver(CheckedDriver):
-    """Runs `on_move(source, dest)` after every move."""
-
-    def __init__(self, inner: StorageDriver) -> None:
-        super().__init__(inner)
-        self.on_move: Callable[[str, str], None] | None = None
-
-    def move(self, source: str, dest: str) -> None:
-        super().move(source, dest)
-        if self.on_move is not None:
-            self.on_move(source, dest)
 
 
 def files_in(registry: Registry, directory: str) -> list[str]:
@@ -138,18 +132,7 @@ def test_a_killed_collection_is_put_back_by_reconcile(registry: Registry, driver
     body = image.manifest
     delete_manifest(registry, "app", str(image.digest))
     layer = Digest.of(image.layers[0])
-
-    class Killed(Exception):
-        pass
-
-    def die(source: str, dest: str) -> None:
-        if dest == paths.gc_trash(layer):
-            raise Killed
-
-    driver.on_move = die
-    with pytest.raises(Killed):
-        garbage_collect(registry)
-    driver.on_move = None
+    kill_collection_in_the_trash(registry, driver, layer)
     assert not stored(registry, layer)
     assert reconcile(registry)["gc"]["restored"] == 1
     assert stored(registry, layer)
