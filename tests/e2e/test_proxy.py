@@ -79,27 +79,7 @@ def make_multi_arch() -> MultiArch:
 
 
 def write_index_layout(multi: MultiArch, directory: Path, tag: str) -> Path:
-    blob_dir = directory / "blobs" / "sha256"
-    blob_dir.mkdir(parents=True, exist_ok=True)
-    for image in multi.images.values():
-        for digest, data in image.blobs.items():
-            (blob_dir / digest.split(":", 1)[1]).write_bytes(data)
-    (blob_dir / multi.digest.split(":", 1)[1]).write_bytes(multi.index)
-    (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    top = {
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            {
-                "mediaType": OCI_INDEX,
-                "digest": multi.digest,
-                "size": len(multi.index),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (directory / "index.json").write_text(json.dumps(top))
-    return directory
+    return write_oci_layout(list(multi.images.values()), directory, tag, top=(OCI_INDEX, multi.index))
 
 
 def lading_config(tmp: Path, port: int, upstreams: list[dict[str, Any]], **extra: Any) -> Path:

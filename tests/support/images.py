@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,11 +106,26 @@ def make_image(layer_sizes: list[int], diff_ids: list[str] | None = None) -> Ima
     return Image(layers=layers, config=config, manifest=manifest, blobs=blobs)
 
 
-def write_oci_layout(image: Image, directory: Path, tag: str = "latest") -> Path:
-    """Write `image` as an OCI image layout at `directory` (reference `oci:<dir>:<tag>`)."""
+def write_oci_layout(
+    images: Image | Sequence[Image],
+    directory: Path,
+    tag: str = "latest",
+    top: tuple[str, bytes] | None = None,
+) -> Path:
+    """Write `images` as an OCI image layout at `directory` (reference `oci:<dir>:<tag>`).
+    The tag names `top` (media type, content), e.g. an index over the images, else the
+    one image's manifest."""
+    every = [images] if isinstance(images, Image) else list(images)
+    if top is None:
+        (only,) = every
+        top = (OCI_MANIFEST, only.manifest)
+    media_type, content = top
+    blobs = {sha256(content): content}
+    for image in every:
+        blobs.update(image.blobs)
     blob_dir = directory / "blobs" / "sha256"
     blob_dir.mkdir(parents=True, exist_ok=True)
-    for digest, data in image.blobs.items():
+    for digest, data in blobs.items():
         (blob_dir / digest.split(":", 1)[1]).write_bytes(data)
     (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     index = {
@@ -117,9 +133,9 @@ def write_oci_layout(image: Image, directory: Path, tag: str = "latest") -> Path
         "mediaType": OCI_INDEX,
         "manifests": [
             {
-                "mediaType": OCI_MANIFEST,
-                "digest": image.manifest_digest,
-                "size": len(image.manifest),
+                "mediaType": media_type,
+                "digest": sha256(content),
+                "size": len(content),
                 "annotations": {"org.opencontainers.image.ref.name": tag},
             }
         ],
