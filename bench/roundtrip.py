@@ -4,7 +4,7 @@
 
 The job is ADVANCE_DIGEST on a 64-byte upload (read, hash, save the hash state): the real
 task path with almost no work. Measured twice:
-- redis: a `celery -A workers.main worker` subprocess (prefork, concurrency 2) on Redis
+- redis: a `lading worker` subprocess (prefork, concurrency 2) on Redis
   (broker and result backend; the DB given is flushed), the client waiting on pub/sub;
 - embedded: the in-process worker (threads pool) on the memory broker.
 Each prints p50/p99 of sequential round trips, then the same with `--concurrency` jobs in
@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ import redis
 import yaml
 
 from api.jobclient import CeleryJobClient
+from bench.targets import lading_command, start_process, wait_workers_ready
 from pipeline import jobs
 from pipeline.config import Settings, StorageSettings, load_settings
 from pipeline.registry import Registry, build_registry
@@ -89,6 +87,7 @@ def bench_redis(redis_url: str, n: int, concurrency: int) -> None:
             yaml.safe_dump(
                 {
                     "version": 0.1,
+                    "log": {"level": "warn"},  # the worker logs no line per job
                     "storage": {
                         "filesystem": {"rootdirectory": f"{tmp}/root"},
                         "maintenance": {"uploadpurging": {"enabled": False}},
@@ -99,44 +98,18 @@ def bench_redis(redis_url: str, n: int, concurrency: int) -> None:
         )
         settings = load_settings(str(config), {})
         env = {**os.environ, "LADING_CONFIG": str(config), "PYTHONPATH": str(REPO_ROOT)}
-        log = open(Path(tmp) / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.main",
-                "worker",
-                "-P",
-                "prefork",
-                "-c",
-                "2",
-                "-Q",
-                ",".join(jobs.QUEUES),
-                "--without-mingle",
-                "--without-gossip",
-                "-l",
-                "WARNING",
-                "-n",
-                "lading-bench@localhost",
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [*lading_command(), "worker", "--pool", "prefork", "--concurrency", "2"]
+        argv += ["--queues", ",".join(jobs.QUEUES), "--hostname", "lading-bench@localhost"]
+        worker = start_process(argv, Path(tmp) / "worker.log", "worker", "worker", env)
         try:
+            wait_workers_ready(redis_url, [(worker, Path(tmp) / "worker.log")])
             registry = build_registry(settings)
             upload_id = tiny_upload(registry)
             client = CeleryJobClient(create_app(settings))
             print(f"redis ({redis_url}, prefork worker subprocess, concurrency 2):")
             asyncio.run(measure(client, upload_id, n, concurrency))
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(30)
-            log.close()
+            worker.stop()
         redis.Redis.from_url(redis_url).flushdb()
 
 

@@ -329,10 +329,10 @@ def _start_lading_scaled(
     if apis > 1:
         target.notes.append(f"{apis} API processes (client round robin)")
     target.url = ",".join(urls)
-    _wait_workers_ready(broker, started)
+    wait_workers_ready(broker, started)
 
 
-def _wait_workers_ready(broker: str, workers: list[tuple[Service, Path]], timeout: float = 90.0) -> None:
+def wait_workers_ready(broker: str, workers: list[tuple[Service, Path]], timeout: float = 90.0) -> None:
     """Until every worker answers a Celery ping (it consumes then; jobs sent earlier would
     only wait). RuntimeError if one exits first."""
     from celery import Celery
