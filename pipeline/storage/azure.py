@@ -26,26 +26,23 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
-import io
 import secrets
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core import exceptions as aexc
 from azure.storage.blob import BlobBlock, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
-from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable
-from pipeline.storage.driver import Capabilities, FileWriter, UnfinishedWrite, UnfinishedWrites
+from pipeline.errors import PathNotFound, StorageError, StorageUnavailable
+from pipeline.storage.driver import Capabilities, FileWriter, UnfinishedWrite
 from pipeline.storage.objects import (
     AppendGuard,
     KeyLayout,
     ListedObjectStore,
     ObjectWriter,
-    RangeReader,
     children,
     chunks,
     redirect_method,
@@ -162,18 +159,10 @@ class AzureDriver(ListedObjectStore):
             data: bytes = self._blob(self.layout.key(path)).download_blob().readall()
         return data
 
-    def reader(self, path: str, offset: int = 0) -> BinaryIO:
-        head = self._head(path)
-        if head is None:
-            raise PathNotFound(path)
-        size = int(head.size)
-        if offset < 0 or offset > size:
-            raise InvalidOffset(path, offset)
-        raw = RangeReader(self, path, size, functools.partial(self._read_range, path, str(head.etag)))
-        raw.seek(offset)
-        return io.BufferedReader(raw, buffer_size=1024 * 1024)
+    def _version(self, head: Any) -> str:
+        return str(head.etag)
 
-    def _read_range(self, path: str, etag: str, start: int, length: int) -> bytes:
+    def _read_range(self, path: str, etag: Any, start: int, length: int) -> bytes:
         with _azure_errors(path):
             data: bytes = (
                 self._blob(self.layout.key(path))
@@ -233,7 +222,7 @@ class AzureDriver(ListedObjectStore):
             with contextlib.suppress(PathNotFound), _azure_errors(path):
                 self._blob(key).delete_blob()
 
-    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> Sequence[UnfinishedWrite]:
         """Blobs of uncommitted blocks only (their Last-Modified: the first block staged).
         Delete Blob does not reach them, so each is committed empty — only while it still
         has no committed version — and that empty blob is deleted."""
@@ -243,7 +232,7 @@ class AzureDriver(ListedObjectStore):
             )
             # A blob of uncommitted blocks lists with size 0; a committed one answers HEAD.
             candidates = [b for b in listed if int(b.size) == 0 and b.last_modified < before]
-        purged: UnfinishedWrites = []
+        purged: list[UnfinishedWrite] = []
         for item in candidates:
             path = self.layout.path(item.name)
             if self._head(path) is not None:

@@ -10,12 +10,12 @@ backend has to defend against traversal (`/a/../../etc`) or ambiguous spellings 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import BinaryIO
 
 from pipeline.errors import InvalidPath, PathNotFound
-from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver, UnfinishedWrites
+from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver, UnfinishedWrite
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -92,7 +92,7 @@ class CheckedDriver(StorageDriver):
     def local_path(self, path: str) -> str | None:
         return self._inner.local_path(validate_path(path))
 
-    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> Sequence[UnfinishedWrite]:
         return self._inner.purge_unfinished_writes(before, dry_run)
 
     def walk(self, path: str) -> Iterator[FileInfo]:

@@ -14,7 +14,7 @@ Optional features are declared in `Capabilities`, never discovered by catching
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
@@ -57,10 +57,6 @@ class UnfinishedWrite:
     path: str
     modified: datetime
     size: int
-
-
-# Spelled here: every driver's own `list` method shadows the builtin in its class body.
-UnfinishedWrites = list[UnfinishedWrite]
 
 
 class FileWriter(abc.ABC):
@@ -154,7 +150,7 @@ class StorageDriver(abc.ABC):
         """The OS path of a file, for zero-copy sending (capabilities.local_path)."""
         raise UnsupportedMethod("local_path")
 
-    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> Sequence[UnfinishedWrite]:
         """Discard what writers that died mid-write left behind, last written before
         `before` (dry_run: only report it). Never touches committed files, nor anything
         written at or after `before`: `lading purge-uploads` passes its purge age, so a

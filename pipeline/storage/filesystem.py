@@ -25,7 +25,7 @@ import secrets
 import shutil
 import stat as stat_mode
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -37,14 +37,7 @@ from pipeline.errors import (
     StorageError,
     StorageUnavailable,
 )
-from pipeline.storage.driver import (
-    Capabilities,
-    FileInfo,
-    FileWriter,
-    StorageDriver,
-    UnfinishedWrite,
-    UnfinishedWrites,
-)
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver, UnfinishedWrite
 from pipeline.storage.objects import check_move
 
 TEMP_PREFIX = ".lading-tmp-"
@@ -246,10 +239,10 @@ class FilesystemDriver(StorageDriver):
                     continue
                 yield from self._walk(below, child)
 
-    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> Sequence[UnfinishedWrite]:
         """Temporary files of new-file writers whose process died (a live writer removes
         its own on cancel), found by walking the whole tree."""
-        purged: UnfinishedWrites = []
+        purged: list[UnfinishedWrite] = []
         for directory, _dirs, names in os.walk(self.root):
             for name in names:
                 if not name.startswith(TEMP_PREFIX):

@@ -24,12 +24,10 @@ SDK errors are translated to `pipeline.errors` in one place, `_translate`: throt
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
 from google.api_core import exceptions as gexc
@@ -39,15 +37,14 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from pipeline.errors import InvalidOffset, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
-from pipeline.storage.driver import Capabilities, FileWriter, UnfinishedWrite, UnfinishedWrites
+from pipeline.errors import PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
+from pipeline.storage.driver import Capabilities, FileWriter, UnfinishedWrite
 from pipeline.storage.objects import (
     HIDDEN,
     AppendGuard,
     KeyLayout,
     ListedObjectStore,
     ObjectWriter,
-    RangeReader,
     children,
     redirect_method,
 )
@@ -191,18 +188,10 @@ class GCSDriver(ListedObjectStore):
             )
         return data
 
-    def reader(self, path: str, offset: int = 0) -> BinaryIO:
-        head = self._head(path)
-        if head is None:
-            raise PathNotFound(path)
-        size = int(head.size or 0)
-        if offset < 0 or offset > size:
-            raise InvalidOffset(path, offset)
-        raw = RangeReader(self, path, size, functools.partial(self._read_range, path, int(head.generation)))
-        raw.seek(offset)
-        return io.BufferedReader(raw, buffer_size=1024 * 1024)
+    def _version(self, head: Any) -> int:
+        return int(head.generation)
 
-    def _read_range(self, path: str, generation: int, start: int, length: int) -> bytes:
+    def _read_range(self, path: str, generation: Any, start: int, length: int) -> bytes:
         with _gcs_errors(path):
             data: bytes = self._blob(self.layout.key(path), generation).download_as_bytes(
                 start=start, end=start + length - 1, retry=self._retry, timeout=self._timeout
@@ -262,7 +251,7 @@ class GCSDriver(ListedObjectStore):
             with contextlib.suppress(PathNotFound), _gcs_errors(path):
                 self._blob(key).delete(retry=self._retry, timeout=self._timeout)
 
-    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> Sequence[UnfinishedWrite]:
         stale = [b for b in self._keys(self.layout.hidden(PARTS), "/") if b.updated < before]
         if not dry_run:
             self._delete_keys("/", [b.name for b in stale])

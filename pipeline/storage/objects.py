@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
+import io
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
-from pipeline.errors import PathExists, PathNotFound, StorageError, StorageUnavailable, UnsupportedMethod
+from pipeline.errors import (
+    InvalidOffset,
+    PathExists,
+    PathNotFound,
+    StorageError,
+    StorageUnavailable,
+    UnsupportedMethod,
+)
 from pipeline.storage.driver import FileInfo, FileWriter, StorageDriver
 from pipeline.storage.filereader import FileReader
 
@@ -285,6 +294,26 @@ class ListedObjectStore(StorageDriver):
     @abc.abstractmethod
     def _size_and_modified(self, obj: Any) -> tuple[int, datetime]:
         """The size and modification time of an object from `_head` or `_keys`."""
+
+    @abc.abstractmethod
+    def _version(self, head: Any) -> Any:
+        """What pins the one version of an object `_head` saw (an ETag, a generation)."""
+
+    @abc.abstractmethod
+    def _read_range(self, path: str, version: Any, start: int, length: int) -> bytes:
+        """`length` bytes from `start` of that version of the object."""
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        head = self._head(path)
+        if head is None:
+            raise PathNotFound(path)
+        size = self._size_and_modified(head)[0]
+        if offset < 0 or offset > size:
+            raise InvalidOffset(path, offset)
+        read = functools.partial(self._read_range, path, self._version(head))
+        raw = RangeReader(self, path, size, read)
+        raw.seek(offset)
+        return io.BufferedReader(raw, buffer_size=1024 * 1024)
 
     def _any_below(self, path: str) -> Any:
         return next(self._keys(self.layout.dir_prefix(path), path, limit=1), None)

@@ -54,14 +54,7 @@ from pipeline.errors import (
     StorageError,
     StorageUnavailable,
 )
-from pipeline.storage.driver import (
-    Capabilities,
-    FileInfo,
-    FileWriter,
-    StorageDriver,
-    UnfinishedWrite,
-    UnfinishedWrites,
-)
+from pipeline.storage.driver import Capabilities, FileInfo, FileWriter, StorageDriver, UnfinishedWrite
 from pipeline.storage.filereader import FileReader
 from pipeline.storage.objects import (
     AppendGuard,
@@ -347,7 +340,7 @@ class S3Driver(StorageDriver):
                 raise PathNotFound(path)
         self._delete_keys(path, keys)
 
-    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> UnfinishedWrites:
+    def purge_unfinished_writes(self, before: datetime, dry_run: bool = False) -> Sequence[UnfinishedWrite]:
         uploads = self.client.get_paginator("list_multipart_uploads")
         with _s3_errors("/"):
             stale = [
@@ -356,7 +349,7 @@ class S3Driver(StorageDriver):
                 for upload in page.get("Uploads", [])
                 if upload["Initiated"] < before
             ]
-        purged: UnfinishedWrites = []
+        purged: list[UnfinishedWrite] = []
         for upload in stale:
             key, upload_id, path = upload["Key"], upload["UploadId"], self._path(upload["Key"])
             try:
