@@ -195,3 +195,13 @@ def flip_byte(registry: Registry, digest: Digest, offset: int = 10) -> None:
 
 def stored(registry: Registry, digest: Digest) -> bool:
     return registry.driver.exists(paths.blob_data(digest))
+
+
+def assert_intact(registry: Registry, image: Image) -> None:
+    """Every blob of the image is pullable from its repository with the right bytes."""
+    body, _ = registry.manifests.get(image.repo, image.digest)
+    assert body == image.manifest
+    for blob in (image.config, *image.layers):
+        assert registry.repo_blobs.open(image.repo, Digest.of(blob)).read() == blob
+    for tag in image.tags:
+        assert registry.tags.resolve(image.repo, tag) == image.digest

@@ -26,6 +26,7 @@ from tests.pipeline.maintenance.helpers import (
     HookDriver,
     Image,
     age_blobs,
+    assert_intact,
     fs_registry,
     image_manifest,
     kill_collection_in_the_trash,
@@ -60,16 +61,6 @@ class SpyLocks(LocalLocks):
 @pytest.fixture
 def registry(driver: HookDriver) -> Registry:
     return Registry.from_driver(settings(gc_grace_seconds=0), driver, locks=SpyLocks())
-
-
-def assert_intact(registry: Registry, image: Image) -> None:
-    """Every blob of the image is pullable from its repository with the right bytes."""
-    body, _ = registry.manifests.get(image.repo, image.digest)
-    assert body == image.manifest
-    for blob in (image.config, *image.layers):
-        assert registry.repo_blobs.open(image.repo, Digest.of(blob)).read() == blob
-    for tag in image.tags:
-        assert registry.tags.resolve(image.repo, tag) == image.digest
 
 
 # --- what is collected --------------------------------------------------------------------
@@ -371,15 +362,3 @@ def test_candidates_left_over_never_block_a_push(registry: Registry) -> None:
     assert all(not registry.driver.exists(paths.gc_candidate(d)) for d in image.blob_digests())
     assert garbage_collect(registry)["blobs_deleted"] == 1  # the deleted manifest only
     assert_intact(registry, Image("app", body, image.config, image.layers, ["v2"]))
-
-
-def test_collects_on_the_in_memory_driver_too() -> None:
-    registry = Registry.in_memory(settings(gc_grace_seconds=0))
-    keep = push_image(registry, "app", "v1")
-    gone = push_image(registry, "app", "v2")
-    delete_manifest(registry, "app", str(gone.digest))
-    summary = garbage_collect(registry)
-    assert summary["blobs_deleted"] == 3
-    assert all(not stored(registry, d) for d in gone.all_digests())
-    assert_intact(registry, keep)
-    assert not registry.driver.exists(paths.blob_dir(gone.digest))  # the directory went too
