@@ -8,7 +8,7 @@ graceful shutdown: on SIGTERM or SIGINT uvicorn stops accepting, lets in-flight 
 `http.drain_timeout_seconds`, runs the app's lifespan shutdown, and `serve` returns
 normally so the caller can stop what it started (the embedded worker).
 
-With `http.tls` the listener speaks HTTPS only (`pipeline.infra.tls` builds the context): a TLS
+With `http.tls` the listener speaks HTTPS only (`pipeline.config.tls` builds the context): a TLS
 setting that cannot be honoured stops start-up, never falls back to plain HTTP.
 """
 
@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lading.http_limits import HeadLimits, limited_protocol
 from pipeline.config import Settings, TlsSettings, parse_addr
-from pipeline.infra.tls import server_context
+from pipeline.config.tls import server_context
 
 __all__ = ["serve", "uvicorn_config"]
 

@@ -19,12 +19,11 @@ The map, top to bottom; a module may import only from the rows below its own (th
     auth/                access policy, login throttling, token records
     storage/             drivers (filesystem, memory, s3, gcs, azure; checked wrapper) and
                          paths.py, the on-disk layout every store writes through
-    infra/               where locks live (coordination), lock backends, JSON logs, TLS
+    infra/               where locks live (coordination), lock backends, JSON logs
     config/              settings.py: the Settings dataclasses every process runs with;
                          units, schema, environment, build: load_settings from config.yml
                          + REGISTRY_* (the composition root loads; nothing in pipeline
-                         does). Its one import upward: build.py checks `http.tls` with
-                         infra/tls.py's cipher table
+                         does); tls: distribution's `http.tls` as an ssl.SSLContext
     formats/             digests, names, manifest documents, tarsum, resumable hash state
     jobs.py              job names, queues, payloads, envelope: the api <-> workers contract
     errors.py            the one tree of domain errors and their wire form

@@ -67,12 +67,14 @@ The package, bottom to top (the import contracts keep it acyclic):
 
 - `settings`: the `Settings` dataclasses every process runs with (no imports of its own).
 - `units`: durations, sizes, booleans and addresses as a configuration spells them.
+- `tls`: `http.tls` as an `ssl.SSLContext`; its Go cipher-suite names, checked at load time.
 - `schema`: `SCHEMA`, unimplemented and ignored sections, `misspelling_of`, the checker.
 - `environment`: `REGISTRY_*` overrides applied to the raw tree.
 - `build`: `load_settings` and the builder of each section.
 
 Inside `pipeline`, modules import `pipeline.config.settings` (the dataclasses) only; loading
-configuration is the composition root's job (`lading.composition`).
+configuration is the composition root's job (`lading.composition`), and the listener's TLS
+context the server's (`lading.server` uses `tls.server_context`).
 """
 
 from pipeline.config.build import (

@@ -29,6 +29,7 @@ from pipeline.config.settings import (
     UploadPurging,
     Upstream,
 )
+from pipeline.config.tls import TLS_VERSIONS, openssl_ciphers
 from pipeline.config.units import parse_addr
 from pipeline.errors import ConfigurationError
 
@@ -287,10 +288,6 @@ _CLIENTAUTH = {
 
 def _tls(t: Mapping[str, Any] | None) -> TlsSettings | None:
     """distribution's `http.tls` (None when absent). Every key is honoured or refused."""
-    # infra.tls imports pipeline.config.settings: importing it here, not at module level,
-    # keeps `import pipeline.infra.tls` from running into a half-imported pipeline.config.
-    from pipeline.infra.tls import TLS_VERSIONS, openssl_ciphers
-
     if not t:
         return None
     certificate, key = t.get("certificate"), t.get("key")

@@ -1,3 +1,3 @@
 """Infrastructure: where a deployment's locks live (`coordination`), the lock backends
-(`locks`), the one JSON log format (`logs`) and TLS contexts (`tls`).
+(`locks`) and the one JSON log format (`logs`).
 """
