@@ -39,6 +39,7 @@ from api.streaming import read_limited
 from pipeline import jobs as joblib
 from pipeline import manifest_commit
 from pipeline.errors import (
+    BlobUnknown,
     JobTimeout,
     ManifestBlobUnknown,
     ManifestUnknown,
@@ -183,19 +184,30 @@ def _pending_in(
 ) -> dict[Digest, PendingCommit]:
     """The batch-mode commits still to wait for among the blobs this manifest names. The API
     never parses manifests: a digest names a blob here when its text occurs in the raw
-    body. Records of blobs already linked need no wait and are cleared (they may be stale:
-    their job's result long gone)."""
+    body. Records of blobs already committed (linked, data in place) need no wait and are
+    cleared (they may be stale: their job's result long gone)."""
     found: dict[Digest, PendingCommit] = {}
     for digest in store.digests(name):
         if str(digest).encode("ascii") not in body:
             continue
-        if registry.repo_blobs.is_linked(name, digest):
+        if _committed(registry, name, digest):
             store.clear(name, digest)
             continue
         record = store.lookup(name, digest)
         if record is not None:
             found[digest] = record
     return found
+
+
+def _committed(registry: Registry, name: str, digest: Digest) -> bool:
+    """The blob is linked AND its data is in place. A commit links before it moves the
+    data, so a link alone may be a commit still running: its record must be waited for,
+    not cleared (else the manifest job can run in between and find the blob missing)."""
+    try:
+        registry.repo_blobs.stat(name, digest)
+    except BlobUnknown:
+        return False
+    return True
 
 
 async def _await_pending(ctx: RequestContext, body: bytes, timeout: float) -> dict[Digest, RegistryError]:

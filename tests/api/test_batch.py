@@ -282,3 +282,21 @@ async def test_a_record_reconcile_marked_failed_answers_with_its_error(
     (entry,) = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
     assert entry["detail"]["digest"] == claimed
     assert entry["detail"]["reason"]["code"] == "DIGEST_INVALID"
+
+
+async def test_a_blob_linked_but_not_yet_in_place_is_waited_for(make_api: Any, gated: GatedJobs) -> None:
+    # A commit links the blob before it moves the data: a manifest PUT arriving in between
+    # must wait for that commit, not take the link for a finished one and clear its record.
+    api = await make_api(registry=gated.registry, jobs=gated)
+    assert (await batch_put(api, CONFIG)).status_code == 202
+    assert (await batch_put(api, LAYER)).status_code == 202
+    gated.registry.repo_blobs.link("repo", Digest.parse(sha(LAYER)))  # the commit's first step
+    before = len(gated.waited)
+    put = asyncio.create_task(push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [LAYER])))
+    await gated.until_waited(before + 2)  # waiting on both blob commits (gate closed)
+    assert pending_record_exists(gated.registry, sha(LAYER))
+    assert not put.done()
+    gated.gate.set()
+    r = await asyncio.wait_for(put, 30)
+    assert r.status_code == 201, r.text
+    assert not pending_record_exists(gated.registry, sha(LAYER))
