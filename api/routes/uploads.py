@@ -526,8 +526,8 @@ async def _commit_status(ctx: RequestContext) -> Response:
     digest = Digest.parse(ctx.request.query_params.get("digest") or "")
     store = ctx.registry.pending
     record = await ctx.blocking(store.lookup, ctx.name, digest)
-    if await ctx.blocking(ctx.registry.repo_blobs.is_linked, ctx.name, digest):
-        size = await ctx.blocking(ctx.registry.repo_blobs.stat, ctx.name, digest)
+    size = await ctx.blocking(_committed_size, ctx.registry, ctx.name, digest)
+    if size is not None:
         if record is not None:
             await ctx.blocking(store.clear, ctx.name, digest)
         return _committed(ctx, str(digest), size)
@@ -543,6 +543,15 @@ async def _commit_status(ctx: RequestContext) -> Response:
         return JSONResponse(pending, status_code=202, headers={"Retry-After": "1"})
     await ctx.blocking(store.clear, ctx.name, digest)
     return _committed(ctx, str(value.get("digest") or digest), int(value.get("size") or 0))
+
+
+def _committed_size(registry: Registry, repository: str, digest: Digest) -> int | None:
+    """The blob's size once its commit is done (linked AND data in place: a commit links
+    first, so a link alone is a commit still running), else None."""
+    try:
+        return registry.repo_blobs.stat(repository, digest)
+    except BlobUnknown:
+        return None
 
 
 def _committed(ctx: RequestContext, digest: str, size: int) -> Response:
