@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from pipeline.config import Settings, StorageSettings
 from pipeline.registry import build_registry
 from tests.api.helpers import OCI_MANIFEST, oci_manifest
 from tests.support.inline_jobs import InlineJobClient
-from tests.support.net import free_port
+from tests.support.net import free_port, uvicorn_in_thread
 
 
 def sha(data: bytes) -> str:
@@ -42,18 +40,10 @@ def server(tmp_path: Path) -> Iterator[str]:
         log_level="warning",
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with uvicorn_in_thread(config):
+            yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
-        thread.join(timeout=20)
         jobs.close()
 
 

@@ -17,7 +17,6 @@ import hashlib
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from lading.http_limits import HeadLimits, limited_protocol
 from pipeline.config import Settings, StorageSettings
 from pipeline.registry import Registry, build_registry
 from tests.support.inline_jobs import InlineJobClient
-from tests.support.net import free_port
+from tests.support.net import free_port, uvicorn_in_thread
 
 MiB = 1 << 20
 
@@ -75,18 +74,10 @@ def serve(tmp: Path, loop: str, driver: str, monkeypatch: pytest.MonkeyPatch) ->
         log_level="warning",
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}", port, registry, sendfiles)
+        with uvicorn_in_thread(config):
+            yield Server(f"http://127.0.0.1:{port}", port, registry, sendfiles)
     finally:
-        server.should_exit = True
-        thread.join(timeout=20)
         jobs.close()
 
 
