@@ -57,11 +57,8 @@ PUSH_THREADS = 6
 
 @pytest.fixture(scope="module")
 def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.emptied(REDIS_URL) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,14 @@ that URL through the configuration the test writes, never by looking at 6379.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import redis
 
@@ -156,3 +158,16 @@ def start() -> RedisServer | None:
 
     atexit.register(stop)
     return server
+
+
+@contextlib.contextmanager
+def emptied(db_url: str) -> Iterator[redis.Redis]:
+    """A client of one database of the session's server, emptied before the block (what an
+    earlier test left) and after it (what this one leaves)."""
+    client = redis.Redis.from_url(db_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()

@@ -24,11 +24,8 @@ URL = redis_server.url(28)  # this module's own database
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.emptied(URL) as client:
+        yield client
 
 
 def guard() -> DeliveryGuard:

@@ -17,11 +17,8 @@ URL = redis_server.url(19)
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.emptied(URL) as client:
+        yield client
 
 
 @pytest.mark.parametrize("prefix", ["", "lading-test:"])

@@ -60,11 +60,8 @@ class CountingDriver:
 
 @pytest.fixture
 def shared_redis() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url(REDIS_DB))
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.emptied(redis_server.url(REDIS_DB)) as client:
+        yield client
 
 
 def counting_registry(cache: Any) -> tuple[Registry, CountingDriver]:
