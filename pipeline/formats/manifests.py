@@ -252,7 +252,16 @@ def _media_type(doc: dict[str, Any], content_type: str | None) -> str:
         header = ""
     if field_value and header and field_value != header:
         raise ManifestInvalid(f"mediaType {field_value!r} does not match Content-Type {header!r}")
-    chosen = field_value or header or _shape_type(doc)
+    shape = None if field_value else _shape_type(doc)
+    if header and shape is not None and header != shape and header in SUPPORTED:
+        # Without the field a stored manifest is served by its shape (detect_media_type,
+        # as distribution does): a Docker type or a different OCI type would be accepted
+        # as one type and pulled as another. Distribution refuses these too.
+        raise ManifestInvalid(
+            f"Content-Type {header!r} needs the manifest's own mediaType field set to it"
+            f" (without it the document reads as {shape!r})"
+        )
+    chosen = field_value or header or shape
     if chosen is None:
         raise ManifestInvalid("cannot tell the manifest type: no mediaType, no Content-Type, unclear shape")
     if chosen in SCHEMA1:

@@ -96,6 +96,35 @@ async def test_content_type_parameters_are_ignored(api: Any) -> None:
     assert (await api.client.get("/v2/repo/manifests/v1")).headers["content-type"] == OCI_MANIFEST
 
 
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.mark.parametrize("content_type", [DOCKER_MANIFEST, OCI_INDEX])
+async def test_content_type_the_stored_manifest_would_not_be_served_as_is_400(
+    api: Any, content_type: str
+) -> None:
+    # No mediaType field: the manifest is served by its shape (an OCI image manifest), so
+    # accepting it under another Content-Type would pull it as a different type than pushed.
+    await push_blob(api.client, "repo", b"{}")
+    doc = json.loads(oci_manifest())
+    del doc["mediaType"]
+    body = json.dumps(doc).encode()
+    r = await push_manifest(api.client, "repo", "v1", body, media_type=content_type)
+    (error,) = errors_of(r, 400, "MANIFEST_INVALID")
+    assert "mediaType" in str(error["detail"])
+    errors_of(await api.client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    # The same bytes under the type they are served as are accepted, and pulled as such.
+    assert (await push_manifest(api.client, "repo", "v1", body, media_type=OCI_MANIFEST)).status_code == 201
+    assert (await api.client.get("/v2/repo/manifests/v1")).headers["content-type"] == OCI_MANIFEST
+
+
+async def test_field_and_content_type_disagreeing_is_400_and_stores_nothing(api: Any) -> None:
+    await push_blob(api.client, "repo", b"{}")
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(), media_type=DOCKER_MANIFEST)
+    errors_of(r, 400, "MANIFEST_INVALID")
+    errors_of(await api.client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+
+
 UNKNOWN_TYPE = json.dumps({"schemaVersion": 2, "mediaType": "application/x-unknown"}).encode()
 SCHEMA1 = json.dumps(
     {"schemaVersion": 1, "name": "repo", "tag": "v1", "architecture": "amd64", "fsLayers": [], "history": []}

@@ -155,9 +155,28 @@ def test_foreign_layers_are_not_blob_references() -> None:
 # --- deciding the media type -----------------------------------------------------------
 
 
-def test_content_type_used_when_the_field_is_missing() -> None:
-    assert parse_manifest(raw(image(None)), DOCKER_MANIFEST).media_type == DOCKER_MANIFEST
-    assert parse_manifest(raw(index(None)), DOCKER_LIST).media_type == DOCKER_LIST
+def test_content_type_agreeing_with_the_shape_is_used_when_the_field_is_missing() -> None:
+    assert parse_manifest(raw(image(None)), OCI_MANIFEST).media_type == OCI_MANIFEST
+    assert parse_manifest(raw(index(None)), OCI_INDEX).media_type == OCI_INDEX
+
+
+@pytest.mark.parametrize(
+    ("doc", "content_type"),
+    [
+        (image(None), DOCKER_MANIFEST),
+        (index(None), DOCKER_LIST),
+        (image(None), OCI_INDEX),
+        (index(None), OCI_MANIFEST),
+    ],
+    ids=["docker-manifest", "docker-list", "image-as-index", "index-as-image"],
+)
+def test_content_type_the_body_would_not_be_served_as_is_invalid(
+    doc: dict[str, Any], content_type: str
+) -> None:
+    # Without the field, a stored manifest is served (and read back from distribution's
+    # layout) by its shape: accepting it as another type would pull it as a different one.
+    assert detect_media_type(raw(doc)) != content_type
+    assert "needs the manifest's own mediaType" in invalid(raw(doc), content_type)
 
 
 def test_shape_decides_when_neither_field_nor_content_type() -> None:
