@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 
 from starlette.requests import Request
 
+from api.query import single_or_none
 from pipeline.errors import Denied, Unauthorized
 from pipeline.formats.names import is_valid_name
 
@@ -113,7 +114,7 @@ async def enforce(access: Access | None, request: Request, route: str, repositor
     target = repository if rule.scope == "repository" else None
     request.state.identity = await access.authorize(request, target, set(rule.actions))
     for opt in rule.optional:
-        other = request.query_params.get(opt.param)
+        other = single_or_none(request.query_params, opt.param)  # ambiguous: not granted
         if not other or not is_valid_name(other):
             grants[opt.grant] = False
             continue

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from api.routes.context import RequestContext
-from api.routes.pagination import next_link, page_size, paginate
+from api.routes.pagination import last_entry, next_link, page_size, paginate
 from pipeline.registry import Registry
 
 PAGE_LIMIT = 1000
@@ -37,7 +37,7 @@ def _visible_fetcher(
 async def list_repositories(ctx: RequestContext) -> Response:
     """200 {"repositories": [...]} (empty list when the registry holds nothing)."""
     n = page_size(ctx.request, PAGE_LIMIT)
-    last = ctx.request.query_params.get("last") or None
+    last = last_entry(ctx.request, "NAME_INVALID")
     fetch: Callable[[int | None, str | None], list[str]] = ctx.registry.catalog.repositories
     visible = getattr(ctx.access, "catalog_visible", None)
     identity = getattr(ctx.request.state, "identity", None)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 
 from api.errors import ApiError
+from api.query import single_or_400
 from api.streaming import decimal
 
 
@@ -15,7 +16,7 @@ def page_size(request: Request, maximum: int | None = None) -> int | None:
 
     Anything but a non-negative decimal integer that fits an int64 (as distribution parses
     it: `²`, `٣`, 5,000 digits) is a 400 PAGINATION_NUMBER_INVALID."""
-    raw = request.query_params.get("n")
+    raw = single_or_400(request.query_params, "n", "PAGINATION_NUMBER_INVALID")
     if raw is None or raw == "":
         return maximum
     n = decimal(raw)
@@ -23,6 +24,12 @@ def page_size(request: Request, maximum: int | None = None) -> int | None:
         detail = {"n": raw if len(raw) <= 40 else raw[:40] + "…"}
         raise ApiError("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested", detail)
     return min(n, maximum) if maximum is not None else n
+
+
+def last_entry(request: Request, code: str) -> str | None:
+    """The `last` query parameter (None when absent or empty); given twice with different
+    values it is a 400 `code` (NAME_INVALID for repositories, TAG_INVALID for tags)."""
+    return single_or_400(request.query_params, "last", code) or None
 
 
 def paginate(

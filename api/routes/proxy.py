@@ -31,10 +31,11 @@ import anyio.to_thread
 from starlette.responses import JSONResponse, Response
 from starlette.types import Send
 
+from api.query import single_or_none
 from api.routes import blobs
 from api.routes.blobs import OCTET_STREAM, etag_of, if_none_match
 from api.routes.context import RequestContext
-from api.routes.pagination import next_link, page_size
+from api.routes.pagination import last_entry, next_link, page_size
 from api.streaming import READ_CHUNK, ContentResponse, first_error
 from pipeline import jobs as joblib
 from pipeline.config import Settings
@@ -271,7 +272,7 @@ class TailResponse(ContentResponse):
 
 async def list_tags(ctx: RequestContext) -> Response:
     n = page_size(ctx.request)
-    last = ctx.request.query_params.get("last") or None
+    last = last_entry(ctx.request, "TAG_INVALID")
     tags, stale = await ctx.blocking(cache.list_tags, ctx.registry, ctx.name)
     page = paginate(tags, None if n is None else n + 1, last)
     more = n is not None and len(page) > n
@@ -286,7 +287,7 @@ async def list_tags(ctx: RequestContext) -> Response:
 
 async def list_referrers(ctx: RequestContext) -> Response:
     subject = Digest.parse(ctx.params["digest"])
-    artifact_type = ctx.request.query_params.get("artifactType") or None
+    artifact_type = single_or_none(ctx.request.query_params, "artifactType") or None
     found, stale = await ctx.blocking(cache.list_referrers, ctx.registry, ctx.name, subject, artifact_type)
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}

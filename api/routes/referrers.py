@@ -12,6 +12,7 @@ import json
 
 from starlette.responses import Response
 
+from api.query import single_or_none
 from api.routes.context import RequestContext
 from pipeline.errors import NameUnknown
 from pipeline.formats.digest import Digest
@@ -28,7 +29,8 @@ def _list(registry: Registry, name: str, subject: Digest, artifact_type: str | N
 
 async def list_referrers(ctx: RequestContext) -> Response:
     subject = Digest.parse(ctx.params["digest"])
-    artifact_type = ctx.request.query_params.get("artifactType") or None
+    # An ambiguous filter is not applied (no OCI-Filters-Applied): the client filters.
+    artifact_type = single_or_none(ctx.request.query_params, "artifactType") or None
     found = await ctx.blocking(_list, ctx.registry, ctx.name, subject, artifact_type)
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.to_json() for d in found]}
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}

@@ -5,13 +5,13 @@ from __future__ import annotations
 from starlette.responses import JSONResponse, Response
 
 from api.routes.context import RequestContext
-from api.routes.pagination import next_link, page_size, paginate
+from api.routes.pagination import last_entry, next_link, page_size, paginate
 
 
 async def list_tags(ctx: RequestContext) -> Response:
     """200 {"name", "tags"}; 404 NAME_UNKNOWN when the repository does not exist."""
     n = page_size(ctx.request)
-    last = ctx.request.query_params.get("last") or None
+    last = last_entry(ctx.request, "TAG_INVALID")
     name = ctx.name
 
     def fetch(limit: int | None, after: str | None) -> list[str]:

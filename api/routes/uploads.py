@@ -24,7 +24,9 @@ and a retry would append it again), so the next request gets 404 and the client 
 - `?digest-algorithm=sha512` on POST is kept in the session's Location for later requests.
 - Mount: `?mount=<digest>&from=<repo>` links the blob (201) when the caller may pull `from`
   (see api.access_table) and the blob is there; otherwise a new session (202) as the spec
-  allows, revealing nothing. Without `from` there is no automatic discovery: 202.
+  allows, revealing nothing. Without `from` there is no automatic discovery: 202. Nor with
+  `mount` or `from` repeated with different values (api.query), while a `digest` or
+  `digest-algorithm` so repeated is a 400 DIGEST_INVALID that leaves the session as it was.
 - A completing PUT retried after a JobTimeout (503) whose commit finished meanwhile finds
   its session gone but the blob linked, and answers 201 like the first attempt would have
   (only for a UUID id, the form Lading issues, and without a second push event), with or
@@ -50,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.access_table import MOUNT_SOURCE
 from api.errors import ApiError, error_response
+from api.query import single_or_400, single_or_none
 from api.routes.context import RequestContext
 from api.routes.pending import JOB_HEADER, PREFER_ASYNC, wants_async
 from api.streaming import decimal, write_body
@@ -86,12 +89,18 @@ def _range(size: int) -> str:
 
 
 def _algorithm(ctx: RequestContext) -> str | None:
-    alg = ctx.request.query_params.get("digest-algorithm")
+    alg = single_or_400(ctx.request.query_params, "digest-algorithm", "DIGEST_INVALID")
     if alg is None or alg == "":
         return None
     if alg not in HEX_LENGTHS:
         raise DigestInvalid(f"unsupported digest algorithm {alg!r}", message="unsupported digest algorithm")
     return alg
+
+
+def _digest_parameter(ctx: RequestContext) -> str | None:
+    """`?digest=`; given twice with different values, 400 DIGEST_INVALID before anything is
+    read or changed (the spec lets a registry verify all of them: none can be skipped)."""
+    return single_or_400(ctx.request.query_params, "digest", "DIGEST_INVALID")
 
 
 def _session_headers(ctx: RequestContext, upload_id: str, size: int, algorithm: str | None) -> dict[str, str]:
@@ -297,21 +306,22 @@ def _send_and_record(
     store.record(kwargs["repository"], digest, job_id, kwargs["upload_id"], lease)
 
 
-async def _try_mount(ctx: RequestContext) -> str | None:
-    """The mounted digest, or None when the request must fall back to a plain session."""
+async def _try_mount(ctx: RequestContext) -> tuple[str, str] | None:
+    """(mounted digest, source repository), or None when the request must fall back to a
+    plain session."""
     query = ctx.request.query_params
-    source = query.get("from")
+    source = single_or_none(query, "from")  # ambiguous arguments: the spec's fallback, 202
     if not source or not is_valid_name(source) or not ctx.grant(MOUNT_SOURCE):
         return None
     try:
-        digest = Digest.parse(query.get("mount", ""))
+        digest = Digest.parse(single_or_none(query, "mount") or "")
     except DigestInvalid:
         return None
     try:
         mounted = await ctx.blocking(ctx.registry.repo_blobs.mount, source, ctx.name, digest)
     except BlobUnknown:
         return None
-    return str(digest) if mounted else None
+    return (str(digest), source) if mounted else None
 
 
 async def _discard(ctx: RequestContext, upload_id: str) -> None:
@@ -332,9 +342,10 @@ async def start_upload(ctx: RequestContext) -> Response:
     if query.get("mount") is not None:
         mounted = await _try_mount(ctx)
         if mounted is not None:
-            await ctx.notify_blob("mount", mounted, fromRepository=query["from"])
-            return _created(ctx, mounted)
-    raw_digest = query.get("digest")
+            digest_text, source = mounted
+            await ctx.notify_blob("mount", digest_text, fromRepository=source)
+            return _created(ctx, digest_text)
+    raw_digest = _digest_parameter(ctx)
     digest = Digest.parse(raw_digest) if raw_digest is not None and "mount" not in query else None
     status = await ctx.blocking(ctx.registry.uploads.create, ctx.name)
     if digest is None:
@@ -382,7 +393,7 @@ async def complete_upload(ctx: RequestContext) -> Response:
     """201 once the commit job succeeded (202 in batch mode). A malformed or missing digest is
     a 400 and leaves the session untouched."""
     upload_id = ctx.params["upload_id"]
-    raw = ctx.request.query_params.get("digest")
+    raw = _digest_parameter(ctx)
     has_body = _has_body(ctx)
     digest = _parsed(raw)
     size = 0
@@ -523,7 +534,7 @@ async def cancel_upload(ctx: RequestContext) -> Response:
 
 
 async def _commit_status(ctx: RequestContext) -> Response:
-    digest = Digest.parse(ctx.request.query_params.get("digest") or "")
+    digest = Digest.parse(_digest_parameter(ctx) or "")
     store = ctx.registry.pending
     record = await ctx.blocking(store.lookup, ctx.name, digest)
     size = await ctx.blocking(_committed_size, ctx.registry, ctx.name, digest)
