@@ -32,6 +32,7 @@ from pipeline.errors import (
     BlobUploadUnknown,
     DigestInvalid,
     PathNotFound,
+    RegistryError,
     SizeInvalid,
     StorageError,
 )
@@ -44,6 +45,7 @@ from pipeline.stores.uploads import is_upload_id
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry
+    from pipeline.stores.pending import PendingCommit
 
 READ_CHUNK = 1 << 20
 KEEP_STATES = 2
@@ -77,14 +79,17 @@ def commit_blob(
     except PathNotFound:
         return _already_committed(registry, repository, upload_id, target, size)
     if size is not None and size != stored:
-        raise SizeInvalid({"declared": size, "stored": stored})
+        raise _failed(
+            registry, repository, upload_id, target, SizeInvalid({"declared": size, "stored": stored})
+        )
     try:
         computed = _digest_of_upload(driver, repository, upload_id, target, stored)
     except PathNotFound:
         # Another delivery of this job moved the data away while we were reading it.
         return _already_committed(registry, repository, upload_id, target, size)
     if computed != target:
-        raise DigestInvalid({"declared": str(target), "computed": str(computed)})
+        mismatch = DigestInvalid({"declared": str(target), "computed": str(computed)})
+        raise _failed(registry, repository, upload_id, target, mismatch)
 
     registry.repo_blobs.link(repository, target)
     _place_blob(registry, repository, data_path, upload_id, target, stored)
@@ -92,6 +97,37 @@ def commit_blob(
     # Linked and in place: the next HEAD of it (from any API replica) is a cache hit.
     registry.blobs.cache.remember(target, stored, repository)
     return {"digest": str(target), "size": stored}
+
+
+FAILED_FOR_GOOD = (DigestInvalid, SizeInvalid, BlobUploadInvalid)
+"""Commit errors no retry of the same session can mend: its bytes are not the blob."""
+
+
+def _failed(
+    registry: Registry, repository: str, upload_id: str, target: Digest, error: RegistryError
+) -> RegistryError:
+    """`error`, after settling the batch-mode commit of this session if it is one (a pending
+    record names this upload): nobody waits for the job to discard the session."""
+    record = registry.pending.lookup(repository, target)
+    if record is not None and record.upload_id == upload_id:
+        settle_failed_batch(registry, record, error)
+    return error
+
+
+def settle_failed_batch(registry: Registry, record: PendingCommit, error: RegistryError) -> None:
+    """A batch-mode commit failed for good (FAILED_FOR_GOOD): keep the error on its record,
+    so the status URL and manifest PUTs answer it at once (even once the job's result has
+    expired), and, when the completing request carried the bytes (`record.discard`), cancel
+    the upload session, so nothing of it remains: what a synchronous PUT does, only later.
+    Called by whoever learns of the failure first: the job itself, the status URL, a
+    manifest PUT, reconcile. Other errors change nothing."""
+    if not isinstance(error, FAILED_FOR_GOOD):
+        return
+    if record.failed is None:
+        registry.pending.mark_failed(record, error)
+    if record.discard and is_upload_id(record.upload_id):
+        with contextlib.suppress(BlobUploadUnknown):
+            registry.uploads.cancel(record.repository, record.upload_id)
 
 
 def advance_digest(

@@ -38,6 +38,7 @@ from api.routes.context import RequestContext
 from api.streaming import read_limited
 from pipeline import jobs as joblib
 from pipeline import manifest_commit
+from pipeline.blob_commit import settle_failed_batch
 from pipeline.errors import (
     BlobUnknown,
     JobTimeout,
@@ -262,7 +263,14 @@ async def _wait_for_commits(
         if isinstance(outcome, JobTimeout) or not isinstance(outcome, RegistryError):
             raise outcome
         failures[digest] = outcome
+    if failures:  # the failed uploads' sessions go, their records keep the errors
+        await ctx.blocking(_settle_failed, ctx.registry, {d: (records[d], e) for d, e in failures.items()})
     return failures
+
+
+def _settle_failed(registry: Registry, failed: dict[Digest, tuple[PendingCommit, RegistryError]]) -> None:
+    for record, error in failed.values():
+        settle_failed_batch(registry, record, error)
 
 
 def _clear(store: PendingCommits, name: str, digests: list[Digest]) -> None:

@@ -57,12 +57,14 @@ from api.routes.context import RequestContext
 from api.routes.pending import JOB_HEADER, PREFER_ASYNC, wants_async
 from api.streaming import decimal, write_body
 from pipeline import jobs as joblib
+from pipeline.blob_commit import settle_failed_batch
 from pipeline.errors import (
     BlobUnknown,
     BlobUploadUnknown,
     DigestInvalid,
     JobTimeout,
     RangeInvalid,
+    RegistryError,
     SizeInvalid,
 )
 from pipeline.formats.digest import CANONICAL, HEX_LENGTHS, Digest
@@ -272,8 +274,11 @@ def _advance_digest(client: JobClient, repository: str, upload_id: str, algorith
 # --- commit ------------------------------------------------------------------------------
 
 
-async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: int) -> Response:
-    """Commit the session as `digest`: wait for the job (201) or, in batch mode, don't (202)."""
+async def _complete(
+    ctx: RequestContext, upload_id: str, digest: Digest, size: int, carried_body: bool = False
+) -> Response:
+    """Commit the session as `digest`: wait for the job (201) or, in batch mode, don't (202);
+    `carried_body`: this request brought bytes (a failed commit then cancels the session)."""
     kwargs: dict[str, Any] = {
         "repository": ctx.name,
         "upload_id": upload_id,
@@ -282,7 +287,9 @@ async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: i
     }
     if wants_async(ctx.request.headers.get("prefer")):
         lease = ctx.settings.celery.commit_timeout
-        await ctx.blocking(_send_and_record, ctx.jobs, ctx.registry.pending, kwargs, digest, lease)
+        await ctx.blocking(
+            _send_and_record, ctx.jobs, ctx.registry.pending, kwargs, digest, lease, carried_body
+        )
         status_url = ctx.urls.upload(ctx.name, upload_id) + f"?status&digest={digest}"
         headers = {
             "Location": ctx.urls.blob(ctx.name, str(digest)),
@@ -299,11 +306,16 @@ async def _complete(ctx: RequestContext, upload_id: str, digest: Digest, size: i
 
 
 def _send_and_record(
-    jobs: JobClient, store: PendingCommits, kwargs: dict[str, Any], digest: Digest, lease: float
+    jobs: JobClient,
+    store: PendingCommits,
+    kwargs: dict[str, Any],
+    digest: Digest,
+    lease: float,
+    discard: bool,
 ) -> None:
     """Batch mode: send the commit and record it for manifest PUTs (one thread hop)."""
     job_id = jobs.send(joblib.COMMIT_BLOB, **kwargs)
-    store.record(kwargs["repository"], digest, job_id, kwargs["upload_id"], lease)
+    store.record(kwargs["repository"], digest, job_id, kwargs["upload_id"], lease, discard)
 
 
 async def _try_mount(ctx: RequestContext) -> tuple[str, str] | None:
@@ -353,7 +365,7 @@ async def start_upload(ctx: RequestContext) -> Response:
     # Monolithic: the client never learns this session's URL, so a failure discards it.
     try:
         _, size = await _append(ctx, status.upload_id)
-        return await _complete(ctx, status.upload_id, digest, size)
+        return await _complete(ctx, status.upload_id, digest, size, carried_body=True)
     except JobTimeout:
         raise  # the commit may still be running on the session
     except BaseException:
@@ -432,7 +444,7 @@ async def complete_upload(ctx: RequestContext) -> Response:
 async def _complete_or_discard(ctx: RequestContext, upload_id: str, digest: Digest, size: int) -> Response:
     """`_complete` for a PUT that carried a body; a commit that failed cancels the session."""
     try:
-        return await _complete(ctx, upload_id, digest, size)
+        return await _complete(ctx, upload_id, digest, size, carried_body=True)
     except (DigestInvalid, SizeInvalid):
         # The commit job finished (it failed), so nothing else writes the session now.
         # Keeping the body would make every retry of this PUT append it again and fail;
@@ -552,6 +564,11 @@ async def _commit_status(ctx: RequestContext) -> Response:
     except JobTimeout:
         pending = {"status": "pending", "digest": str(digest)}
         return JSONResponse(pending, status_code=202, headers={"Retry-After": "1"})
+    except RegistryError as err:
+        # Failed for good: the session goes, the record keeps the error (the job may have
+        # failed before the record was written, so it could not settle it itself).
+        await ctx.blocking(settle_failed_batch, ctx.registry, record, err)
+        raise
     await ctx.blocking(store.clear, ctx.name, digest)
     return _committed(ctx, str(value.get("digest") or digest), int(value.get("size") or 0))
 

@@ -11,13 +11,19 @@ The record is JSON:
     {"job_id": "...", "upload_id": "...", "created": "2026-01-02T03:04:05Z",
      "lease": 600.0,
      "failed": {"error": {"kind": "DigestInvalid", "message": ..., "detail": ...},
-                "at": "2026-01-02T03:20:00+00:00"}}        # only once a commit failed
+                "at": "2026-01-02T03:20:00+00:00"},        # only once a commit failed
+     "discard": true}                                     # only when the request carried the bytes
 
 - `lease`: seconds the job may take (the API's `celery.commit_timeout` when it wrote the
   record). A record older than its lease whose job left no result is *stale*: its job is
   gone (lost with a broker, or its result expired), and waiting for it is pointless.
-- `failed`: written by reconcile when committing the blob again failed; the manifest `PUT`
-  answers with that error at once instead of waiting.
+- `failed`: written by whoever first learns that the commit failed for good (the job itself,
+  the status URL, a manifest `PUT`, reconcile: pipeline.blob_commit.settle_failed_batch);
+  the status URL and manifest `PUT`s answer that error at once instead of waiting.
+- `discard`: the completing request carried the bytes (a `PUT` with a body, a monolithic
+  `POST`). A commit of it that fails for good cancels the upload session, as a synchronous
+  `PUT` with a body does (its retry would append the body again); without it the session is
+  kept, as after a failed body-less `PUT`, for a retry with the right digest.
 
 Records written before `lease` existed get the reader's default lease; the older failure
 key `reconciled` is read as `failed`.
@@ -55,6 +61,9 @@ class PendingCommit:
     created: str
     lease: float = DEFAULT_LEASE
     failed: dict[str, Any] | None = None
+    discard: bool = False
+    """The completing request carried the bytes (a PUT with a body, a monolithic POST): a
+    commit that fails for good cancels the session, as the synchronous PUT does."""
 
     def age(self, now: float) -> float:
         """Seconds since the record was written (infinite when its time is unreadable:
@@ -94,6 +103,8 @@ class PendingCommit:
         }
         if self.failed is not None:
             data["failed"] = self.failed
+        if self.discard:
+            data["discard"] = True
         return json.dumps(data).encode()
 
     @classmethod
@@ -110,6 +121,7 @@ class PendingCommit:
                 created=str(data.get("created", "")),
                 lease=float(data.get("lease", DEFAULT_LEASE)),
                 failed=failed if isinstance(failed, dict) else None,
+                discard=data.get("discard") is True,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -122,11 +134,17 @@ class PendingCommits:
         self.driver = driver
 
     def record(
-        self, repository: str, digest: Digest, job_id: str, upload_id: str, lease: float = DEFAULT_LEASE
+        self,
+        repository: str,
+        digest: Digest,
+        job_id: str,
+        upload_id: str,
+        lease: float = DEFAULT_LEASE,
+        discard: bool = False,
     ) -> PendingCommit:
         """Record (or replace: a blob pushed again) the commit job of `digest`."""
         created = datetime.now(UTC).strftime(_TIME_FORMAT)
-        record = PendingCommit(repository, digest, job_id, upload_id, created, lease)
+        record = PendingCommit(repository, digest, job_id, upload_id, created, lease, discard=discard)
         self.driver.put_content(paths.pending_commit(repository, digest), record.to_json())
         return record
 
@@ -170,6 +188,7 @@ class PendingCommits:
             record.created,
             record.lease,
             failed,
+            record.discard,
         )
         self.driver.put_content(paths.pending_commit(record.repository, record.digest), marked.to_json())
         return marked

@@ -300,3 +300,99 @@ async def test_a_blob_linked_but_not_yet_in_place_is_waited_for(make_api: Any, g
     r = await asyncio.wait_for(put, 30)
     assert r.status_code == 201, r.text
     assert not pending_record_exists(gated.registry, sha(LAYER))
+
+
+async def _failed_batch_put(
+    api: Any, gated: GatedJobs, written_late: bool, with_body: bool = True
+) -> tuple[str, str, str]:
+    """A batch PUT (with the bytes as its body, or after a PATCH) whose commit fails (wrong
+    digest); (status URL, session URL, claimed digest) once the job has failed.
+    `written_late`: the job fails before the API wrote the pending record (send, then
+    record), so the job cannot settle it itself."""
+    r = await api.client.post("/v2/repo/blobs/uploads/")
+    session = r.headers["location"]
+    claimed = sha(b"what the client claimed")
+    if with_body:
+        r = await api.client.put(
+            session, params={"digest": claimed}, content=LAYER, headers={**OCTET, **ASYNC}
+        )
+    else:
+        await api.client.patch(session, content=LAYER, headers=OCTET)
+        r = await api.client.put(session, params={"digest": claimed}, headers=ASYNC)
+    assert r.status_code == 202, r.text
+    store = api.registry.pending
+    record = store.lookup("repo", Digest.parse(claimed))
+    assert record is not None
+    if written_late:
+        store.clear("repo", record.digest)
+    gated.gate.set()
+    with pytest.raises(DigestInvalid):
+        await gated.wait(record.job_id, 30)
+    if written_late:
+        store.record("repo", record.digest, record.job_id, record.upload_id, discard=record.discard)
+    return r.headers["lading-job"], session, claimed
+
+
+def _failure_recorded(api: Any, claimed: str) -> None:
+    record = api.registry.pending.lookup("repo", Digest.parse(claimed))
+    assert record is not None and record.failure() is not None  # the error stays learnable
+    assert not api.registry.blobs.exists(Digest.parse(claimed))
+
+
+def _nothing_left_of(api: Any, claimed: str) -> None:
+    assert list(api.registry.uploads.sessions("repo")) == [], "the failed upload's bytes remain"
+    _failure_recorded(api, claimed)
+
+
+async def test_a_failed_batch_commit_discards_its_session_by_itself(make_api: Any, gated: GatedJobs) -> None:
+    # As a synchronous PUT with a body that fails: its retry would append the body again.
+    api = await make_api(registry=gated.registry, jobs=gated)
+    status_url, session, claimed = await _failed_batch_put(api, gated, written_late=False)
+    _nothing_left_of(api, claimed)  # before anyone asked
+    errors_of(await api.client.get(session), 404, "BLOB_UPLOAD_UNKNOWN")
+    errors_of(await api.client.get(status_url), 400, "DIGEST_INVALID")
+
+
+async def test_a_failed_monolithic_batch_post_leaves_nothing(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    gated.gate.set()
+    claimed = sha(b"what the client claimed")
+    r = await api.client.post(
+        "/v2/repo/blobs/uploads/", params={"digest": claimed}, content=LAYER, headers={**OCTET, **ASYNC}
+    )
+    assert r.status_code == 202, r.text
+    errors_of(await api.client.get(r.headers["lading-job"]), 400, "DIGEST_INVALID")
+    _nothing_left_of(api, claimed)
+
+
+async def test_the_status_url_settles_a_failure_the_job_could_not(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    status_url, _, claimed = await _failed_batch_put(api, gated, written_late=True)
+    assert list(api.registry.uploads.sessions("repo")) != []  # the job found no record to settle
+    errors_of(await api.client.get(status_url), 400, "DIGEST_INVALID")
+    _nothing_left_of(api, claimed)
+    errors_of(await api.client.get(status_url), 400, "DIGEST_INVALID")  # from the record now
+
+
+async def test_a_manifest_put_settles_a_failure_the_job_could_not(make_api: Any, gated: GatedJobs) -> None:
+    api = await make_api(registry=gated.registry, jobs=gated)
+    _, _, claimed = await _failed_batch_put(api, gated, written_late=True)
+    await push_blob(api.client, "repo", CONFIG)
+    r = await push_manifest(api.client, "repo", "v1", oci_manifest(CONFIG, [], missing=[claimed]))
+    (entry,) = errors_of(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert entry["detail"]["reason"]["code"] == "DIGEST_INVALID"
+    _nothing_left_of(api, claimed)
+
+
+async def test_a_failed_body_less_batch_put_keeps_its_session_for_a_retry(
+    make_api: Any, gated: GatedJobs
+) -> None:
+    # As a synchronous body-less PUT that fails: the bytes came by PATCH, the client may PUT
+    # again with the right digest (or DELETE the session); the failure is recorded.
+    api = await make_api(registry=gated.registry, jobs=gated)
+    status_url, session, claimed = await _failed_batch_put(api, gated, written_late=False, with_body=False)
+    _failure_recorded(api, claimed)
+    errors_of(await api.client.get(status_url), 400, "DIGEST_INVALID")
+    r = await api.client.put(session, params={"digest": sha(LAYER)})
+    assert r.status_code == 201, r.text
+    assert (await api.client.get(f"/v2/repo/blobs/{sha(LAYER)}")).content == LAYER
