@@ -14,7 +14,8 @@ stores nothing.
 - Blobs: a cached blob is served as any blob. Otherwise a PROXY_BLOB job fetches it (one
   fetch however many requests and API processes ask: its lease), and this request streams
   the bytes from the upload session as they arrive (pipeline.proxy.cache.BlobTail), the
-  last ones only after the worker verified the digest. `Range` is honoured once cached.
+  last ones only after the worker verified the digest. A `Range` request waits until the blob
+  is cached and gets the 206 (or 416) of any cached blob.
 - Tags list and referrers: asked of the upstream each time (they change), with the
   cached lists as the answer when the upstream cannot give one.
 """
@@ -213,8 +214,11 @@ async def _wait_and_serve(
     def announced(record: dict[str, Any] | None) -> bool:
         return record is not None and bool(record.get("upload_id")) and record.get("size") is not None
 
+    # A Range request waits for the cached, verified blob and gets its 206 from there: the
+    # tail streams the whole body from the first byte, and would answer 200 to it.
+    tail_allowed = "range" not in ctx.request.headers
     async with anyio.create_task_group() as tg:
-        while state != "cached" and not (state == "fetching" and announced(record)):
+        while state != "cached" and not (tail_allowed and state == "fetching" and announced(record)):
             if state == "failed":
                 assert record is not None
                 cache.raise_failed(record)

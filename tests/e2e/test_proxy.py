@@ -320,6 +320,25 @@ def test_sixteen_concurrent_pulls_of_a_cold_blob_make_one_upstream_request(
         assert blob_cached(root, digest)
 
 
+def test_a_range_of_a_cold_blob_is_answered_206_with_that_range(
+    upstream: tuple[str, CountingProxy], tmp_path: Path
+) -> None:
+    dist, counter = upstream
+    data = os.urandom(3 * 1024 * 1024)
+    digest = put_blob(dist, "lib/ranged", data)
+    upstreams = [{"prefix": "hub", "remoteurl": f"http://{counter.host}"}]
+    with lading_proxy(tmp_path, upstreams) as (host, root, _server):
+        url = f"http://{host}/v2/hub/lib/ranged/blobs/{digest}"
+        r = httpx.get(url, headers={"Range": "bytes=1000-1999"}, timeout=120)
+        assert r.status_code == 206, (r.status_code, len(r.content))
+        assert r.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+        assert r.content == data[1000:2000]
+        assert blob_cached(root, digest)
+        past = httpx.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=60)
+        assert past.status_code == 416
+        assert counter.count("GET", f"/blobs/{digest}") == 1
+
+
 def test_a_corrupted_upstream_blob_is_never_cached_nor_served_whole(
     upstream: tuple[str, CountingProxy], tmp_path: Path
 ) -> None:
