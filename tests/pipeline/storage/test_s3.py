@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -128,6 +129,26 @@ def test_append_that_adds_nothing_rewrites_nothing(d: StorageDriver, s3: S3Drive
     w = d.writer("/up/data", append=True)
     w.commit()
     assert s3.client.head_object(Bucket=s3.bucket, Key="up/data")["ETag"] == etag
+
+
+def test_purge_keeps_an_old_multipart_upload_given_a_part_recently(s3: S3Driver) -> None:
+    # A write started long ago that still receives parts is a slow upload, not a dead one:
+    # purge goes by the newest part (ListParts' LastModified), not only by `Initiated`.
+    alive = s3.client.create_multipart_upload(Bucket=s3.bucket, Key="uploads/slow/data")
+    s3.client.upload_part(
+        Bucket=s3.bucket, Key="uploads/slow/data", UploadId=alive["UploadId"], PartNumber=1, Body=b"x" * 10
+    )
+    s3.client.create_multipart_upload(Bucket=s3.bucket, Key="uploads/dead/data")  # no part since
+    before = datetime.now(UTC) - timedelta(minutes=10)
+    initiated = {
+        u["Key"]: u["Initiated"] for u in s3.client.list_multipart_uploads(Bucket=s3.bucket)["Uploads"]
+    }
+    # The emulator reports every upload as started long ago (moto: 2010): both are "old".
+    assert all(started < before for started in initiated.values()), initiated
+    purged = s3.purge_unfinished_writes(before)
+    assert [(w.path, w.size) for w in purged] == [("/uploads/dead/data", 0)]
+    assert open_uploads(s3) == ["uploads/slow/data"]
+    s3.client.abort_multipart_upload(Bucket=s3.bucket, Key="uploads/slow/data", UploadId=alive["UploadId"])
 
 
 def test_presigned_redirect_serves_the_object(d: StorageDriver) -> None:
