@@ -115,7 +115,8 @@ async def put_manifest(ctx: RequestContext) -> Response:
         Digest.parse(reference)
     else:
         validate_tag(reference)
-    extra_tags = [t for t in _extra_tags(ctx, reference) if t != reference]
+    # `?tag=a&tag=a` tags once (and echoes `a` once in OCI-Tag).
+    extra_tags = [t for t in dict.fromkeys(_extra_tags(ctx, reference)) if t != reference]
     body = await read_limited(ctx.request, MAX_MANIFEST_SIZE)
     if body is None:
         raise ApiError("MANIFEST_INVALID", 413, "manifest too large", {"limit": MAX_MANIFEST_SIZE})

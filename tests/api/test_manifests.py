@@ -88,6 +88,21 @@ async def test_put_with_extra_tags_by_digest(api: Any) -> None:
     assert (await api.client.get("/v2/repo/tags/list")).json()["tags"] == ["1.0", "latest"]
 
 
+async def test_a_tag_repeated_in_the_query_is_pushed_and_echoed_once(api: Any) -> None:
+    await push_blob(api.client, "repo", b"{}")
+    body = oci_manifest()
+    url = f"/v2/repo/manifests/{sha(body)}"
+    r = await api.client.put(
+        url,
+        params=[("tag", "a"), ("tag", "b"), ("tag", "a")],
+        content=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert r.status_code == 201, r.text
+    assert r.headers["oci-tag"] == "a, b"
+    assert (await api.client.get("/v2/repo/tags/list")).json()["tags"] == ["a", "b"]
+
+
 async def test_content_type_parameters_are_ignored(api: Any) -> None:
     await push_blob(api.client, "repo", b"{}")
     body = oci_manifest()
