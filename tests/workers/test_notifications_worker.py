@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from pipeline import events, jobs
@@ -120,6 +121,27 @@ def wait_for_retries(s: Setup, job_ids: list[str], timeout: float = 60.0) -> Non
     pytest.fail(f"not every delivery was retried within {timeout}s: {states}")
 
 
+def wait_until_held_by_the_broker(job_ids: list[str], timeout: float = 60.0) -> None:
+    """Until each job's pending retry is stored in Redis: waiting in a queue, or delivered
+    and recorded as unacknowledged. kombu's Redis transport takes a message off its queue
+    (BRPOP) and only then records it as unacknowledged (a second round trip): a worker
+    SIGKILLed between the two loses that message, which no Redis broker setting prevents.
+    Killing the worker while a retry is stored somewhere is what "retries survive a killed
+    worker" promises; killing it in that in-flight instant tests kombu's window instead."""
+    client = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + timeout
+    missing = set(job_ids)
+    while time.monotonic() < deadline:
+        stored = b"".join(client.hvals("unacked"))
+        for key in client.scan_iter(_type="list"):
+            stored += b"".join(client.lrange(key, 0, -1))
+        missing = {job_id for job_id in job_ids if job_id.encode() not in stored}
+        if not missing:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"retries of {sorted(missing)} were never stored in Redis within {timeout}s")
+
+
 def assert_delivered(s: Setup, sent: dict[str, dict[str, Any]]) -> None:
     missing = s.receiver.wait_for(set(sent), WAIT)
     assert not missing, f"{len(missing)} of {len(sent)} events never arrived"
@@ -149,6 +171,7 @@ def test_retries_survive_a_worker_killed_between_attempts(setup: Setup) -> None:
     setup.receiver.stop()
     sent, job_ids = emit(setup, 5, "killed")
     wait_for_retries(setup, job_ids)
+    wait_until_held_by_the_broker(job_ids)
     setup.d.worker.kill()  # SIGKILL the worker and its pool: the pending retries die with it…
     assert setup.d.worker.proc.poll() is not None  # no worker runs now: nothing can deliver
     setup.receiver.start()
