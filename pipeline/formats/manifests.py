@@ -112,6 +112,12 @@ def _base_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+def _not_json(name: str) -> Any:
+    """`NaN`, `Infinity`, `-Infinity`: Python's json takes them, JSON (RFC 8259) and Go's
+    json.Unmarshal do not, so a manifest holding one could be pushed but not pulled."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _load(body: bytes) -> dict[str, Any]:
     # Decoded here rather than by json.loads, which would take a BOM or UTF-16 silently and
     # store a manifest Go clients (json.Unmarshal) cannot parse when they pull it.
@@ -122,7 +128,7 @@ def _load(body: bytes) -> dict[str, Any]:
     if text.startswith("\ufeff"):
         raise ManifestInvalid("manifest starts with a byte order mark; send plain UTF-8 JSON")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_not_json)
     except ValueError as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
     except RecursionError:

@@ -155,8 +155,9 @@ SCHEMA1 = json.dumps(
         (b"[]", OCI_MANIFEST),
         (UNKNOWN_TYPE, "application/x-unknown"),
         (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(), OCI_MANIFEST),
+        (oci_manifest()[:-1] + b',"x":NaN}', OCI_MANIFEST),
     ],
-    ids=["schema1", "schema1-signed", "bad-json", "not-an-object", "unknown-type", "no-config"],
+    ids=["schema1", "schema1-signed", "bad-json", "not-an-object", "unknown-type", "no-config", "nan"],
 )
 async def test_invalid_manifests_are_400_manifest_invalid_and_store_nothing(
     api: Any, body: bytes, content_type: str

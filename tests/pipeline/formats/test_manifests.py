@@ -194,6 +194,15 @@ def test_field_and_content_type_disagreeing_is_invalid() -> None:
     assert "does not match Content-Type" in text
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_are_invalid(constant: str) -> None:
+    # Python's json accepts them; Go clients could not parse the manifest when pulling it.
+    body = raw(image())[:-1] + f',"x": {constant}}}'.encode()
+    assert f"{constant} is not a JSON value" in invalid(body, OCI_MANIFEST)
+    annotated = raw(image(annotations={"a": "b"})).replace(b'"b"', constant.encode())
+    assert "not a JSON value" in invalid(annotated, OCI_MANIFEST)
+
+
 def test_schema1_is_refused_saying_so() -> None:
     schema1 = {"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": [], "history": []}
     assert "schema1" in invalid(raw(schema1), DOCKER_SCHEMA1)
