@@ -173,6 +173,35 @@ def detect_media_type(body: bytes) -> str:
     return _shape_type(doc) or OCI_MANIFEST
 
 
+# The fields Go clients (and distribution) decode these objects into. encoding/json matches
+# object keys to struct fields case-insensitively (with Unicode folding: `Layers`, `layer\u017f`), the
+# last match winning; Python's dict lookups are exact. A key that is a field only under
+# folding would make the document mean one thing here (verified, referenced by gc) and
+# another to every Go client pulling it, so it is refused.
+_MANIFEST_FIELDS = frozenset(
+    {"schemaVersion", "mediaType", "artifactType", "config", "layers", "manifests", "subject", "annotations"}
+)
+_DESCRIPTOR_FIELDS = frozenset(
+    {"mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType"}
+)
+_PLATFORM_FIELDS = frozenset({"architecture", "os", "os.version", "os.features", "variant", "features"})
+_FOLDED = {
+    fields: {name.casefold(): name for name in fields}
+    for fields in (_MANIFEST_FIELDS, _DESCRIPTOR_FIELDS, _PLATFORM_FIELDS)
+}
+
+
+def _check_keys(value: dict[str, Any], fields: frozenset[str], where: str) -> None:
+    folded = _FOLDED[fields]
+    for key in value:
+        field_name = folded.get(key.casefold())
+        if field_name is not None and key != field_name:
+            raise ManifestInvalid(
+                f"{where}key {key!r} is {field_name!r} in another case: Go clients would read it as"
+                f" {field_name!r}; use the exact name"
+            )
+
+
 def _string_map(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -194,6 +223,7 @@ def _optional_string(value: Any, where: str) -> str | None:
 def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(value, dict):
         raise ManifestInvalid(f"{where} must be a descriptor object")
+    _check_keys(value, _DESCRIPTOR_FIELDS, f"{where}: ")
     media_type = value.get("mediaType")
     if not isinstance(media_type, str) or not media_type:
         raise ManifestInvalid(f"{where}.mediaType must be a non-empty string")
@@ -215,6 +245,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     platform = value.get("platform")
     if platform is not None and not isinstance(platform, dict):
         raise ManifestInvalid(f"{where}.platform must be an object")
+    if platform is not None:
+        _check_keys(platform, _PLATFORM_FIELDS, f"{where}.platform: ")
     if "data" in value:
         _check_data(value["data"], digest, size, f"{where}.data")
     return Descriptor(
@@ -282,6 +314,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     if len(body) > MAX_MANIFEST_SIZE:
         raise ManifestInvalid(f"manifest is {len(body)} bytes; the limit is {MAX_MANIFEST_SIZE}")
     doc = _load(body)
+    _check_keys(doc, _MANIFEST_FIELDS, "")
     media_type = _media_type(doc, content_type)
     version = doc.get("schemaVersion")
     if type(version) is not int or version != 2:  # not 2.0, "2" or true

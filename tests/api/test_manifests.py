@@ -168,6 +168,20 @@ async def test_invalid_manifests_are_400_manifest_invalid_and_store_nothing(
     assert not api.registry.blobs.exists(Digest.parse(sha(body)))
 
 
+async def test_a_field_spelled_in_another_case_is_400_and_stores_nothing(api: Any) -> None:
+    # `Layers` is `layers` to Go clients (encoding/json folds case): accepted, this manifest
+    # would be verified with no layers here and pulled with a layer no one pushed.
+    await push_blob(api.client, "repo", b"{}")
+    doc = json.loads(oci_manifest())
+    doc["Layers"] = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(b"never"), "size": 5}
+    ]
+    body = json.dumps(doc).encode()
+    (error,) = errors_of(await push_manifest(api.client, "repo", "v1", body), 400, "MANIFEST_INVALID")
+    assert "'Layers'" in str(error["detail"])
+    errors_of(await api.client.get("/v2/repo/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+
+
 async def test_oversized_manifest_is_413_and_not_read_further(api: Any) -> None:
     body = b" " * (MAX_MANIFEST_SIZE + 1)
     r = await push_manifest(api.client, "repo", "big", body)

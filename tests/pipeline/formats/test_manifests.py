@@ -203,6 +203,46 @@ def test_non_json_constants_are_invalid(constant: str) -> None:
     assert "not a JSON value" in invalid(annotated, OCI_MANIFEST)
 
 
+def _with_key(doc: dict[str, Any], path: list[Any], key: str, value: Any) -> bytes:
+    """`doc` as JSON with `key: value` added to the object at `path` (after its other keys)."""
+    target: Any = doc
+    for step in path:
+        target = target[step]
+    target[key] = value
+    return raw(doc)
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ([], "Layers"),
+        ([], "layer\u017f"),  # long s: Go's folding takes it for `layers`
+        ([], "MediaType"),
+        ([], "SCHEMAVERSION"),
+        (["config"], "Digest"),
+        (["layers", 0], "SIZE"),
+        (["layers", 0], "URLs"),
+    ],
+)
+def test_a_key_that_is_a_field_in_another_case_is_invalid(path: list[Any], key: str) -> None:
+    # Go's encoding/json folds case when it matches keys to fields (last match wins): the
+    # key would be that field for every Go client, and ignored here.
+    body = _with_key(image(), path, key, [desc(b"missing")] if key.lower().startswith("layer") else "x")
+    assert "in another case" in invalid(body, OCI_MANIFEST)
+
+
+def test_a_platform_key_in_another_case_is_invalid() -> None:
+    doc = index()
+    doc["manifests"][0]["platform"]["OS"] = "windows"
+    assert "in another case" in invalid(raw(doc), OCI_INDEX)
+
+
+def test_keys_that_are_no_field_in_any_case_are_kept() -> None:
+    doc = image(annotations={"Layers": "x", "org.example.MediaType": "y"})
+    doc["x-extension"] = {"Layers": []}
+    assert parse_manifest(raw(doc), OCI_MANIFEST).annotations == {"Layers": "x", "org.example.MediaType": "y"}
+
+
 def test_schema1_is_refused_saying_so() -> None:
     schema1 = {"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": [], "history": []}
     assert "schema1" in invalid(raw(schema1), DOCKER_SCHEMA1)
