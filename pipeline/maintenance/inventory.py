@@ -4,8 +4,9 @@ repository directory, and each repository's manifests, tags and links as a graph
 Maintenance reads manifest bytes straight from the driver, bypassing BlobStore's
 quarantine check (a quarantined manifest still names the blobs it references), and reads
 references leniently: any JSON object with `config`, `layers`, `manifests`, `subject` or
-schema1 `fsLayers` counts, so a manifest the push path would refuse today (schema1 written
-by distribution) still keeps its blobs alive.
+schema1 `fsLayers` counts, in any case (Go readers fold case: `Layers` is `layers` to
+them), so a manifest the push path would refuse today (schema1 written by distribution, a
+field spelled in another case) still keeps its blobs alive.
 """
 
 from __future__ import annotations
@@ -111,13 +112,29 @@ class References:
     subject: Digest | None
 
 
-def _digest_of(value: object) -> Digest | None:
+def _values(value: object, name: str) -> list[object]:
+    """Every value of `value`'s keys that are `name` in any case, in document order: Go
+    readers (distribution, clients) match keys to fields case-insensitively, so a manifest
+    written by one of them may spell a field `Layers`; gc keeps what any reader sees."""
     if not isinstance(value, dict):
-        return None
-    try:
-        return Digest.parse(str(value.get("digest")))
-    except DigestInvalid:
-        return None
+        return []
+    folded = name.casefold()
+    return [v for k, v in value.items() if k == name or k.casefold() == folded]
+
+
+def _digests_of(value: object) -> list[Digest]:
+    found = []
+    for raw in _values(value, "digest"):
+        try:
+            found.append(Digest.parse(str(raw)))
+        except DigestInvalid:
+            continue
+    return found
+
+
+def _digest_of(value: object) -> Digest | None:
+    digests = _digests_of(value)
+    return digests[-1] if digests else None  # the last match wins, as in Go
 
 
 def references(body: bytes) -> References:
@@ -127,33 +144,30 @@ def references(body: bytes) -> References:
         raise ValueError("a manifest is a JSON object")
     blobs: list[Digest] = []
     foreign: set[Digest] = set()
-    descriptors: list[object] = [doc.get("config")]
-    layers = doc.get("layers")
-    if isinstance(layers, list):
-        descriptors.extend(layers)
+    descriptors: list[object] = list(_values(doc, "config"))
+    for layers in _values(doc, "layers"):
+        if isinstance(layers, list):
+            descriptors.extend(layers)
     for desc in descriptors:
-        digest = _digest_of(desc)
-        if digest is None:
-            continue
-        blobs.append(digest)
-        if isinstance(desc, dict) and desc.get("urls"):
-            foreign.add(digest)
-    fs_layers = doc.get("fsLayers")
-    if isinstance(fs_layers, list):
-        for layer in fs_layers:
-            if isinstance(layer, dict):
-                try:
-                    blobs.append(Digest.parse(str(layer.get("blobSum"))))
-                except DigestInvalid:
-                    continue
+        digests = _digests_of(desc)
+        blobs.extend(digests)
+        if any(_values(desc, "urls")):
+            foreign.update(digests)
+    for fs_layers in _values(doc, "fsLayers"):
+        if isinstance(fs_layers, list):
+            for layer in fs_layers:
+                for raw in _values(layer, "blobSum"):
+                    try:
+                        blobs.append(Digest.parse(str(raw)))
+                    except DigestInvalid:
+                        continue
     children: list[Digest] = []
-    manifests = doc.get("manifests")
-    if isinstance(manifests, list):
-        for desc in manifests:
-            digest = _digest_of(desc)
-            if digest is not None:
-                children.append(digest)
-    return References(tuple(blobs), frozenset(foreign), tuple(children), _digest_of(doc.get("subject")))
+    for manifests in _values(doc, "manifests"):
+        if isinstance(manifests, list):
+            for desc in manifests:
+                children.extend(_digests_of(desc))
+    subjects = [d for value in _values(doc, "subject") if (d := _digest_of(value)) is not None]
+    return References(tuple(blobs), frozenset(foreign), tuple(children), subjects[-1] if subjects else None)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from tests.pipeline.maintenance.helpers import (
     Image,
     age_blobs,
     assert_intact,
+    descriptor,
     fs_registry,
     image_manifest,
     kill_collection_in_the_trash,
@@ -85,6 +86,25 @@ def test_blobs_of_a_deleted_image_are_reclaimed_and_everything_referenced_is_kep
     assert summary["links_removed"] == 2  # gone's config and unique layer
     assert summary["manifests_deleted"] == 0 and summary["dry_run"] is False
     assert summary["blobs_per_s"] is not None and summary["marked"] >= 4
+
+
+def test_blobs_a_go_writer_references_in_another_case_are_kept(registry: Registry) -> None:
+    # A manifest written into the shared layout by a Go tool (distribution) may spell a
+    # field `Layers`: every Go reader takes it for `layers`, so its blobs are referenced.
+    config, layer = b'{"id":"go"}', os.urandom(3000)
+    for blob in (config, layer):
+        push_blob(registry, "app", blob)
+    doc = json.loads(image_manifest(config, []))
+    doc["Layers"] = [descriptor(layer)]
+    body = json.dumps(doc).encode()
+    digest = registry.blobs.put(body)
+    registry.driver.put_content(paths.manifest_revision_link("app", digest), str(digest).encode())
+    registry.tags.tag("app", "go", digest)
+
+    garbage_collect(registry)
+
+    assert stored(registry, Digest.of(layer)) and stored(registry, Digest.of(config))
+    assert registry.repo_blobs.is_linked("app", Digest.of(layer))
 
 
 def test_index_children_and_referrers_are_kept(registry: Registry) -> None:
