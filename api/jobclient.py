@@ -16,6 +16,12 @@
 - any other backend: `AsyncResult.get` in a dedicated thread pool, so waiters never queue
   behind the loop's small default executor.
 
+Embedded mode gives the client a `direct` runner (workers.direct, chosen by
+lading.composition): `run` and `send` hand the job to it instead of the in-memory broker,
+and `run` gets the outcome back through a callback as above. Only a retried job (and beat's
+maintenance jobs) still goes through the broker; `wait` is unchanged (a sent job's result
+is stored in the backend).
+
 Sending builds and publishes the task message the way `Celery.send_task` does, minus its
 per-call costs that buy Lading nothing (measured 21-27% of the API's Python time): the
 route and execution options are resolved once per job name, producers are reused (one per
@@ -39,10 +45,11 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -73,6 +80,22 @@ REDIS_TIMEOUT = 5.0  # socket (connect and read) timeout of the result listener'
 # client's own wait ends (a commit-manifest job redelivered an hour late is dropped).
 EXPIRES_AFTER_WAIT = 60.0
 _TIME_LIMITS = ("SoftTimeLimitExceeded", "TimeLimitExceeded")
+
+
+class DirectRunner(Protocol):
+    """Runs jobs in this process without the broker (embedded mode: workers.direct)."""
+
+    def submit(
+        self,
+        job: str,
+        job_id: str,
+        kwargs: dict[str, Any],
+        on_done: Callable[[str, Any], None] | None = None,
+        expires: float | None = None,
+    ) -> None:
+        """Run the job soon; `on_done(status, result)` (a Celery state and the value or
+        exception) once it ends, else its result is stored in the result backend."""
+        ...
 
 
 def job_error(job_id: str, exc_type: str, message: str) -> LadingError:
@@ -355,8 +378,16 @@ class CeleryJobClient:
     `redis_url`: where to listen for results; by default the app's result backend when it
     is Redis with JSON results, else results are awaited in threads."""
 
-    def __init__(self, app: Celery, redis_url: str | None = None, *, max_blocking_waiters: int = 64) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        redis_url: str | None = None,
+        *,
+        max_blocking_waiters: int = 64,
+        direct: DirectRunner | None = None,
+    ) -> None:
         self._app = app
+        self._direct = direct
         self._redis_url = redis_target(redis_url) if redis_url else _redis_backend_url(app)
         options = app.conf.result_backend_transport_options or {}
         self._key_prefix = str(options.get("global_keyprefix") or "")
@@ -378,10 +409,14 @@ class CeleryJobClient:
         return self._redis_url is not None
 
     def send(self, job: str, **kwargs: Any) -> str:
-        """Publish now, in the caller's thread (1-2 ms; `run` publishes off the loop)."""
+        """Publish now, in the caller's thread (1-2 ms; `run` publishes off the loop), or
+        hand the job to the direct runner."""
         job_id = str(uuid.uuid4())
         note_job(job_id)  # listed in the request's access-log line (api.request_id)
-        self._publish(job, job_id, kwargs, awaited=False)
+        if self._direct is not None:
+            self._direct.submit(job, job_id, kwargs)
+        else:
+            self._publish(job, job_id, kwargs, awaited=False)
         return job_id
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
@@ -408,6 +443,8 @@ class CeleryJobClient:
         or JobTimeout (both 503) by then."""
         job_id = str(uuid.uuid4())
         note_job(job_id)  # listed in the request's access-log line (api.request_id)
+        if self._direct is not None:
+            return await self._run_direct(self._direct, job, job_id, kwargs, timeout)
         add_callback = self._add_result_callback
         if add_callback is not None:
             return await self._wait_pushed(add_callback, job_id, timeout, (job, kwargs))
@@ -546,6 +583,29 @@ class CeleryJobClient:
             cancel()
         return _value(job_id, str(meta.get("status")), meta.get("result"))
 
+    async def _run_direct(
+        self, direct: DirectRunner, job: str, job_id: str, kwargs: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Run `job` on the direct runner; its outcome comes back through a callback from
+        the thread that finished it (or stored its retried result)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, Any]] = loop.create_future()
+
+        def deliver(status: str, result: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, future, (status, result))
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+        expires = time.time() + timeout + EXPIRES_AFTER_WAIT if job in jobs.EXPIRE_WITH_WAIT else None
+        direct.submit(job, job_id, kwargs, deliver, expires)
+        try:
+            async with asyncio.timeout(timeout):
+                status, result = await future
+        except TimeoutError:
+            raise JobTimeout({"job_id": job_id, "timeout": timeout}) from None
+        return _value(job_id, status, result)
+
     async def _wait_blocking(self, job_id: str, timeout: float) -> dict[str, Any]:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
@@ -578,6 +638,6 @@ async def _bounded(awaitable: Awaitable[T], deadline: float, what: str) -> T:
         raise JobsUnavailable(f"{what} did not answer in time") from None
 
 
-def _resolve(future: asyncio.Future[dict[str, Any]], meta: dict[str, Any]) -> None:
+def _resolve(future: asyncio.Future[T], meta: T) -> None:
     if not future.done():  # it may have been cancelled by a timeout meanwhile
         future.set_result(meta)
