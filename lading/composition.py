@@ -13,7 +13,8 @@ pipeline.registry.build_registry(settings, coordination)
    │
    ├─ "api"     lading serve: Registry, Celery app (send-only; in embedded mode it also
    │            runs the jobs on the API's Registry), Metrics (settings.http), the job
-   │            client (CeleryJobClient counted by api.metrics.InstrumentedJobs), Access
+   │            client (CeleryJobClient counted by api.metrics.InstrumentedJobs; embedded:
+   │            with workers.direct.DirectJobs, first attempts without the broker), Access
    │            (settings.auth), Notifier (settings.notifications)
    ├─ "worker"  lading worker / celery -A lading.celery_app: Celery app whose tasks build
    │            their Registry with build_registry on the first job of each (forked)
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from api.auth import Access
     from api.metrics import InstrumentedJobs, Metrics
     from api.notify import Notifier
+    from workers.direct import DirectJobs
 
 __all__ = ["Composition", "ProcessKind", "compose"]
 
@@ -66,6 +68,7 @@ class Composition:
     metrics: Metrics | None = None
     access: Access | None = None
     notifier: Notifier | None = None
+    direct: DirectJobs | None = None  # embedded "api": runs jobs without the broker
 
 
 def compose(settings: Settings, kind: ProcessKind) -> Composition:
@@ -94,6 +97,7 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
     from pipeline.auth.throttle import failure_counters_for
     from pipeline.auth.tokenrecords import token_records_for
     from workers.app import create_app as create_celery
+    from workers.direct import DirectJobs
 
     registry = build_registry(settings, coordination)
     # Embedded: the in-process worker runs the jobs on this very Registry (an in-memory
@@ -101,7 +105,10 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
     shared: Any = registry if coordination.embedded else None
     celery = create_celery(settings, registry=shared)
     metrics = Metrics(driver=registry.driver)
-    jobs = InstrumentedJobs(CeleryJobClient(celery), metrics)
+    # Embedded: a job's first attempt runs on the API's own threads, not through the
+    # in-memory broker (workers.direct); retries and beat's jobs still use the broker.
+    direct = DirectJobs(celery, settings.celery.embedded_concurrency) if coordination.embedded else None
+    jobs = InstrumentedJobs(CeleryJobClient(celery, direct=direct), metrics)
     return Composition(
         "api",
         settings,
@@ -116,4 +123,5 @@ def _api(settings: Settings, coordination: Coordination) -> Composition:
             failure_counters=failure_counters_for(coordination),
         ),
         notifier=Notifier(settings, jobs),
+        direct=direct,
     )

@@ -80,6 +80,11 @@ def assemble(settings: Settings, *, start: bool = True) -> Assembly:
             worker = start_embedded_worker(parts.celery, settings.celery.embedded_concurrency, beat=True)
             closers.append(worker.stop)
             closers.append(_count_retries(parts.celery, metrics))
+        direct = parts.direct
+        if direct is not None:
+            # Closers run last first: direct jobs drain (their retries still counted and
+            # queued) before the worker stops.
+            closers.append(direct.stop)
         log.info(
             "embedded mode: in-process worker (concurrency %d) on the in-memory broker",
             settings.celery.embedded_concurrency,

@@ -16,6 +16,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.infra.locks import FileLocks, RedisLocks
 from tests.lading.procs import lading_command, process_env
 from tests.support import redis_server
+from workers.direct import DirectJobs
 
 
 def scaled(root: Path, broker: str, backend: str | None = None) -> Settings:
@@ -32,6 +33,7 @@ def test_every_process_kind_of_a_redis_deployment_uses_redis_locks(tmp_path: Pat
     api = compose(settings, "api")
     assert api.registry is not None and isinstance(api.registry.locks, RedisLocks)
     assert api.jobs is not None and api.notifier is not None and api.metrics is not None
+    assert api.direct is None  # scaled: every job goes to the broker
     worker = compose(settings, "worker")
     # A worker builds its Registry per process on its first job (after a prefork fork);
     # tests/lading/test_cross_process.py shows its locks are the ones the CLI and API see.
@@ -44,6 +46,9 @@ def test_embedded_api_shares_its_registry_with_the_in_process_worker(tmp_path: P
     assert api.coordination.embedded
     assert api.registry is not None and isinstance(api.registry.locks, FileLocks)
     assert api.celery is not None and api.registry.locks.directory == str(tmp_path / ".lading-locks")
+    # Jobs run on the API's threads first (workers.direct), through the same app's tasks.
+    assert isinstance(api.direct, DirectJobs) and api.jobs is not None
+    assert api.jobs.inner._direct is api.direct
 
 
 def test_lading_gc_beside_an_embedded_server_shares_its_locks(tmp_path: Path) -> None:

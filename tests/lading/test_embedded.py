@@ -8,10 +8,12 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
-from celery.signals import task_retry
+from celery.signals import before_task_publish, task_retry
 
 from lading.embedded import Assembly, _count_retries, assemble
+from pipeline import jobs
 from pipeline.config import AuthSettings, HtpasswdAuth, HttpSettings, Settings, StorageSettings
+from tests.api.helpers import push_image
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +67,28 @@ async def test_configured_htpasswd_auth_is_enforced(tmp_path: Path) -> None:
         assembly.close()
     assert not assembly.worker.alive  # close() stopped the in-process worker
     assembly.close()  # and is idempotent
+
+
+async def test_a_push_runs_its_jobs_without_the_broker(tmp_path: Path) -> None:
+    assembly = assemble(Settings(storage=StorageSettings(root=str(tmp_path / "data"))))
+    published: list[str] = []
+
+    def on_publish(sender: object = None, **_: object) -> None:
+        published.append(str(sender))
+
+    before_task_publish.connect(on_publish, weak=False)
+    try:
+        async with client(assembly) as c:
+            digest, _ = await push_image(c, "direct/app", "v1", [b"layer one", b"layer two"])
+            pulled = await c.get(f"/v2/direct/app/manifests/{digest}")
+            assert pulled.status_code == 200
+            assert (await c.get("/v2/direct/app/manifests/v1")).headers["docker-content-digest"] == digest
+    finally:
+        before_task_publish.disconnect(on_publish)
+        assembly.close()
+    # Every commit ran directly: none went through the broker (beat's jobs may have).
+    assert [name for name in published if name in (jobs.COMMIT_BLOB, jobs.COMMIT_MANIFEST)] == []
+    assert not assembly.worker.alive
 
 
 @pytest.mark.parametrize("protected", [False, True])
