@@ -33,6 +33,7 @@ EMPTY_JSON = b"{}"
 EMPTY_DIGEST = Digest("sha256", "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+MAX_SIZE = 2**63 - 1  # a descriptor's size is an int64 (image-spec, Go's json decoding)
 
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
@@ -237,6 +238,9 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     size = value.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ManifestInvalid(f"{where}.size must be a non-negative integer")
+    if size > MAX_SIZE:
+        # Go clients decode sizes as int64: a larger one makes the manifest unpullable.
+        raise ManifestInvalid(f"{where}.size {size} is past the int64 range of every client")
     urls = value.get("urls")
     if urls is None:
         urls = []

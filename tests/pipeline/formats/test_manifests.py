@@ -243,6 +243,16 @@ def test_keys_that_are_no_field_in_any_case_are_kept() -> None:
     assert parse_manifest(raw(doc), OCI_MANIFEST).annotations == {"Layers": "x", "org.example.MediaType": "y"}
 
 
+def test_a_size_past_int64_is_invalid_even_on_a_foreign_layer() -> None:
+    # Foreign layers (`urls`) are not looked up, so nothing else would catch it; Go clients
+    # decode sizes as int64 and could not pull the manifest.
+    foreign = desc(b"elsewhere", DOCKER_LAYER, urls=["https://example.com/l.tar.gz"])
+    doc = image(layers=[{**foreign, "size": 2**63}])
+    assert "int64" in invalid(raw(doc), OCI_MANIFEST)
+    doc["layers"][0]["size"] = 2**63 - 1
+    assert parse_manifest(raw(doc), OCI_MANIFEST).layers[0].size == 2**63 - 1
+
+
 def test_schema1_is_refused_saying_so() -> None:
     schema1 = {"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": [], "history": []}
     assert "schema1" in invalid(raw(schema1), DOCKER_SCHEMA1)
