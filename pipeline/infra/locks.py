@@ -84,9 +84,13 @@ class LocalLocks:
 
 class FileLocks:
     """Locks shared by the processes of one host: an exclusive `flock` on one file per name
-    in `directory` (files are kept: removing one another process holds would split the
-    lock). Threads of one process first queue on an in-process lock, so flock only ever
-    arbitrates between processes, which poll for it every `poll` seconds."""
+    in `directory`. Threads of one process first queue on an in-process lock, so flock only
+    ever arbitrates between processes, which poll for it every `poll` seconds.
+
+    The holder removes the file before unlocking it, so names used once (an upload
+    session's) leave nothing behind. A process that opened the old file and gets its lock
+    after that finds the path no longer names the file it locked, and starts again on the
+    path's current file: the lock is never split between two files."""
 
     def __init__(self, directory: str, poll: float = 0.01) -> None:
         self.directory = directory  # made on first use
@@ -98,11 +102,25 @@ class FileLocks:
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._local.lock(name, timeout):
             path = os.path.join(self.directory, hashlib.sha256(name.encode()).hexdigest()[:32])
+            fd = self._lock_current(path, name, deadline)
+            try:
+                yield
+            finally:
+                try:
+                    os.unlink(path)  # while locked: see the class docstring
+                except FileNotFoundError:
+                    pass
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _lock_current(self, path: str, name: str, deadline: float) -> int:
+        """A descriptor of the file at `path`, locked, that `path` still names."""
+        while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             except FileNotFoundError:
                 os.makedirs(self.directory, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                continue
             try:
                 while True:
                     try:
@@ -115,11 +133,15 @@ class FileLocks:
                             ) from None
                         time.sleep(self._poll)
                 try:
-                    yield
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
+                    current = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = None
+            except BaseException:
                 os.close(fd)
+                raise
+            if current == os.fstat(fd).st_ino:
+                return fd
+            os.close(fd)  # its holder removed it after we opened it: lock the current one
 
     def lock(self, repository: str, timeout: float = 60.0) -> AbstractContextManager[None]:
         return self._hold(repository, timeout)

@@ -69,3 +69,56 @@ def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
         thread.join(30)
     with locks.lock("_gc", timeout=0):
         pass
+
+
+def test_names_used_once_leave_no_lock_file_behind(tmp_path: Path) -> None:
+    # Upload sessions take a lock each (pipeline.blob_commit.advance_digest): one file per
+    # session kept forever would fill the directory.
+    locks = FileLocks(str(tmp_path / "locks"))
+    for i in range(5):
+        with locks.lock(f"_advance:{i}", timeout=0):
+            pass
+    assert list((tmp_path / "locks").iterdir()) == []
+
+
+def test_a_waiter_on_a_removed_lock_file_still_excludes_the_next_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B opened the file A held and waits; A releases (removing the file) and C takes the
+    lock on a new file: B, once it gets the old file's flock, must not enter beside C."""
+    import pipeline.infra.locks as locks_module
+
+    a, b, c = (FileLocks(str(tmp_path)) for _ in range(3))  # three "processes"
+    polls: list[threading.Event] = [threading.Event(), threading.Event()]
+    go = threading.Event()
+    entered = threading.Event()
+    real_sleep = locks_module.time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "b":
+            for poll in polls:
+                if not poll.is_set():
+                    poll.set()
+                    break
+            go.wait(30)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(locks_module.time, "sleep", sleep)
+
+    def waiter() -> None:
+        with b.lock("repo", timeout=30):
+            entered.set()
+
+    thread = threading.Thread(target=waiter, name="b")
+    with a.lock("repo", timeout=0):
+        thread.start()
+        assert polls[0].wait(30)  # B has the file open and waits for its lock
+    try:
+        with c.lock("repo", timeout=0):
+            go.set()
+            assert polls[1].wait(30)  # B got the old file's lock, saw it removed, waits again
+            assert not entered.is_set()
+        assert entered.wait(30)
+    finally:
+        go.set()
+        thread.join(30)
