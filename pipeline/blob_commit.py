@@ -18,6 +18,11 @@ writes nothing and leaves the session as it was, so the client may retry its PUT
 `data` and saves the new state (`_uploads/<id>/hashstates/<alg>/<offset>`), so the commit
 only reads the tail. Saved states are a cache: an unreadable one is skipped, and when a
 resumed digest disagrees the commit re-hashes from byte 0 before rejecting anything.
+
+One advance at a time per session: an advance hashes while holding the session's advance
+lock (the registry's locks, so across workers too); the next one waits for it, then resumes
+the state it saved. (Overlapping advances each resumed the same older state and hashed the
+same range again: twice the worker CPU for no gain.)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pipeline.errors import (
     RegistryError,
     SizeInvalid,
     StorageError,
+    TooManyRequests,
 )
 from pipeline.formats.digest import CANONICAL, Digest, new_hasher
 from pipeline.formats.hashstate import ResumableHash, resumable_available
@@ -50,6 +56,9 @@ if TYPE_CHECKING:
 READ_CHUNK = 1 << 20
 KEEP_STATES = 2
 DROP_ATTEMPTS = 5
+# How long an advance waits for the one hashing the same session (one pass over at most
+# the API's advance interval); past that it gives up: the commit hashes more.
+ADVANCE_WAIT = 60.0
 
 log = logging.getLogger("lading.pipeline")
 
@@ -140,26 +149,44 @@ def advance_digest(
     new_hasher(algorithm)  # DigestInvalid for an unsupported algorithm
     if not resumable_available(algorithm):
         return {"offset": 0}
-    status = registry.uploads.status(repository, upload_id)
+    registry.uploads.status(repository, upload_id)  # BlobUploadUnknown for no such session
+    try:
+        with registry.locks.lock(advance_lock_name(upload_id), timeout=ADVANCE_WAIT):
+            offset = _advance_held(registry, repository, upload_id, algorithm)
+    except TooManyRequests:
+        log.info("advance of upload %s gave up waiting for the one before it", upload_id)
+        return {"offset": 0}
+    return {"offset": offset}
+
+
+def advance_lock_name(upload_id: str) -> str:
+    """The lock an advance of session `upload_id` holds (a maintenance-style `_` name)."""
+    return f"_advance:{upload_id}"
+
+
+def _advance_held(registry: Registry, repository: str, upload_id: str, algorithm: str) -> int:
+    """advance_digest's work, under the session's advance lock; the offset saved."""
     driver = registry.driver
-    hasher = _resume(driver, repository, upload_id, algorithm, status.size) or ResumableHash(algorithm)
+    data_path = paths.upload_data(repository, upload_id)
+    size = registry.uploads.status(repository, upload_id).size
+    hasher = _resume(driver, repository, upload_id, algorithm, size) or ResumableHash(algorithm)
     start = hasher.offset
-    if start < status.size:
+    if start < size:
         try:
-            with driver.reader(paths.upload_data(repository, upload_id), start) as stream:
-                _feed(hasher, stream, status.size - start)
+            with driver.reader(data_path, start) as stream:
+                _feed(hasher, stream, size - start)
         except PathNotFound:
             raise BlobUploadUnknown(upload_id) from None
         driver.put_content(
             paths.upload_hashstate(repository, upload_id, algorithm, hasher.offset), hasher.state()
         )
-        if not driver.exists(paths.upload_data(repository, upload_id)):
+        if not driver.exists(data_path):
             # Committed or cancelled while we hashed: our state file would resurrect a
             # session directory nobody owns.
             _drop_session(driver, repository, upload_id)
             raise BlobUploadUnknown(upload_id)
         _prune_states(driver, repository, upload_id, algorithm)
-    return {"offset": hasher.offset}
+    return hasher.offset
 
 
 # --- steps ------------------------------------------------------------------------------

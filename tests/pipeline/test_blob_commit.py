@@ -8,9 +8,11 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import fakeredis
 import pytest
 
 from pipeline.blob_commit import advance_digest, commit_blob
@@ -26,6 +28,7 @@ from pipeline.errors import (
 )
 from pipeline.formats.digest import Digest
 from pipeline.formats.hashstate import resumable_available
+from pipeline.infra.locks import FileLocks, LocalLocks, RedisLocks, RepositoryLocks
 from pipeline.registry import Registry
 from pipeline.storage import paths
 from pipeline.storage.checked import CheckedDriver
@@ -433,6 +436,77 @@ def test_foreign_or_damaged_states_are_ignored(registry: Registry) -> None:
     registry.driver.put_content(paths.upload_hashstate("repo", upload_id, "sha256", 99999), b"beyond the end")
     assert commit_blob(registry, "repo", upload_id, sha256(data), None)["size"] == 4096
     assert_committed(registry, "repo", upload_id, data, sha256(data))
+
+
+class _Watched:
+    """A worker's locks, noting when the advance lock is asked for (before it is had)."""
+
+    def __init__(self, inner: RepositoryLocks, asked: threading.Event) -> None:
+        self.inner = inner
+        self.asked = asked
+
+    def lock(self, repository: str, timeout: float = 60.0) -> AbstractContextManager[None]:
+        if repository.startswith("_advance:"):
+            self.asked.set()
+        return self.inner.lock(repository, timeout)
+
+
+def _two_workers(
+    kind: str, driver: StorageDriver, tmp_path: Path, asked: threading.Event
+) -> tuple[Registry, Registry]:
+    """Two views of one storage whose advances may overlap: two threads of one worker
+    (shared in-process locks), or two worker processes sharing file or Redis locks."""
+    a: RepositoryLocks
+    b: RepositoryLocks
+    if kind == "threads":
+        a = b = LocalLocks()
+    elif kind == "file-locks":
+        a, b = FileLocks(str(tmp_path / "locks")), FileLocks(str(tmp_path / "locks"))
+    else:
+        server = fakeredis.FakeServer()
+        a, b = (RedisLocks(fakeredis.FakeRedis(server=server)) for _ in range(2))
+    first = Registry.from_driver(Settings(), driver, a)
+    return first, Registry.from_driver(Settings(), driver, _Watched(b, asked))
+
+
+@pytest.mark.parametrize("kind", ["threads", "file-locks", "redis-locks"])
+def test_advances_of_one_session_never_hash_the_same_bytes_twice(
+    driver: FaultyDriver, tmp_path: Path, kind: str
+) -> None:
+    """A second advance sent while the first one hashes (the body kept arriving) waits for
+    it, then hashes on from the state it saved: every byte is read once, and the commit
+    after them reads nothing again."""
+    asked = threading.Event()
+    first_worker, second_worker = _two_workers(kind, driver, tmp_path, asked)
+    head, more = os.urandom(50_000), os.urandom(30_000)
+    upload_id = upload(first_worker, "repo", head)
+    data_path = paths.upload_data("repo", upload_id)
+    real_reader = driver.reader
+    second: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: second.append(advance_digest(second_worker, "repo", upload_id)))
+
+    def body_arrives_while_hashing(path: str, offset: int = 0) -> BinaryIO:
+        if threading.current_thread() is worker:
+            asked.set()
+        elif path == data_path and not worker.is_alive() and not second:
+            first_worker.uploads.append("repo", upload_id, more)
+            worker.start()
+            assert asked.wait(30)  # the second advance asks for the lock (or, with none, reads)
+        return real_reader(path, offset)
+
+    driver.reader = body_arrives_while_hashing  # type: ignore[method-assign]
+    assert advance_digest(first_worker, "repo", upload_id) == {"offset": len(head)}
+    worker.join(30)
+    assert second == [{"offset": len(head) + len(more)}]
+    assert [offset for path, offset in driver.reads if path == data_path] == [0, len(head)]
+
+    driver.reads.clear()
+    data = head + more
+    commit_blob(second_worker, "repo", upload_id, sha256(data), len(data))
+    assert [offset for path, offset in driver.reads if path == data_path] == [len(data)]  # nothing left
+    assert_committed(first_worker, "repo", upload_id, data, sha256(data))
+    if kind == "file-locks":
+        assert list((tmp_path / "locks").iterdir()) == []  # no lock file per session
 
 
 def test_advance_digest_errors(registry: Registry) -> None:
