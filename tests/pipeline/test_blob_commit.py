@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import fakeredis
 import pytest
 
+from pipeline import blob_commit
 from pipeline.blob_commit import advance_digest, commit_blob
 from pipeline.config import Settings
 from pipeline.errors import (
@@ -507,6 +508,55 @@ def test_advances_of_one_session_never_hash_the_same_bytes_twice(
     assert_committed(first_worker, "repo", upload_id, data, sha256(data))
     if kind == "file-locks":
         assert list((tmp_path / "locks").iterdir()) == []  # no lock file per session
+
+
+def test_a_commit_waits_for_the_running_advance_and_resumes_its_state(
+    driver: FaultyDriver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PUT's commit arrives while the last advance still hashes: it waits for it and
+    hashes only what that advance did not, instead of hashing the same bytes beside it."""
+    monkeypatch.setattr(blob_commit, "COMMIT_WAITS_FROM", 0)
+    asked = threading.Event()
+    advancer, committer = _two_workers("redis-locks", driver, tmp_path, asked)
+    data = os.urandom(60_000)
+    upload_id = upload(advancer, "repo", data)
+    data_path = paths.upload_data("repo", upload_id)
+    real_reader = driver.reader
+    results: list[dict[str, Any]] = []
+    commit = threading.Thread(
+        target=lambda: results.append(commit_blob(committer, "repo", upload_id, sha256(data), len(data)))
+    )
+
+    def commit_arrives_while_hashing(path: str, offset: int = 0) -> BinaryIO:
+        if threading.current_thread() is commit:
+            asked.set()
+        elif path == data_path and not commit.is_alive() and not results:
+            commit.start()
+            assert asked.wait(30)  # the commit asks for the lock (or, with none, reads)
+        return real_reader(path, offset)
+
+    driver.reader = commit_arrives_while_hashing  # type: ignore[method-assign]
+    assert advance_digest(advancer, "repo", upload_id) == {"offset": len(data)}
+    commit.join(30)
+    assert results == [{"digest": sha256(data), "size": len(data)}]
+    assert [offset for path, offset in driver.reads if path == data_path] == [0, len(data)]
+    assert_committed(advancer, "repo", upload_id, data, sha256(data))
+
+
+def test_a_commit_without_its_advance_lock_still_commits(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blob_commit, "COMMIT_WAITS_FROM", 0)
+    monkeypatch.setattr(blob_commit, "ADVANCE_WAIT", 0)
+    data = b"w" * 5000
+    upload_id = upload(registry, "repo", data)
+    with registry.locks.lock(blob_commit.advance_lock_name(upload_id)):  # a stuck advance
+        done = threading.Thread(
+            target=commit_blob, args=(registry, "repo", upload_id, sha256(data), len(data))
+        )
+        done.start()
+        done.join(30)
+    assert_committed(registry, "repo", upload_id, data, sha256(data))
 
 
 def test_advance_digest_errors(registry: Registry) -> None:
