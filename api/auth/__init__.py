@@ -6,7 +6,10 @@ request (see api/access_table.py). It returns the caller's `Identity`, or raises
 - `Unauthorized` (401, carrying its `WWW-Authenticate` challenge — see
   `api.auth.challenge.challenge_headers`) when credentials are missing, wrong, or a token
   does not verify; or
-- `Denied` (403) when valid credentials lack an action.
+- `Denied` (403) when valid Basic credentials lack an action. A valid bearer token that
+  lacks one gets what distribution answers: `Unauthorized` whose challenge carries
+  `error="insufficient_scope"` and the scope wanted, the signal clients act on by asking
+  the token server for a wider token.
 
 The messages never depend on whether a user or repository exists, and neither do the
 checks: policy decisions are pure functions of names, and an unknown user costs the same
@@ -231,7 +234,10 @@ class Access:
             identity = await self._unrevoked(request, credentials, repository, wanted)
             if self._token_permits(identity, repository, wanted):
                 return identity
-            raise Denied(access_detail(repository, wanted))
+            # As distribution's token controller: a 401 whose challenge says the scope was
+            # too narrow, so a client (containerd, buildkit) fetches a wider token and
+            # retries; a 403 would end the push there.
+            raise self._challenge(request, repository, wanted, "insufficient_scope")
         if scheme == "basic" and self.htpasswd is not None:
             identity = await self._basic_identity(request, credentials, repository, wanted)
             if self._policy_permits(identity, repository, wanted):

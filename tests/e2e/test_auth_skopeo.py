@@ -42,7 +42,9 @@ POLICY = {
 }
 TOKEN_PATH = "/auth/token"
 # What skopeo says when the registry or the token endpoint refuses it: bad credentials are
-# "unauthorized", missing rights "denied" (a 403; for an anonymous token "403 (forbidden)").
+# "unauthorized", missing rights "denied" (a Basic user's 403; a token's 401 insufficient_scope,
+# which skopeo reports as "denied: requested access to the resource is denied", as with
+# distribution).
 BAD_CREDENTIALS = ("unauthorized",)
 NO_RIGHTS = ("denied", "403")
 ANY_REFUSAL = BAD_CREDENTIALS + NO_RIGHTS

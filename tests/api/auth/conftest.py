@@ -65,6 +65,20 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+def out_of_scope(response: Any, scope: str) -> bool:
+    """Did the registry refuse a valid token for lacking `scope`, the way distribution's
+    token controller does: 401 UNAUTHORIZED with a Bearer challenge saying
+    `error="insufficient_scope"` and naming the scope to ask the token server for?"""
+    challenge = response.headers.get("WWW-Authenticate", "")
+    return (
+        response.status_code == 401
+        and response.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        and challenge.startswith("Bearer ")
+        and 'error="insufficient_scope"' in challenge
+        and f'scope="{scope}"' in challenge
+    )
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
