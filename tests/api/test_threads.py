@@ -8,7 +8,7 @@ from contextvars import ContextVar
 
 import pytest
 
-from api.threads import run_blocking
+from api.threads import MAX_THREADS, run_blocking
 
 pytestmark = pytest.mark.anyio
 
@@ -50,3 +50,21 @@ async def test_a_cancelled_caller_waits_for_the_call_to_end() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert events == ["call ended"]
+
+
+async def test_concurrent_calls_each_get_a_thread_up_to_the_bound() -> None:
+    # Each call waits for all the others: served one after another, they would deadlock.
+    count = min(16, MAX_THREADS)
+    together = threading.Barrier(count, timeout=30)
+    names = await asyncio.gather(
+        *(run_blocking(lambda: (together.wait(), threading.current_thread().name)[1]) for _ in range(count))
+    )
+    assert len(set(names)) == count
+
+
+async def test_a_stop_iteration_comes_back_as_an_error() -> None:
+    def stops() -> None:
+        raise StopIteration("end of listing")
+
+    with pytest.raises(RuntimeError, match="end of listing"):
+        await run_blocking(stops)
