@@ -4,10 +4,13 @@
 (the API never imports `workers`). Two ways to wait:
 
 - Redis result backend: one `redis.asyncio` pub/sub connection per event loop, subscribed
-  once to the pattern of the result keys' channels (the backend publishes each result on
-  its key's name); one reader task resolves every waiter's future, and waiting adds no
-  Redis command. `wait` GETs the key in case the result already landed; the key is re-read
-  every `RECHECK` seconds, so a message lost to a reconnect only delays.
+  once to this replica's own result channel, which `run` names in each job's `reply_to`
+  (workers.results publishes the result there); one reader task resolves every waiter's
+  future, and waiting adds no Redis command. A replica reads its own results only, however
+  many replicas and workers the deployment has. `wait` (a job sent earlier, maybe by
+  another replica: its result is published on its key's name) GETs the key, and only if
+  the result is not there yet SUBSCRIBEs to the key's channel for the wait. Either way the
+  key is re-read every `RECHECK` seconds, so a message lost to a reconnect only delays.
 - a backend that pushes results in-process (duck-typed: it has `add_result_callback`, as
   the embedded worker's `InProcessBackend` does): the callback, run in the worker thread
   that stored the result, resolves the waiter's asyncio future with
@@ -145,24 +148,31 @@ def _redis_backend_url(app: Celery) -> RedisTarget | None:
 
 
 class _ResultListener:
-    """One pub/sub connection, one pattern subscription and one reader task, bound to one
+    """One pub/sub connection, one channel subscription and one reader task, bound to one
     event loop.
 
-    The Redis result backend PUBLISHes each result on its own key's name
-    (`celery-task-meta-<id>`, behind the backend's `global_keyprefix`). The listener
-    subscribes once to the pattern of those names (PSUBSCRIBE, when the first job is
-    awaited) and resolves the future of each awaited id as its result passes: waiting for a
-    job costs no Redis command at all, and a frozen Redis cannot block the start or end of
-    a wait. Every API process sees every result (small envelopes; one pattern match per
-    publish on the server)."""
+    `channel` is this listener's own result channel (behind the backend's
+    `global_keyprefix`): `run` names it in each job's `reply_to`, and the worker's result
+    backend (workers.results) PUBLISHes the job's result there. The listener SUBSCRIBEs to
+    it once (when the first job is awaited) and resolves the future of each awaited id as
+    its result arrives: waiting for a job costs no Redis command at all, a frozen Redis
+    cannot block the start or end of a wait, and no replica reads another's results.
+
+    A job this replica did not send with its channel (`wait` on an id sent earlier, by any
+    replica) has its result published on its key's name (`celery-task-meta-<id>`): `follow`
+    SUBSCRIBEs to that channel for as long as someone waits for it."""
 
     def __init__(self, target: RedisTarget, key_prefix: str) -> None:
         # Socket timeouts: a frozen Redis fails a GET (and a read) instead of blocking.
         self._client = target.async_client(timeout=REDIS_TIMEOUT)
         self._pubsub = self._client.pubsub()
         self._prefix = key_prefix + META_PREFIX
+        self.channel = key_prefix + jobs.RESULT_CHANNEL_PREFIX + uuid.uuid4().hex
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._watchers: dict[str, int] = {}
+        self._followers: dict[str, int] = {}
+        self._unsubscribing: set[asyncio.Task[None]] = set()
+        self.received = 0  # results read off pub/sub, ours or not
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = False
         self._subscribing: asyncio.Lock | None = None
@@ -171,7 +181,7 @@ class _ResultListener:
         return self._prefix + job_id
 
     async def start(self) -> None:
-        """Subscribe to the results' pattern once (raises JobsUnavailable if Redis does
+        """Subscribe to the listener's channel once (raises JobsUnavailable if Redis does
         not answer); later calls return at once."""
         if self._subscribed:
             return
@@ -181,28 +191,56 @@ class _ResultListener:
             if self._subscribed:
                 return
             try:
-                await self._pubsub.psubscribe(self._prefix + "*")
+                await self._pubsub.subscribe(self.channel)
             except (RedisError, OSError) as exc:
                 raise JobsUnavailable(f"result backend unreachable: {type(exc).__name__}") from exc
             self._subscribed = True
             self._reader = asyncio.create_task(self._read(), name="lading-job-results")
 
     def watch(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
-        key = self.key(job_id)
-        future = self._futures.get(key)
+        future = self._futures.get(job_id)
         if future is None:
-            future = self._futures[key] = asyncio.get_running_loop().create_future()
-            self._watchers[key] = 0
-        self._watchers[key] += 1
+            future = self._futures[job_id] = asyncio.get_running_loop().create_future()
+            self._watchers[job_id] = 0
+        self._watchers[job_id] += 1
         return future
 
     def unwatch(self, job_id: str) -> None:
-        key = self.key(job_id)
-        self._watchers[key] = self._watchers.get(key, 1) - 1
-        if self._watchers[key] > 0:
+        self._watchers[job_id] = self._watchers.get(job_id, 1) - 1
+        if self._watchers[job_id] > 0:
             return
-        self._watchers.pop(key, None)
-        self._futures.pop(key, None)
+        self._watchers.pop(job_id, None)
+        self._futures.pop(job_id, None)
+
+    async def follow(self, job_id: str) -> None:
+        """Subscribe to the channel of the job's key (where a result is published when the
+        job named no channel of ours) until `unfollow`. A failure only leaves the waiter
+        to its re-reads of the key."""
+        key = self.key(job_id)
+        count = self._followers.get(key, 0)
+        self._followers[key] = count + 1
+        if not count:
+            await self._subscription(self._pubsub.subscribe, key)
+
+    def unfollow(self, job_id: str) -> None:
+        """One waiter less on the job's key; the last one unsubscribes, in the background
+        (a frozen Redis never holds the end of a wait; a subscription left behind costs
+        one message at most)."""
+        key = self.key(job_id)
+        count = self._followers.get(key, 1) - 1
+        if count > 0:
+            self._followers[key] = count
+            return
+        self._followers.pop(key, None)
+        task = asyncio.create_task(self._subscription(self._pubsub.unsubscribe, key))
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
+
+    async def _subscription(self, command: Callable[[str], Awaitable[Any]], key: str) -> None:
+        try:
+            await asyncio.wait_for(command(key), REDIS_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.debug("job result listener: %s %s", getattr(command, "__name__", command), type(exc).__name__)
 
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
         """The job's metadata if it is ready, else None."""
@@ -224,18 +262,19 @@ class _ResultListener:
                 log.warning("job result listener: %s", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            if not message or message.get("type") != "pmessage":
+            if not message or message.get("type") != "message":
                 continue
-            channel = message["channel"]
-            key = channel.decode() if isinstance(channel, bytes) else str(channel)
-            future = self._futures.get(key)
-            if future is None or future.done():
-                continue
+            self.received += 1
             meta = _ready_meta(message.get("data"))
-            if meta is not None:
+            if meta is None:
+                continue
+            future = self._futures.get(str(meta.get("task_id")))
+            if future is not None and not future.done():
                 future.set_result(meta)
 
     async def aclose(self) -> None:
+        for task in list(self._unsubscribing):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -291,9 +330,12 @@ class _Sender:
         kwargs: dict[str, Any],
         expires: float | None = None,
         awaited: bool = True,
+        reply_to: str | None = None,
     ) -> None:
         """`awaited`: someone waits for the result, so it is stored whatever the task
-        declares; else the task's own `ignore_result` decides (a fire-and-forget job)."""
+        declares; else the task's own `ignore_result` decides (a fire-and-forget job).
+        `reply_to`: the result channel of the replica awaiting it (else Celery's default,
+        which names none of ours: the result is published on its key's name)."""
         options, time_limit, soft_time_limit, ignores = self._route(job)
         app = self._app
         amqp = app.amqp
@@ -305,7 +347,7 @@ class _Sender:
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
             create_sent_event=app.conf.task_send_sent_event,
-            reply_to=app.thread_oid,
+            reply_to=reply_to or app.thread_oid,
             ignore_result=False if awaited else ignores,
             argsrepr="()",
             kwargsrepr=_kwargs_repr(kwargs),
@@ -408,6 +450,12 @@ class CeleryJobClient:
     def uses_pubsub(self) -> bool:
         return self._redis_url is not None
 
+    @property
+    def results_received(self) -> int:
+        """Results this client's pub/sub listener has read so far (each replica reads
+        those it awaits, not the deployment's)."""
+        return self._listener.received if self._listener is not None else 0
+
     def send(self, job: str, **kwargs: Any) -> str:
         """Publish now, in the caller's thread (1-2 ms; `run` publishes off the loop), or
         hand the job to the direct runner."""
@@ -428,14 +476,23 @@ class CeleryJobClient:
         listener = self._get_listener()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        meta = await _bounded(listener.fetch(job_id), deadline, "result backend")
+        if meta is not None:  # already there: no subscription at all
+            return _value(job_id, str(meta.get("status")), meta.get("result"))
         await _bounded(listener.start(), deadline, "result backend")
         future = listener.watch(job_id)
         try:
+            try:
+                await asyncio.wait_for(listener.follow(job_id), max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                pass  # Redis is slow or frozen: the re-reads of the key go on until the deadline
+            # Subscribed now: the GET again, for a result stored in between.
             return await self._wait_pubsub(
                 listener, job_id, future, max(deadline - loop.time(), 0.001), check_now=True
             )
         finally:
             listener.unwatch(job_id)
+            listener.unfollow(job_id)
 
     async def run(self, job: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
         """send + wait, all of it (subscribe, publish, wait) within `timeout` seconds:
@@ -457,7 +514,8 @@ class CeleryJobClient:
         await _bounded(listener.start(), deadline, "result backend")
         future = listener.watch(job_id)  # before the job exists
         try:
-            await self._publish_async(job, job_id, kwargs, max(deadline - loop.time(), 0.001))
+            remaining = max(deadline - loop.time(), 0.001)
+            await self._publish_async(job, job_id, kwargs, remaining, listener.channel)
             return await self._wait_pubsub(
                 listener, job_id, future, max(deadline - loop.time(), 0.001), check_now=False
             )
@@ -484,14 +542,20 @@ class CeleryJobClient:
         kwargs: dict[str, Any],
         expires: float | None = None,
         awaited: bool = True,
+        reply_to: str | None = None,
     ) -> None:
         try:
-            self._sender.publish(job, job_id, kwargs, expires, awaited)
+            self._sender.publish(job, job_id, kwargs, expires, awaited, reply_to)
         except (OperationalError, RedisError, OSError) as exc:
             raise JobsUnavailable(f"job broker unreachable: {type(exc).__name__}") from exc
 
     async def _publish_async(
-        self, job: str, job_id: str, kwargs: dict[str, Any], timeout: float | None = None
+        self,
+        job: str,
+        job_id: str,
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+        reply_to: str | None = None,
     ) -> None:
         """Publish `job`; with `timeout` (the caller's whole wait), within it, and the job
         expires EXPIRES_AFTER_WAIT after the wait ends when its name is in
@@ -500,7 +564,7 @@ class CeleryJobClient:
             timeout + EXPIRES_AFTER_WAIT if timeout is not None and job in jobs.EXPIRE_WITH_WAIT else None
         )
         if self._publish_inline:
-            self._publish(job, job_id, kwargs, expires)
+            self._publish(job, job_id, kwargs, expires, True, reply_to)
             return
         # Publishing to a broker takes about a millisecond and, with the broker unreachable
         # or frozen, as long as its socket timeouts and retries: off the event loop, and the
@@ -508,7 +572,9 @@ class CeleryJobClient:
         if self._send_executor is None:
             self._send_executor = ThreadPoolExecutor(SENDERS, thread_name_prefix="lading-job-send")
         loop = asyncio.get_running_loop()
-        sent = loop.run_in_executor(self._send_executor, self._publish, job, job_id, kwargs, expires)
+        sent = loop.run_in_executor(
+            self._send_executor, self._publish, job, job_id, kwargs, expires, True, reply_to
+        )
         if timeout is None:
             await sent
             return

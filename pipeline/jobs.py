@@ -95,6 +95,12 @@ ALL_JOBS: tuple[str, ...] = tuple(ROUTES)
 # blob commit is not among them: batch-mode pushes rely on it without waiting.
 EXPIRE_WITH_WAIT: frozenset[str] = frozenset({COMMIT_MANIFEST})
 
+# A job whose `reply_to` starts with this (behind the result backend's `global_keyprefix`)
+# names the pub/sub channel its result is PUBLISHed on: the channel of the API replica that
+# awaits it, so a replica reads its own results only. Any other job (beat, the CLI, a
+# `send` whose result anyone may await) is PUBLISHed on its result key's name.
+RESULT_CHANNEL_PREFIX = "lading-results-"
+
 
 # --- result envelope --------------------------------------------------------------------
 

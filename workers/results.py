@@ -9,14 +9,20 @@ commands and two round trips for every commit a worker runs.
 Here the same rule runs inside Redis, as one Lua script: read the stored result, keep it if
 its status is SUCCESS, else write the new one with its expiry (`result_expires`, or
 `result_failure_expires` for a FAILURE, as Celery's own `_set_with_state` does) and
-PUBLISH it on the key's name (what the API's result listener subscribes to). One EVALSHA,
-atomic, so the check cannot race another write the way the GET-then-SET pair could.
+PUBLISH it. One EVALSHA, atomic, so the check cannot race another write the way the
+GET-then-SET pair could.
+
+Where it is published: a job whose `reply_to` names an API replica's result channel
+(`pipeline.jobs.RESULT_CHANNEL_PREFIX`, set by api.jobclient for the jobs it awaits) on that
+channel, so each replica reads only its own results; any other job on its key's name, as
+Celery does (what a replica waiting for a job it did not send subscribes to).
 Results that are not plain JSON (a result serializer other than json, or compression)
 take Celery's own path: the script reads the stored status as JSON.
 
 What this leans on: `_store_result(task_id, result, state, traceback, request)` is the
 internal `store_result` calls (after its retry wrapper), `_get_result_meta`, `encode`,
-`get_key_for_task`, `ensure`, `expires`, `failure_expires` and `client`. The tests in
+`get_key_for_task`, `ensure`, `expires`, `failure_expires`, `client` and the task request's
+`reply_to` (the message property, as Celery's Context carries it). The tests in
 tests/workers/test_results.py fail the day Celery stores results another way (they count
 the Redis commands a stored result costs and check that SUCCESS is never overwritten).
 """
@@ -31,9 +37,12 @@ from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
 
+from pipeline.jobs import RESULT_CHANNEL_PREFIX
+
 __all__ = ["RedisResults", "SentinelResults", "backend_class"]
 
-# KEYS[1]: the result key; ARGV[1]: the encoded result, ARGV[2]: expiry in seconds (0: none).
+# KEYS[1]: the result key; ARGV[1]: the encoded result, ARGV[2]: expiry in seconds (0: none),
+# ARGV[3]: the channel to PUBLISH it on.
 # Returns 1 when stored, 0 when a SUCCESS already there was kept.
 STORE_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
@@ -49,7 +58,7 @@ if expires and expires > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
 return 1
 """
 
@@ -62,6 +71,7 @@ class _StoreOnce:
     expires: Any
     failure_expires: Any
     _script: Any = None
+    _channels: str | None = None  # the reply_to prefix naming a result channel
 
     def __init__(self, app: Celery | None = None, url: str | None = None, **kwargs: Any) -> None:
         if url is None and app is not None:
@@ -96,14 +106,26 @@ class _StoreOnce:
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = backend.get_key_for_task(task_id)
-        backend.ensure(self._store_unless_succeeded, (key, value, int(expires or 0)))
+        channel = self._channel(request) or key
+        backend.ensure(self._store_unless_succeeded, (key, value, int(expires or 0), channel))
         return result
 
-    def _store_unless_succeeded(self, key: Any, value: Any, expires: int) -> int:
+    def _channel(self, request: Any) -> Any:
+        """The result channel the job's `reply_to` names, or None (publish on the key)."""
+        reply_to = getattr(request, "reply_to", None)
+        if not isinstance(reply_to, str):
+            return None
+        if self._channels is None:
+            options = self.app.conf.result_backend_transport_options or {}
+            self._channels = str(options.get("global_keyprefix") or "") + RESULT_CHANNEL_PREFIX
+        return reply_to if reply_to.startswith(self._channels) else None
+
+    def _store_unless_succeeded(self, key: Any, value: Any, expires: int, channel: Any = None) -> int:
         client = self.client  # type: ignore[attr-defined]
         if self._script is None:
             self._script = client.register_script(STORE_SCRIPT)
-        return int(self._script(keys=[key], args=[value, expires], client=client))
+        args = [value, expires, key if channel is None else channel]
+        return int(self._script(keys=[key], args=args, client=client))
 
 
 class RedisResults(_StoreOnce, RedisBackend):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.app.task import Context
 
 from pipeline.config import CelerySettings, Settings, StorageSettings
 from tests.support import redis_server
@@ -126,3 +127,47 @@ def test_non_json_results_take_celerys_own_path(client: redis.Redis) -> None:
     backend.mark_as_failure(job_id, RuntimeError("second run"))
     assert "evalsha" not in commands(client)
     assert backend.get_task_meta(job_id)["status"] == "SUCCESS"
+
+
+def listen(client: redis.Redis, *channels: str) -> Any:
+    pubsub = client.pubsub()
+    pubsub.subscribe(*channels)
+    for _ in channels:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    return pubsub
+
+
+def published(pubsub: Any) -> list[tuple[str, str]]:
+    """(channel, task id) of every message waiting on `pubsub`."""
+    seen = []
+    while (message := pubsub.get_message(timeout=0.2)) is not None:
+        seen.append((message["channel"].decode(), json.loads(message["data"])["task_id"]))
+    return seen
+
+
+def test_a_result_is_published_on_the_channel_its_job_names_and_only_there(client: redis.Redis) -> None:
+    backend = make_app().backend
+    channel = "lading-results-replica1"
+    ours, celerys = str(uuid.uuid4()), str(uuid.uuid4())
+    pubsub = listen(client, channel, META + ours, META + celerys)
+
+    backend.mark_as_done(ours, {"ok": 1}, request=Context(reply_to=channel))
+    # Celery's own reply_to (app.thread_oid, as beat, the CLI and send_task set it) names no
+    # result channel of ours: published on the result key's name, as Celery does.
+    backend.mark_as_done(celerys, {"ok": 2}, request=Context(reply_to=str(uuid.uuid4())))
+
+    assert published(pubsub) == [(channel, ours), (META + celerys, celerys)]
+    assert stored(client, ours)["result"] == {"ok": 1} and stored(client, celerys)["result"] == {"ok": 2}
+    pubsub.close()
+
+
+def test_the_result_channel_lives_behind_the_global_key_prefix(client: redis.Redis) -> None:
+    backend = make_app(result_backend_transport_options={"global_keyprefix": "tenant:"}).backend
+    job_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    pubsub = listen(client, "tenant:lading-results-r1", "tenant:" + META + other)
+
+    backend.mark_as_done(job_id, {"ok": 1}, request=Context(reply_to="tenant:lading-results-r1"))
+    backend.mark_as_done(other, {"ok": 1}, request=Context(reply_to="lading-results-r1"))  # not ours
+
+    assert published(pubsub) == [("tenant:lading-results-r1", job_id), ("tenant:" + META + other, other)]
+    pubsub.close()
