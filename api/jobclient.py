@@ -171,7 +171,9 @@ class _ResultListener:
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._watchers: dict[str, int] = {}
         self._followers: dict[str, int] = {}
-        self._unsubscribing: set[asyncio.Task[None]] = set()
+        self._fetch = _Coalesced(self._mget)
+        self._subscribe = _Coalesced(lambda keys: self._subscription(self._pubsub.subscribe, keys))
+        self._unsubscribe = _Coalesced(lambda keys: self._subscription(self._pubsub.unsubscribe, keys))
         self.received = 0  # results read off pub/sub, ours or not
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = False
@@ -220,7 +222,7 @@ class _ResultListener:
         count = self._followers.get(key, 0)
         self._followers[key] = count + 1
         if not count:
-            await self._subscription(self._pubsub.subscribe, key)
+            await asyncio.shield(self._subscribe.ask(key))
 
     def unfollow(self, job_id: str) -> None:
         """One waiter less on the job's key; the last one unsubscribes, in the background
@@ -232,23 +234,26 @@ class _ResultListener:
             self._followers[key] = count
             return
         self._followers.pop(key, None)
-        task = asyncio.create_task(self._subscription(self._pubsub.unsubscribe, key))
-        self._unsubscribing.add(task)
-        task.add_done_callback(self._unsubscribing.discard)
+        self._unsubscribe.ask(key)
 
-    async def _subscription(self, command: Callable[[str], Awaitable[Any]], key: str) -> None:
+    async def _subscription(self, command: Callable[..., Awaitable[Any]], keys: list[str]) -> None:
         try:
-            await asyncio.wait_for(command(key), REDIS_TIMEOUT)
+            await asyncio.wait_for(command(*keys), REDIS_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("job result listener: %s %s", getattr(command, "__name__", command), type(exc).__name__)
 
+    async def _mget(self, keys: list[str]) -> dict[str, Any]:
+        return dict(zip(keys, await self._client.mget(keys), strict=True))
+
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
-        """The job's metadata if it is ready, else None."""
+        """The job's metadata if it is ready, else None (the fetches of one loop turn,
+        such as a manifest PUT's waits for its blobs, share one MGET)."""
+        key = self.key(job_id)
         try:
-            raw = await self._client.get(self.key(job_id))
+            raws = await asyncio.shield(self._fetch.ask(key))
         except (RedisError, OSError) as exc:
             raise JobsUnavailable(f"result backend unreachable: {type(exc).__name__}") from exc
-        return _ready_meta(raw)
+        return _ready_meta(raws.get(key))
 
     async def _read(self) -> None:
         while True:
@@ -273,8 +278,8 @@ class _ResultListener:
                 future.set_result(meta)
 
     async def aclose(self) -> None:
-        for task in list(self._unsubscribing):
-            task.cancel()
+        for coalesced in (self._fetch, self._subscribe, self._unsubscribe):
+            coalesced.cancel()
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -283,6 +288,60 @@ class _ResultListener:
                 pass
         await self._pubsub.aclose()
         await self._client.aclose()
+
+
+class _Coalesced:
+    """Runs `call(keys)` once for all the keys asked for in one turn of the event loop
+    (the concurrent waits of one manifest PUT for its blobs): one MGET, SUBSCRIBE or
+    UNSUBSCRIBE for all of them instead of one each. Each asker gets the shared future of
+    the call's value (shield it: one asker giving up cancels nobody else's)."""
+
+    def __init__(self, call: Callable[[list[str]], Awaitable[Any]]) -> None:
+        self._call = call
+        self._keys: list[str] = []
+        self._done: asyncio.Future[Any] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def ask(self, key: str) -> asyncio.Future[Any]:
+        done = self._done
+        if done is None:
+            loop = asyncio.get_running_loop()
+            done = self._done = loop.create_future()
+            done.add_done_callback(_retrieve)
+            loop.call_soon(self._flush, loop)
+        self._keys.append(key)
+        return done
+
+    def cancel(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        keys, done = self._keys, self._done
+        self._keys, self._done = [], None
+        assert done is not None
+        task = loop.create_task(self._run(keys, done))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, keys: list[str], done: asyncio.Future[Any]) -> None:
+        try:
+            value = await self._call(keys)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+        else:
+            if not done.done():
+                done.set_result(value)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's exception seen (its askers may all have given up)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _ready_meta(raw: Any) -> dict[str, Any] | None:

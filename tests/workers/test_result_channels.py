@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,9 @@ import redis
 from api import jobclient
 from api.jobclient import CeleryJobClient
 from pipeline import jobs
-from pipeline.errors import BlobUploadUnknown
+from pipeline.config import CelerySettings, Settings, StorageSettings
+from pipeline.errors import BlobUploadUnknown, JobTimeout
+from tests.support.redis_server import RedisServer
 from tests.workers.conftest import Deployment, LoopThread, sha256, upload
 from workers.app import create_app
 
@@ -194,3 +198,85 @@ def test_a_result_published_while_the_listener_is_cut_off_is_still_found(
     finally:
         loop.run(client.aclose())
         proxy.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(str(workdir))
+    yield server
+    server.stop()
+
+
+def commands(r: redis.Redis) -> dict[str, int]:
+    """The result reads and subscriptions Redis served since the last reset."""
+    stats: dict[str, Any] = r.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    return {k: calls.get(k, 0) for k in ("mget", "subscribe", "unsubscribe", "psubscribe")}
+
+
+def unsubscribed(r: redis.Redis, job_ids: list[str]) -> None:
+    """Until no one subscribes to the channels of these jobs' keys (at most 10 s)."""
+    keys = [f"celery-task-meta-{job_id}" for job_id in job_ids]
+    deadline = time.monotonic() + 10
+    while any(count for _, count in r.pubsub_numsub(*keys)):
+        assert time.monotonic() < deadline, "the waits' subscriptions were left behind"
+        time.sleep(0.02)
+
+
+def test_the_waits_of_one_manifest_for_its_blobs_share_their_redis_commands(
+    loop: LoopThread, own_redis: RedisServer
+) -> None:
+    """A batch-mode manifest PUT waits for each of its blobs' commit jobs at once: one
+    MGET (and one SUBSCRIBE, one UNSUBSCRIBE) for all of them, not one per blob. No worker:
+    the results are stored by the result backend as a worker's would be."""
+    url = own_redis.url + "/0"
+    app = create_app(
+        Settings(
+            storage=StorageSettings(driver="inmemory"),
+            celery=CelerySettings(broker_url=url, result_backend=url),
+        )
+    )
+    client = CeleryJobClient(app)
+    r = redis.Redis.from_url(url)
+    done, pending = [str(uuid.uuid4()) for _ in range(3)], [str(uuid.uuid4()) for _ in range(3)]
+    for job_id in done:
+        app.backend.mark_as_done(job_id, jobs.ok({"id": job_id}))
+    app.backend.mark_as_done(str(uuid.uuid4()), jobs.ok())  # the store script is loaded
+    try:
+        r.config_resetstat()
+
+        async def wait_all(ids: list[str]) -> list[dict[str, Any]]:
+            return await asyncio.gather(*(client.wait(job_id, 30) for job_id in ids))
+
+        ready = loop.run(wait_all(done))
+        assert ready == [{"id": job_id} for job_id in done]
+        assert commands(r) == {"mget": 1, "subscribe": 0, "unsubscribe": 0, "psubscribe": 0}
+
+        warm = str(uuid.uuid4())
+        with pytest.raises(JobTimeout):  # the listener subscribes to its own channel
+            loop.run(client.wait(warm, 0.1))
+        unsubscribed(r, [warm])
+
+        r.config_resetstat()
+
+        async def wait_then_store() -> list[dict[str, Any]]:
+            waits = asyncio.gather(*(client.wait(job_id, 30) for job_id in pending))
+            keys = [f"celery-task-meta-{job_id}".encode() for job_id in pending]
+            while not all(dict(r.pubsub_numsub(*keys)).values()):
+                await asyncio.sleep(0.02)
+            for job_id in pending:  # a worker stores them (a thread: it blocks)
+                await asyncio.to_thread(app.backend.mark_as_done, job_id, jobs.ok({"id": job_id}))
+            return await waits
+
+        assert loop.run(wait_then_store()) == [{"id": job_id} for job_id in pending]
+        unsubscribed(r, pending)
+        # each wait: a read before subscribing, SUBSCRIBE, a read again (a result stored
+        # in between): shared by the three. UNSUBSCRIBE as each one ends.
+        calls = commands(r)
+        assert calls["mget"] == 2 and calls["subscribe"] == 1 and calls["psubscribe"] == 0, calls
+        assert 1 <= calls["unsubscribe"] <= 3, calls
+    finally:
+        loop.run(client.aclose())
+        app.close()
