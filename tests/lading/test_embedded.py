@@ -132,3 +132,20 @@ def test_retries_of_this_app_are_counted(embedded: Assembly) -> None:
     # the assembly's own hook counted too; the other app's retry counted nowhere
     text = embedded.metrics.exposition().decode()
     assert 'lading_jobs_retried_total{job="lading.commit_blob"} 2.0' in text
+
+
+async def test_an_error_escaping_the_router_is_a_500_that_reveals_nothing(
+    embedded: Assembly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.routes.router import RegistryRouter
+
+    async def bug(self: RegistryRouter, request: object) -> None:
+        raise ZeroDivisionError("secret detail")
+
+    monkeypatch.setattr(RegistryRouter, "dispatch", bug)
+    transport = httpx.ASGITransport(app=embedded.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        r = await c.get("/v2/repo/tags/list")
+    assert r.status_code == 500 and r.json()["errors"][0]["code"] == "UNKNOWN"
+    assert "secret" not in r.text
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0" and r.headers["x-request-id"]
