@@ -30,6 +30,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.jobs import QUEUES
 from pipeline.registry import Registry, build_registry
 from tests.support import redis_server
+from tests.support.redis_server import RedisServer
 from workers.app import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +200,16 @@ class Deployment:
         self.app: Celery = create_app(settings)
         self.client = CeleryJobClient(self.app)
         self.registry = build_registry(settings)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop, freeze or count it."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(str(workdir))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -112,15 +112,6 @@ def test_a_killed_workers_manifest_job_comes_back_within_a_minute_and_never_move
         cluster.close()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(str(workdir))
-    yield server
-    server.stop()
-
-
 def test_a_frozen_redis_never_holds_a_request_past_its_bound(tmp_path: Path, own_redis: RedisServer) -> None:
     bound = 5.0  # commit_timeout and manifest_timeout
     repo = "faults/frozen"

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,15 +197,6 @@ def test_a_result_published_while_the_listener_is_cut_off_is_still_found(
     finally:
         loop.run(client.aclose())
         proxy.close()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(str(workdir))
-    yield server
-    server.stop()
 
 
 def commands(r: redis.Redis) -> dict[str, int]:
